@@ -1,0 +1,223 @@
+"""The plugin's config keys (flat, `paft_` prefixed), their defaults and checks.
+
+Axolotl merges this model into its own config schema, so every check here runs in
+`axolotl train`'s config validation, before any model or data set is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+L1Mode = Literal["loss", "proximal"]
+MergeDtype = Literal["float32", "bfloat16", "float16"]
+
+DEFAULT_L1_LAMBDA: dict[str, float] = {"loss": 1e-4, "proximal": 0.1}
+SUPPORTED_MERGE_METHODS = (
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "task_arithmetic",
+    "linear",
+    "slerp",
+    "nuslerp",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+)
+DEFAULT_MERGE_METHODS = (
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "task_arithmetic",
+    "linear",
+    "slerp",
+    "breadcrumbs_ties",
+    "della",
+)
+LORA_ADAPTERS = ("lora", "qlora")
+
+
+class PAFTArgs(BaseModel):
+    """Config keys of `axolotl_paft.PAFTPlugin`."""
+
+    paft_l1_lambda: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Strength of the L1 penalty on the SFT LoRA weights (A and B). "
+            "0 disables it. Unset: 1e-4 in `loss` mode, 0.1 in `proximal` mode."
+        ),
+    )
+    paft_l1_mode: L1Mode = Field(
+        default="loss",
+        description=(
+            "`loss`: add lambda*sign(w), the gradient of lambda*||w||_1, once per "
+            "optimizer step (paper-faithful). `proximal`: after each optimizer step "
+            "shrink every weight towards 0 by lr*lambda and clip at 0 (exact zeros)."
+        ),
+    )
+    paft_sparsity_threshold: float = Field(
+        default=0.01,
+        ge=0,
+        lt=1,
+        description=(
+            "An entry of a module's delta scale*B@A counts as zero when its magnitude "
+            "is at most this fraction of the largest magnitude in that delta."
+        ),
+    )
+    paft_report: bool = Field(
+        default=True,
+        description="Write paft_report.{json,md,png} into output_dir after training.",
+    )
+    paft_preference_adapter: str | None = Field(
+        default=None,
+        description=(
+            "Folder of a preference (DPO/ORPO) LoRA trained separately from the same "
+            "base; the emitted mergekit configs then merge both deltas."
+        ),
+    )
+    paft_merge_methods: list[str] = Field(
+        default=list(DEFAULT_MERGE_METHODS),
+        description="mergekit methods to write configs for ([] writes none).",
+    )
+    paft_merge_sft_weight: float = Field(
+        default=1.0, description="mergekit `weight` of the SFT delta."
+    )
+    paft_merge_preference_weight: float = Field(
+        default=1.0, description="mergekit `weight` of the preference delta."
+    )
+    paft_merge_density: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Fraction of each delta kept by ties/dare/breadcrumbs/della.",
+    )
+    paft_merge_epsilon: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="DELLA's spread of keep-probabilities around `density`.",
+    )
+    paft_merge_gamma: float = Field(
+        default=0.01,
+        ge=0,
+        lt=1,
+        description="Breadcrumbs: fraction of largest-magnitude outliers removed.",
+    )
+    paft_merge_lambda: float = Field(
+        default=1.0,
+        description="Scale of the merged delta (task-arithmetic family).",
+    )
+    paft_merge_normalize: bool | None = Field(
+        default=None,
+        description="Divide by the sum of weights; unset keeps each method's default.",
+    )
+    paft_merge_slerp_t: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="SLERP position: 0 = the SFT model, 1 = the preference model.",
+    )
+    paft_merge_dtype: MergeDtype = Field(
+        default="bfloat16", description="dtype mergekit computes the merge in."
+    )
+
+    @field_validator("paft_merge_methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        unknown = [m for m in methods if m not in SUPPORTED_MERGE_METHODS]
+        if unknown:
+            raise ValueError(
+                f"paft_merge_methods: unknown method(s) {unknown}; "
+                f"supported: {list(SUPPORTED_MERGE_METHODS)}"
+            )
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"paft_merge_methods: duplicate entries in {methods}")
+        return methods
+
+    @field_validator(
+        "paft_merge_sft_weight", "paft_merge_preference_weight", "paft_merge_lambda"
+    )
+    @classmethod
+    def _finite(cls, value: float, info) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"{info.field_name} must be a finite number, got {value}")
+        return value
+
+    @field_validator("paft_preference_adapter")
+    @classmethod
+    def _adapter_folder(cls, path: str | None) -> str | None:
+        if path is not None and not (Path(path) / "adapter_config.json").is_file():
+            raise ValueError(
+                f"paft_preference_adapter: {path!r} is not a PEFT adapter folder "
+                "(no adapter_config.json)"
+            )
+        return path
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_against_run(cls, data: dict) -> dict:
+        """Cross-key checks against Axolotl's own keys (adapter, rl, deepspeed...)."""
+        if not isinstance(data, dict) or not _plugin_enabled(data):
+            return data
+        if data.get("adapter") not in LORA_ADAPTERS:
+            raise ValueError(
+                "paft: the PAFT plugin trains LoRA deltas; set `adapter: lora` or "
+                f"`adapter: qlora` (got adapter: {data.get('adapter')!r})"
+            )
+        if data.get("rl"):
+            raise ValueError(
+                f"paft: `rl: {data['rl']}` is not an SFT run; the L1 sparsity of "
+                "paft_l1_lambda applies to the SFT LoRA. Remove `rl` from this config."
+            )
+        l1_on = data.get("paft_l1_lambda") is None or data["paft_l1_lambda"] > 0
+        if l1_on and data.get("deepspeed"):
+            raise ValueError(
+                "paft_l1_lambda: DeepSpeed keeps gradients and weights in its own "
+                "partitions, where the L1 step cannot reach them; use DDP or FSDP, "
+                "or set paft_l1_lambda: 0"
+            )
+        methods = data.get("paft_merge_methods", DEFAULT_MERGE_METHODS)
+        if methods:
+            _check_merge_paths(data)
+        if any(m in ("della", "della_linear") for m in methods or ()):
+            density = data.get("paft_merge_density", 0.5)
+            epsilon = data.get("paft_merge_epsilon", 0.1)
+            if not (density - epsilon > 0 and density + epsilon < 1):
+                raise ValueError(
+                    "paft_merge_epsilon: DELLA needs 0 < density - epsilon and "
+                    f"density + epsilon < 1 (density {density}, epsilon {epsilon})"
+                )
+        return data
+
+    def resolved_l1_lambda(self) -> float:
+        """The L1 strength in force: the explicit key, or the mode's default."""
+        if self.paft_l1_lambda is not None:
+            return self.paft_l1_lambda
+        return DEFAULT_L1_LAMBDA[self.paft_l1_mode]
+
+
+def _plugin_enabled(data: dict) -> bool:
+    plugins = data.get("plugins") or []
+    return any(str(p).startswith("axolotl_paft") for p in plugins)
+
+
+def _check_merge_paths(data: dict) -> None:
+    """mergekit splits model references on `+` and `@`: refuse such paths early."""
+    for key in ("base_model", "output_dir", "paft_preference_adapter"):
+        value = data.get(key)
+        if not value:
+            continue
+        is_path = key != "base_model" or Path(value).exists()
+        written = str(Path(value).resolve()) if is_path else str(value)
+        if "+" in written or "@" in written:
+            raise ValueError(
+                f"{key}: {value!r} contains '+' or '@', which mergekit's "
+                "`base+adapter` references cannot hold; rename the folder or set "
+                "paft_merge_methods: []"
+            )

@@ -1,0 +1,102 @@
+"""L1 regularisation of one LoRA adapter, and its metrics in the trainer's logs.
+
+Both modes act on the LoRA factors A and B of one adapter (not on the dense delta
+`B @ A`, which would cost a d_out x d_in matrix per module per step):
+
+- `loss`: the gradient of `lambda * (sum|A| + sum|B|)`, i.e. `lambda * sign(w)`, is
+  added to each factor's gradient in `on_pre_optimizer_step`. That runs once per
+  optimizer step whatever the gradient accumulation, after the loss gradient was
+  all-reduced (DDP) and clipped, so the penalty is never scaled down by clipping.
+  Under Adam the weights then hover around 0 at the scale of the learning rate:
+  many near-zeros, few exact zeros.
+- `proximal`: after each optimizer step every factor entry is soft-thresholded,
+  `w <- sign(w) * max(|w| - lr * lambda, 0)`: the proximal step of L1, applied
+  decoupled from the optimizer like AdamW's weight decay. An Adam step moves a
+  weight by about `lr`, so `lambda` is the fraction of a step taken back each time:
+  entries whose updates do not push consistently away from 0 end exactly at 0.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from axolotl_paft.sparsity import (
+    is_lora_parameter,
+    live_lora_factors,
+    measure,
+    summarize,
+)
+
+
+class L1SparsityCallback(TrainerCallback):
+    """Applies the L1 step to `adapter` and logs `paft/...` metrics each log step."""
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        adapter: str,
+        l1_lambda: float,
+        mode: str,
+        threshold: float,
+        prefix: str = "paft",
+    ):
+        self.trainer = trainer
+        self.adapter = adapter
+        self.l1_lambda = l1_lambda
+        self.mode = mode
+        self.threshold = threshold
+        self.prefix = prefix
+        self._params: list[torch.nn.Parameter] = []
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.started_at = time.time()
+        self._params = [
+            p for n, p in model.named_parameters() if is_lora_parameter(n, self.adapter)
+        ]
+        if not self._params:
+            raise RuntimeError(
+                f"paft: no LoRA weights of adapter {self.adapter!r} found in the model"
+            )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.ended_at = time.time()
+
+    @torch.no_grad()
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.mode != "loss" or self.l1_lambda == 0:
+            return
+        for p in self._params:
+            if p.grad is not None:
+                p.grad.add_(torch.sign(p).to(p.grad.dtype), alpha=self.l1_lambda)
+
+    @torch.no_grad()
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self.mode != "proximal" or self.l1_lambda == 0:
+            return
+        ours = {id(p) for p in self._params}
+        for group in optimizer.param_groups:
+            shrink = group["lr"] * self.l1_lambda
+            for p in group["params"]:
+                if id(p) in ours:
+                    p.copy_(torch.sign(p) * (p.abs() - shrink).clamp_(min=0))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if control.should_log and hasattr(self.trainer, "store_metrics"):
+            self.trainer.store_metrics(self.metrics(model))
+
+    def metrics(self, model: torch.nn.Module) -> dict[str, float]:
+        """Current L1 norm and sparsity of the adapter, as `<prefix>/...` keys."""
+        factors = live_lora_factors(model, self.adapter)
+        summary = summarize(measure(factors, self.threshold))
+        return {
+            f"{self.prefix}/l1_norm": summary["l1_norm"],
+            f"{self.prefix}/l1_penalty": self.l1_lambda * summary["l1_norm"],
+            f"{self.prefix}/sparsity": summary["sparsity"],
+            f"{self.prefix}/delta_exact_zeros": summary["delta_exact_zeros"],
+            f"{self.prefix}/lora_exact_zeros": summary["lora_exact_zeros"],
+        }

@@ -1,0 +1,215 @@
+"""mergekit configs that fuse the SFT (and preference) LoRA deltas on their base.
+
+We never merge tensors ourselves: we write YAML for `mergekit-yaml` and check it
+with mergekit's own config model and method registry when mergekit is importable.
+Model references use mergekit's `base+adapter_dir` syntax, so each file runs as
+
+    mergekit-yaml <file> <out_dir> --lora-merge-cache <fresh dir>
+
+Traps of mergekit 0.1.5 handled here: method-level parameters (`t`, `lambda`,
+`normalize`) only count at the top level, misspelled parameter names are silently
+ignored (we check names against the method's spec), SLERP's two endpoints are the
+SFT model (as `base_model`) and the preference model, `linear` must not name a
+`base_model`, and the LoRA merge cache is keyed by folder name (so every run gets a
+cache folder of its own).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from axolotl_paft.args import PAFTArgs
+
+LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
+
+
+@dataclass(frozen=True)
+class MethodLayout:
+    """How one mergekit method takes deltas on a shared base."""
+
+    base: str  # "pretrained", "sft" (SLERP endpoint) or "none"
+    per_model: tuple[str, ...]
+    shared: tuple[str, ...]
+    min_deltas: int = 1
+    why_two: str = ""
+
+
+_TASK_VECTOR = ("weight", "density")
+METHOD_LAYOUTS: dict[str, MethodLayout] = {
+    "task_arithmetic": MethodLayout("pretrained", ("weight",), ("lambda", "normalize")),
+    "ties": MethodLayout("pretrained", _TASK_VECTOR, ("lambda", "normalize")),
+    "dare_ties": MethodLayout("pretrained", _TASK_VECTOR, ("lambda", "normalize")),
+    "dare_linear": MethodLayout("pretrained", _TASK_VECTOR, ("lambda", "normalize")),
+    "breadcrumbs": MethodLayout(
+        "pretrained", (*_TASK_VECTOR, "gamma"), ("lambda", "normalize")
+    ),
+    "breadcrumbs_ties": MethodLayout(
+        "pretrained", (*_TASK_VECTOR, "gamma"), ("lambda", "normalize")
+    ),
+    "della": MethodLayout(
+        "pretrained", (*_TASK_VECTOR, "epsilon"), ("lambda", "normalize")
+    ),
+    "della_linear": MethodLayout(
+        "pretrained", (*_TASK_VECTOR, "epsilon"), ("lambda", "normalize")
+    ),
+    "linear": MethodLayout(
+        "none", ("weight",), ("normalize",), 2, "averages whole models"
+    ),
+    "slerp": MethodLayout("sft", (), ("t",), 2, "interpolates between two endpoints"),
+    "nuslerp": MethodLayout(
+        "pretrained", ("weight",), (), 2, "interpolates between two task vectors"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class MergeDeltas:
+    """The base model and the LoRA adapter folders to fuse on it."""
+
+    base_model: str
+    sft_adapter: Path
+    preference_adapter: Path | None = None
+
+
+@dataclass(frozen=True)
+class EmittedConfigs:
+    """What `write_merge_configs` wrote and what it skipped (method -> reason)."""
+
+    written: dict[str, Path]
+    skipped: dict[str, str]
+    cache_dir: Path
+
+
+def model_reference(base_model: str, adapter: Path) -> str:
+    """mergekit's `base+adapter` reference (absolute adapter path)."""
+    return f"{base_model}+{Path(adapter).resolve()}"
+
+
+def _parameter_values(args: PAFTArgs) -> dict:
+    values = {
+        "density": args.paft_merge_density,
+        "gamma": args.paft_merge_gamma,
+        "epsilon": args.paft_merge_epsilon,
+        "lambda": args.paft_merge_lambda,
+        "t": args.paft_merge_slerp_t,
+    }
+    if args.paft_merge_normalize is not None:
+        values["normalize"] = args.paft_merge_normalize
+    return values
+
+
+def build_config(method: str, deltas: MergeDeltas, args: PAFTArgs) -> dict | str:
+    """The mergekit config dict for `method`, or the reason it does not fit."""
+    layout = METHOD_LAYOUTS[method]
+    n_deltas = 1 + (deltas.preference_adapter is not None)
+    if n_deltas < layout.min_deltas:
+        return (
+            f"{method} {layout.why_two} and needs two deltas; set "
+            "paft_preference_adapter (or use parallel mode) to merge SFT with a "
+            "preference adapter"
+        )
+    values = _parameter_values(args)
+    roles = [("sft", deltas.sft_adapter, args.paft_merge_sft_weight)]
+    if deltas.preference_adapter is not None:
+        roles.append(
+            ("preference", deltas.preference_adapter, args.paft_merge_preference_weight)
+        )
+    models = []
+    for _, adapter, weight in roles:
+        model = {"model": model_reference(deltas.base_model, adapter)}
+        if layout.per_model:
+            params = {"weight": weight, **values}
+            model["parameters"] = {k: params[k] for k in layout.per_model}
+        models.append(model)
+    config: dict = {"merge_method": method}
+    if layout.base == "pretrained":
+        config["base_model"] = deltas.base_model
+    elif layout.base == "sft":
+        config["base_model"] = models.pop(0)["model"]
+    config["models"] = models
+    shared = {k: values[k] for k in layout.shared if k in values}
+    if shared:
+        config["parameters"] = shared
+    config["dtype"] = args.paft_merge_dtype
+    return config
+
+
+def validate_config(config: dict) -> None:
+    """Check `config` with mergekit's config model and the method's own spec.
+
+    Raises ValueError naming the problem; does nothing when mergekit is absent.
+    """
+    try:
+        from mergekit.config import MergeConfiguration
+        from mergekit.merge_methods import get as get_method
+        from mergekit.merge_methods.base import BasePolicy, ParameterScope
+    except ImportError:
+        return
+    method = config["merge_method"]
+    try:
+        MergeConfiguration.model_validate(config)
+        spec = get_method(method).spec
+    except Exception as err:
+        raise ValueError(f"mergekit rejects the {method} config: {err}") from err
+    scopes = {p.name: p.scope for p in spec.parameters}
+    for name in config.get("parameters", {}):
+        if scopes.get(name) != ParameterScope.SHARED:
+            raise ValueError(f"{method}: {name!r} is not a method-level parameter")
+    for model in config["models"]:
+        for name, value in model.get("parameters", {}).items():
+            if name not in scopes or scopes[name] == ParameterScope.SHARED:
+                raise ValueError(f"{method}: {name!r} is not a per-model parameter")
+            spec_param = next(p for p in spec.parameters if p.name == name)
+            spec_param.validate(value)
+    missing = [
+        p.name
+        for p in spec.parameters
+        if p.required
+        and p.name not in config.get("parameters", {})
+        and not all(p.name in m.get("parameters", {}) for m in config["models"])
+    ]
+    if missing:
+        raise ValueError(f"{method}: required parameter(s) {missing} not set")
+    has_base = "base_model" in config
+    if spec.contract.base == BasePolicy.REQUIRED and not has_base:
+        raise ValueError(f"{method} requires base_model")
+    n_inputs = len(config["models"]) + (
+        has_base and spec.contract.base != BasePolicy.IGNORED
+    )
+    contract = spec.contract
+    if n_inputs < contract.min_inputs or (
+        contract.max_inputs is not None and n_inputs > contract.max_inputs
+    ):
+        raise ValueError(f"{method}: {n_inputs} inputs break its contract {contract}")
+
+
+def write_merge_configs(
+    out_dir: Path, deltas: MergeDeltas, args: PAFTArgs
+) -> EmittedConfigs:
+    """Write one `<method>.yml` per fitting method into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = out_dir / "lora-cache" / time.strftime("run-%Y%m%d-%H%M%S")
+    written, skipped = {}, {}
+    for method in args.paft_merge_methods:
+        config = build_config(method, deltas, args)
+        if isinstance(config, str):
+            skipped[method] = config
+            LOG.info("paft: no %s config: %s", method, config)
+            continue
+        validate_config(config)
+        path = out_dir / f"{method}.yml"
+        merged_dir = out_dir.parent / "merged" / method
+        header = (
+            f"# PAFT merge ({method}) written by axolotl-paft. Run:\n"
+            f"#   mergekit-yaml {path} {merged_dir} --lora-merge-cache {cache_dir}\n"
+            "# The cache folder is new for every training run: mergekit keys its\n"
+            "# LoRA cache by folder name and would otherwise reuse stale merges.\n"
+        )
+        path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+        written[method] = path
+    return EmittedConfigs(written=written, skipped=skipped, cache_dir=cache_dir)

@@ -1,0 +1,60 @@
+"""What a PAFT run leaves in `output_dir` after training: report, mergekit configs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from axolotl_paft.args import PAFTArgs
+from axolotl_paft.merge import MergeDeltas, write_merge_configs
+from axolotl_paft.report import build_report, write_report
+
+LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
+
+MERGEKIT_DIR = "mergekit"
+
+
+def base_model_reference(base_model: str) -> str:
+    """An absolute path for a local base model, the hub id otherwise."""
+    path = Path(base_model)
+    return str(path.resolve()) if path.exists() else base_model
+
+
+def write_run_outputs(
+    output_dir: Path, base_model: str, adapters: dict[str, Path], args: PAFTArgs
+) -> list[Path]:
+    """Write the mergekit configs and the report for `adapters` (role -> folder)."""
+    written: list[Path] = []
+    merge = None
+    if args.paft_merge_methods:
+        deltas = MergeDeltas(
+            base_model=base_model_reference(base_model),
+            sft_adapter=adapters["sft"],
+            preference_adapter=adapters.get("preference"),
+        )
+        emitted = write_merge_configs(output_dir / MERGEKIT_DIR, deltas, args)
+        written += emitted.written.values()
+        first = next(iter(emitted.written.values()), None)
+        merge = {
+            "written": {m: str(p) for m, p in emitted.written.items()},
+            "skipped": emitted.skipped,
+            "command": f"mergekit-yaml {first} {output_dir.resolve() / 'merged'} "
+            f"--lora-merge-cache {emitted.cache_dir}"
+            if first
+            else "",
+        }
+        for method, path in emitted.written.items():
+            LOG.info("paft: wrote mergekit config %s: %s", method, path)
+    if args.paft_report:
+        report = build_report(adapters, args.paft_sparsity_threshold, merge)
+        written += write_report(report, output_dir)
+        for role, section in report["adapters"].items():
+            overall = section["overall"]
+            LOG.info(
+                "paft: %s delta sparsity %.1f%% (exact zeros: delta %.1f%%, A/B %.1f%%)",  # noqa: E501
+                role,
+                100 * overall["sparsity"],
+                100 * overall["delta_exact_zeros"],
+                100 * overall["lora_exact_zeros"],
+            )
+    return written

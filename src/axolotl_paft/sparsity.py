@@ -1,0 +1,174 @@
+"""Sparsity of LoRA deltas, measured the way a weight merge sees them.
+
+For every LoRA module the delta is `scale * B @ A` (what `merge_and_unload` and
+mergekit's `base+adapter` references add to the base weight). Per module we count
+
+- `near_zero`: delta entries with `|d| <= threshold * max|d|` of that module (the
+  headline *sparsity*, threshold = `paft_sparsity_threshold`, 1% by default);
+- `delta_zeros`: delta entries that are exactly 0;
+- `factor_zeros`: entries of A and B that are exactly 0 (what `proximal` L1 makes);
+- `l1`: `sum|A| + sum|B|`, the quantity the L1 penalty acts on.
+
+The same code measures a live PEFT model (for the training logs) and a saved adapter
+folder (for the report), so both agree by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+_PEFT_PREFIX = "base_model.model."
+_LAYER_RE = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class LoraFactors:
+    """One LoRA module: `delta = scaling * lora_b @ lora_a`."""
+
+    name: str
+    lora_a: torch.Tensor
+    lora_b: torch.Tensor
+    scaling: float
+
+    def delta(self) -> torch.Tensor:
+        """The dense weight delta in float32."""
+        return self.scaling * (self.lora_b.float() @ self.lora_a.float())
+
+
+@dataclass(frozen=True)
+class ModuleSparsity:
+    """Counts for one module's delta and factors."""
+
+    name: str
+    layer: int | None
+    module_type: str
+    numel: int
+    near_zero: int
+    delta_zeros: int
+    factor_numel: int
+    factor_zeros: int
+    l1: float
+    max_abs: float
+
+
+def module_name(parameter_or_module: str) -> str:
+    """Strip PEFT's wrapper prefix and the LoRA suffix from a state-dict name."""
+    name = parameter_or_module.removeprefix(_PEFT_PREFIX)
+    return re.sub(r"\.lora_[AB](\.[^.]+)?(\.weight)?$", "", name)
+
+
+def layer_index(name: str) -> int | None:
+    """The transformer block number in a module name, if any."""
+    match = _LAYER_RE.search(f".{name}.")
+    return int(match.group(1)) if match else None
+
+
+def is_lora_parameter(name: str, adapter: str) -> bool:
+    """True for the A/B weights of `adapter` in a PEFT model's named_parameters."""
+    return bool(re.search(rf"\.lora_(?:A|B)\.{re.escape(adapter)}\.weight$", name))
+
+
+def live_lora_factors(model: torch.nn.Module, adapter: str) -> Iterator[LoraFactors]:
+    """LoRA factors of `adapter` in a live PEFT model (no copies)."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            yield LoraFactors(
+                name=module_name(name),
+                lora_a=module.lora_A[adapter].weight.detach(),
+                lora_b=module.lora_B[adapter].weight.detach(),
+                scaling=float(module.scaling[adapter]),
+            )
+
+
+def saved_lora_factors(adapter_dir: str | Path) -> Iterator[LoraFactors]:
+    """LoRA factors read from a saved PEFT adapter folder (safetensors)."""
+    from peft.utils.other import get_pattern_key
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    tensors = load_file(adapter_dir / "adapter_model.safetensors")
+    alpha_pattern = config.get("alpha_pattern") or {}
+    for key in sorted(k for k in tensors if ".lora_A." in k):
+        name = module_name(key)
+        lora_a, lora_b = tensors[key], tensors[key.replace(".lora_A.", ".lora_B.")]
+        rank = lora_a.shape[0]
+        alpha = config["lora_alpha"]
+        if alpha_pattern:
+            pattern = get_pattern_key(alpha_pattern.keys(), name)
+            alpha = alpha_pattern.get(pattern, alpha)
+        denominator = rank**0.5 if config.get("use_rslora") else rank
+        yield LoraFactors(name, lora_a, lora_b, alpha / denominator)
+
+
+def measure_module(factors: LoraFactors, threshold: float) -> ModuleSparsity:
+    """Sparsity counts of one module (threshold: fraction of the module's max)."""
+    delta = factors.delta().abs()
+    max_abs = float(delta.max()) if delta.numel() else 0.0
+    a, b = factors.lora_a, factors.lora_b
+    return ModuleSparsity(
+        name=factors.name,
+        layer=layer_index(factors.name),
+        module_type=factors.name.rsplit(".", 1)[-1],
+        numel=delta.numel(),
+        near_zero=int((delta <= threshold * max_abs).sum()),
+        delta_zeros=int((delta == 0).sum()),
+        factor_numel=a.numel() + b.numel(),
+        factor_zeros=int((a == 0).sum() + (b == 0).sum()),
+        l1=float(a.float().abs().sum() + b.float().abs().sum()),
+        max_abs=max_abs,
+    )
+
+
+def measure(factors: Iterable[LoraFactors], threshold: float) -> list[ModuleSparsity]:
+    """Per-module sparsity, one module's delta in memory at a time."""
+    with torch.no_grad():
+        return [measure_module(f, threshold) for f in factors]
+
+
+def summarize(modules: list[ModuleSparsity]) -> dict:
+    """Aggregate counts over all modules (entry-weighted fractions)."""
+    numel = sum(m.numel for m in modules)
+    factor_numel = sum(m.factor_numel for m in modules)
+    return {
+        "modules": len(modules),
+        "delta_entries": numel,
+        "sparsity": _fraction(sum(m.near_zero for m in modules), numel),
+        "delta_exact_zeros": _fraction(sum(m.delta_zeros for m in modules), numel),
+        "lora_exact_zeros": _fraction(
+            sum(m.factor_zeros for m in modules), factor_numel
+        ),
+        "l1_norm": sum(m.l1 for m in modules),
+    }
+
+
+def grouped(modules: list[ModuleSparsity], key: str) -> dict[str, dict]:
+    """`summarize` per value of `key` ("layer" or "module_type")."""
+    groups: dict[str, list[ModuleSparsity]] = {}
+    for m in modules:
+        groups.setdefault(str(getattr(m, key)), []).append(m)
+    return {
+        k: summarize(v)
+        for k, v in sorted(groups.items(), key=lambda kv: _natural(kv[0]))
+    }
+
+
+def as_records(modules: list[ModuleSparsity]) -> list[dict]:
+    """Per-module rows for JSON."""
+    return [asdict(m) for m in modules]
+
+
+def _fraction(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+def _natural(text: str) -> tuple:
+    return (0, int(text), "") if text.isdigit() else (1, 0, text)
