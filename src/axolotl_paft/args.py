@@ -185,15 +185,19 @@ class PAFTArgs(BaseModel):
         methods = data.get("paft_merge_methods", DEFAULT_MERGE_METHODS)
         if methods:
             _check_merge_paths(data)
-        if any(m in ("della", "della_linear") for m in methods or ()):
-            density = data.get("paft_merge_density", 0.5)
-            epsilon = data.get("paft_merge_epsilon", 0.1)
-            if not (density - epsilon > 0 and density + epsilon < 1):
-                raise ValueError(
-                    "paft_merge_epsilon: DELLA needs 0 < density - epsilon and "
-                    f"density + epsilon < 1 (density {density}, epsilon {epsilon})"
-                )
         return data
+
+    @model_validator(mode="after")
+    def _della_bounds(self):
+        """mergekit only finds a bad DELLA epsilon while merging; find it here."""
+        density, epsilon = self.paft_merge_density, self.paft_merge_epsilon
+        della = {"della", "della_linear"} & set(self.paft_merge_methods)
+        if della and not (density - epsilon > 0 and density + epsilon < 1):
+            raise ValueError(
+                "paft_merge_epsilon: DELLA needs 0 < density - epsilon and "
+                f"density + epsilon < 1 (density {density}, epsilon {epsilon})"
+            )
+        return self
 
     def resolved_l1_lambda(self) -> float:
         """The L1 strength in force: the explicit key, or the mode's default."""

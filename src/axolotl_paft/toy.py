@@ -4,9 +4,9 @@ Nothing here touches a model hub: the tokenizer is a byte-level BPE trained on t
 generated text, the model is a randomly initialised Llama/Mistral/Qwen2 of a few
 hundred thousand parameters, and the data sets are synthetic JSONL files.
 
-The SFT skill is arithmetic in a fixed answer format ("12 plus 7 is 19."); the
-preference is stylistic: the chosen answer is polite and correct, the rejected one
-curt and wrong.
+The base is briefly pre-trained to answer sums with a bare number ("19"); the SFT
+skill is a fixed answer format ("12 plus 7 is 19."); the preference is stylistic:
+the chosen answer is polite and correct, the rejected one curt and wrong.
 """
 
 from __future__ import annotations
@@ -75,6 +75,23 @@ def preference_rows(n: int, seed: int = 1) -> list[dict]:
     return rows
 
 
+def pretraining_rows(n: int, seed: int = 2) -> list[dict]:
+    """What the toy base learns before any adapter: bare-number answers."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        question, a, b = _arithmetic_pair(rng)
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": str(a + b)},
+                ]
+            }
+        )
+    return rows
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     """Write rows as JSON lines, creating parent folders."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,8 +136,10 @@ def build_tokenizer(out_dir: Path, texts: list[str], vocab_size: int = 400):
     return tokenizer
 
 
-def build_model(out_dir: Path, tokenizer, arch: str = "llama", seed: int = 0) -> Path:
-    """Save a randomly initialised tiny causal LM of `arch` next to the tokenizer."""
+def build_model(
+    out_dir: Path, tokenizer, arch: str = "llama", seed: int = 0, pretrain_steps=300
+) -> Path:
+    """Save a tiny causal LM of `arch`, briefly pre-trained, next to the tokenizer."""
     import torch
     from transformers import (
         AutoModelForCausalLM,
@@ -147,9 +166,34 @@ def build_model(out_dir: Path, tokenizer, arch: str = "llama", seed: int = 0) ->
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
+    if pretrain_steps:
+        _pretrain(model, tokenizer, pretraining_rows(512), pretrain_steps)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def _pretrain(model, tokenizer, rows: list[dict], steps: int) -> None:
+    """A few hundred full-model AdamW steps so adapters start from a real base."""
+    import torch
+
+    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(texts), (32,), generator=generator)
+        loss = model(
+            input_ids=batch["input_ids"][idx],
+            attention_mask=batch["attention_mask"][idx],
+            labels=labels[idx],
+        ).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
 
 
 def build_toy_setup(
@@ -160,7 +204,9 @@ def build_toy_setup(
     sft = sft_rows(n_sft)
     preference = preference_rows(n_preference)
     model_dir = root / f"tiny-{arch}"
-    tokenizer = build_tokenizer(model_dir, _corpus(sft + preference))
+    tokenizer = build_tokenizer(
+        model_dir, _corpus(sft + preference + pretraining_rows(64))
+    )
     build_model(model_dir, tokenizer, arch=arch)
     return ToySetup(
         model_dir=model_dir,
@@ -211,3 +257,24 @@ def axolotl_config(setup: ToySetup, output_dir: Path, **overrides) -> dict:
     }
     config.update(overrides)
     return config
+
+
+def run_axolotl_train(config: dict):
+    """Run `axolotl train` on a config dict in this process; returns the config.
+
+    Same path as the CLI's `--launcher python` (config validation, plugin hooks,
+    `post_train_unload`), with Axolotl's plugin registry emptied first so that
+    several runs can share one process.
+    """
+    import collections
+
+    from axolotl.cli.args import TrainerCliArgs
+    from axolotl.cli.config import load_cfg
+    from axolotl.cli.train import do_train
+    from axolotl.integrations.base import PluginManager
+    from axolotl.utils.dict import DictDefault
+
+    PluginManager.get_instance().plugins = collections.OrderedDict()
+    cfg = load_cfg(DictDefault(config))
+    do_train(cfg, TrainerCliArgs())
+    return cfg

@@ -1,0 +1,45 @@
+"""Held-out style measurements of a base model with or without an adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def load_model(base_model: str | Path, adapter: str | Path | None = None):
+    """The base model in float32 on CPU, with `adapter` applied (not merged)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    return model.eval()
+
+
+@torch.no_grad()
+def assistant_loss(model, tokenizer, rows: list[dict]) -> float:
+    """Mean NLL per assistant token of chat rows (`messages`, last turn answered)."""
+    total, count = 0.0, 0
+    for row in rows:
+        messages = row["messages"]
+        prompt = tokenizer.apply_chat_template(
+            messages[:-1], add_generation_prompt=True, tokenize=False
+        )
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        prompt_len = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        ids = torch.tensor([tokenizer(full, add_special_tokens=False)["input_ids"]])
+        labels = ids.clone()
+        labels[:, :prompt_len] = -100
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        losses = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        total += float(losses)
+        count += int((targets != -100).sum())
+    return total / count

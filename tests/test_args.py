@@ -1,0 +1,72 @@
+"""Config keys: defaults, and every bad value fails naming its key before any load."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import pytest
+from conftest import validate
+
+from axolotl_paft.args import DEFAULT_MERGE_METHODS, PAFTArgs
+from axolotl_paft.toy import axolotl_config
+
+
+def test_defaults_survive_axolotl_validation(llama_world, tmp_path):
+    cfg = validate(axolotl_config(llama_world, tmp_path / "out"))
+    assert cfg.paft_l1_mode == "loss"
+    assert cfg.paft_merge_methods == list(DEFAULT_MERGE_METHODS)
+    assert cfg.paft_sparsity_threshold == 0.01
+    assert PAFTArgs(paft_l1_mode="loss").resolved_l1_lambda() == 1e-4
+    assert PAFTArgs(paft_l1_mode="proximal").resolved_l1_lambda() == 0.1
+
+
+def test_every_key_documented():
+    for name, field in PAFTArgs.model_fields.items():
+        assert name.startswith("paft_")
+        assert field.description, name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"paft_l1_lambda": -1e-4}, "paft_l1_lambda"),
+        ({"paft_l1_mode": "l2"}, "paft_l1_mode"),
+        ({"paft_merge_methods": ["ties", "tiez"]}, "paft_merge_methods"),
+        ({"paft_merge_slerp_t": 1.5}, "paft_merge_slerp_t"),
+        ({"paft_merge_slerp_t": -0.1}, "paft_merge_slerp_t"),
+        ({"paft_merge_density": 0}, "paft_merge_density"),
+        ({"paft_merge_density": 0.95}, "paft_merge_epsilon"),
+        ({"paft_sparsity_threshold": 1.0}, "paft_sparsity_threshold"),
+        ({"paft_merge_dtype": "float8"}, "paft_merge_dtype"),
+        ({"paft_merge_sft_weight": float("nan")}, "paft_merge_sft_weight"),
+        ({"paft_preference_adapter": "/no/such/adapter"}, "paft_preference_adapter"),
+        ({"adapter": None}, "adapter"),
+        ({"rl": "dpo"}, "rl"),
+        ({"deepspeed": "zero2.json"}, "paft_l1_lambda"),
+    ],
+)
+def test_bad_config_names_the_key(llama_world, tmp_path, overrides, key):
+    config = axolotl_config(llama_world, tmp_path / "out", **overrides)
+    with pytest.raises(Exception, match=key):
+        validate(config)
+
+
+def test_plus_in_output_dir_is_refused(llama_world, tmp_path):
+    config = axolotl_config(llama_world, tmp_path / "a+b")
+    with pytest.raises(Exception, match="output_dir"):
+        validate(config)
+    validate({**config, "paft_merge_methods": []})
+
+
+def test_not_registered_as_an_auto_loaded_plugin():
+    """Axolotl >= 0.20 loads every `axolotl.plugins` entry point in every run; we
+    stay opt-in through `plugins:` so that installing us changes no other run."""
+    values = [ep.value for ep in entry_points(group="axolotl.plugins")]
+    assert not any("axolotl_paft" in v for v in values)
+
+
+def test_plain_axolotl_config_has_no_paft_keys(llama_world, tmp_path):
+    config = axolotl_config(llama_world, tmp_path / "out")
+    del config["plugins"]
+    cfg = validate(config)
+    assert not [k for k in cfg if str(k).startswith("paft_")]
