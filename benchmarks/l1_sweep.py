@@ -15,8 +15,8 @@ from pathlib import Path
 os.environ.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", AXOLOTL_DO_NOT_TRACK="1")
 
 LAMBDAS = {
-    "loss": [0.0, 1e-5, 1e-4, 3e-4, 1e-3, 1e-2],
-    "proximal": [0.0, 0.05, 0.1, 0.2, 0.5, 1.0],
+    "loss": [0.0, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+    "proximal": [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0],
 }
 
 

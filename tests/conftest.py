@@ -46,3 +46,37 @@ def validate(config: dict):
     from axolotl.utils.dict import DictDefault
 
     return load_cfg(DictDefault(config))
+
+
+def make_adapter(base_dir: Path, out_dir: Path, seed: int, zero_fraction=0.0) -> Path:
+    """A saved PEFT LoRA with non-zero A and B (LoRA's B starts at 0 otherwise),
+    optionally with a fraction of A and B entries set exactly to 0."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=False,
+    )
+    model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name and zero_fraction:
+                p.mul_(torch.rand_like(p) >= zero_fraction)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def adapters(llama_world, tmp_path_factory) -> dict[str, Path]:
+    """Two adapters on the llama base: a half-sparse 'sft' and a dense 'preference'."""
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "sft": make_adapter(llama_world.model_dir, root / "sft", 1, zero_fraction=0.5),
+        "preference": make_adapter(llama_world.model_dir, root / "pref", 2),
+    }

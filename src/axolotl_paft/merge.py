@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,7 +194,8 @@ def write_merge_configs(
 ) -> EmittedConfigs:
     """Write one `<method>.yml` per fitting method into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = out_dir / "lora-cache" / time.strftime("run-%Y%m%d-%H%M%S")
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    cache_dir = out_dir / "lora-cache" / f"run-{run_id}"
     written, skipped = {}, {}
     for method in args.paft_merge_methods:
         config = build_config(method, deltas, args)

@@ -129,9 +129,10 @@ def measure_module(factors: LoraFactors, threshold: float) -> ModuleSparsity:
 
 
 def measure(factors: Iterable[LoraFactors], threshold: float) -> list[ModuleSparsity]:
-    """Per-module sparsity, one module's delta in memory at a time."""
+    """Per-module sparsity in (layer, name) order, one delta in memory at a time."""
     with torch.no_grad():
-        return [measure_module(f, threshold) for f in factors]
+        modules = [measure_module(f, threshold) for f in factors]
+    return sorted(modules, key=lambda m: (m.layer is None, m.layer or 0, m.name))
 
 
 def summarize(modules: list[ModuleSparsity]) -> dict:

@@ -1,0 +1,169 @@
+"""mergekit configs: layout per method, mergekit's validation, and real merges."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from axolotl_paft.args import DEFAULT_MERGE_METHODS, SUPPORTED_MERGE_METHODS, PAFTArgs
+from axolotl_paft.evaluation import load_model
+from axolotl_paft.merge import (
+    MergeDeltas,
+    build_config,
+    model_reference,
+    validate_config,
+    write_merge_configs,
+)
+
+ALL = PAFTArgs(paft_merge_methods=list(SUPPORTED_MERGE_METHODS))
+
+
+@pytest.fixture(scope="module")
+def deltas(llama_world, adapters) -> MergeDeltas:
+    return MergeDeltas(
+        str(llama_world.model_dir), adapters["sft"], adapters["preference"]
+    )
+
+
+def test_every_method_validates_with_two_deltas(deltas, tmp_path):
+    emitted = write_merge_configs(tmp_path, deltas, ALL)
+    assert not emitted.skipped
+    assert set(emitted.written) == set(SUPPORTED_MERGE_METHODS)
+    for path in emitted.written.values():
+        text = path.read_text()
+        assert "mergekit-yaml" in text.splitlines()[1]
+        validate_config(yaml.safe_load(text))
+
+
+def test_one_delta_skips_two_endpoint_methods_with_a_reason(deltas, tmp_path):
+    sft_only = MergeDeltas(deltas.base_model, deltas.sft_adapter)
+    emitted = write_merge_configs(tmp_path, sft_only, ALL)
+    assert set(emitted.skipped) == {"linear", "slerp", "nuslerp"}
+    assert all("paft_preference_adapter" in why for why in emitted.skipped.values())
+    assert not (tmp_path / "slerp.yml").exists()
+    assert "ties" in emitted.written
+
+
+def test_slerp_endpoints_are_sft_and_preference(deltas):
+    config = build_config("slerp", deltas, PAFTArgs(paft_merge_slerp_t=0.3))
+    assert config["base_model"] == model_reference(
+        deltas.base_model, deltas.sft_adapter
+    )
+    assert config["models"] == [
+        {"model": model_reference(deltas.base_model, deltas.preference_adapter)}
+    ]
+    assert config["parameters"] == {"t": 0.3}
+
+
+def test_linear_has_no_base_and_ties_keeps_method_params_on_top(deltas):
+    assert "base_model" not in build_config("linear", deltas, ALL)
+    ties = build_config("ties", deltas, PAFTArgs(paft_merge_normalize=False))
+    assert ties["base_model"] == deltas.base_model
+    assert ties["parameters"] == {"lambda": 1.0, "normalize": False}
+    assert ties["models"][0]["parameters"] == {"weight": 1.0, "density": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c["models"][0]["parameters"].update(desnity=0.3), "desnity"),
+        (lambda c: c["models"][0]["parameters"].update(t=0.3), "'t'"),
+        (lambda c: c["parameters"].update(weight=1.0), "weight"),
+        (lambda c: c.pop("base_model"), "base_model"),
+    ],
+)
+def test_mergekit_traps_are_caught(deltas, mutate, message):
+    config = build_config("ties", deltas, ALL)
+    mutate(config)
+    with pytest.raises(ValueError, match=message):
+        validate_config(config)
+
+
+def mergekit_yaml(config_path: Path, out: Path, cache: Path) -> None:
+    exe = Path(sys.executable).with_name("mergekit-yaml")
+    subprocess.run(
+        [str(exe), str(config_path), str(out), "--lora-merge-cache", str(cache)],
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def merged(llama_world, deltas, tmp_path_factory) -> dict[str, Path]:
+    """ties, dare_ties and task_arithmetic really run through `mergekit-yaml`."""
+    root = tmp_path_factory.mktemp("merged")
+    args = PAFTArgs(
+        paft_merge_methods=["ties", "dare_ties", "task_arithmetic"],
+        paft_merge_dtype="float32",
+        paft_merge_sft_weight=0.7,
+        paft_merge_preference_weight=0.4,
+    )
+    emitted = write_merge_configs(root / "mergekit", deltas, args)
+    out = {}
+    for method, path in emitted.written.items():
+        mergekit_yaml(path, root / method, emitted.cache_dir)
+        out[method] = root / method
+    return out
+
+
+def test_task_arithmetic_is_base_plus_weighted_deltas(llama_world, deltas, merged):
+    base = load_file(llama_world.model_dir / "model.safetensors")
+    result = load_file(merged["task_arithmetic"] / "model.safetensors")
+    expected = {k: v.clone() for k, v in base.items()}
+    for adapter, weight in (
+        (deltas.sft_adapter, 0.7),
+        (deltas.preference_adapter, 0.4),
+    ):
+        model = load_model(llama_world.model_dir, adapter).merge_and_unload()
+        for k, v in model.state_dict().items():
+            expected[k] += weight * (v - base[k])
+    changed = 0
+    for k, v in expected.items():
+        torch.testing.assert_close(result[k], v, atol=1e-5, rtol=1e-5)
+        changed += not torch.equal(base[k], v)
+    assert changed == 6  # q_proj, v_proj, down_proj in two layers
+
+
+def test_merged_models_load_and_generate(llama_world, merged):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_world.model_dir)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2 plus 3?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    for method, path in merged.items():
+        model = load_model(path)
+        ids = model.generate(**prompt, max_new_tokens=5, do_sample=False)
+        assert ids.shape[1] > prompt["input_ids"].shape[1], method
+        base = load_file(llama_world.model_dir / "model.safetensors")
+        weights = load_file(path / "model.safetensors")
+        key = "model.layers.0.self_attn.q_proj.weight"
+        assert not torch.equal(base[key], weights[key]), method
+
+
+def test_default_methods_cover_the_issue_list():
+    assert set(DEFAULT_MERGE_METHODS) >= {
+        "ties", "dare_ties", "dare_linear", "task_arithmetic", "linear", "slerp",
+        "breadcrumbs_ties", "della",
+    }  # fmt: skip
+
+
+def test_every_run_gets_a_fresh_lora_cache(deltas, tmp_path):
+    """mergekit keys its LoRA cache by folder name: a reused cache would merge a
+    stale adapter, so each emission names a cache folder of its own."""
+    first = write_merge_configs(tmp_path, deltas, ALL).cache_dir
+    second = write_merge_configs(tmp_path, deltas, ALL).cache_dir
+    assert first != second
+    assert first.parent == second.parent == tmp_path / "lora-cache"
+    assert str(second) in (tmp_path / "ties.yml").read_text()

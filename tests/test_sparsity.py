@@ -1,0 +1,63 @@
+"""Delta sparsity: definitions on known tensors, live model == saved adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from axolotl_paft.evaluation import load_model
+from axolotl_paft.sparsity import (
+    LoraFactors,
+    is_lora_parameter,
+    live_lora_factors,
+    measure,
+    measure_module,
+    module_name,
+    saved_lora_factors,
+    summarize,
+)
+
+
+def test_counts_on_a_known_delta():
+    a = torch.tensor([[1.0, 0.0, 0.001]])  # r=1, in=3
+    b = torch.tensor([[2.0], [0.0]])  # out=2
+    stats = measure_module(LoraFactors("model.layers.3.mlp.up_proj", a, b, 0.5), 0.01)
+    # delta = 0.5 * b @ a = [[1, 0, 0.001], [0, 0, 0]]; max 1, threshold 0.01
+    assert stats.numel == 6
+    assert stats.near_zero == 5
+    assert stats.delta_zeros == 4
+    assert stats.factor_zeros == 2
+    assert stats.l1 == pytest.approx(3.001)
+    assert (stats.layer, stats.module_type) == (3, "up_proj")
+
+
+def test_names():
+    name = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.sft.weight"
+    assert module_name(name) == "model.layers.0.self_attn.q_proj"
+    assert module_name("base_model.model.model.layers.0.mlp.up_proj.lora_B.weight") == (
+        "model.layers.0.mlp.up_proj"
+    )
+    assert is_lora_parameter(name, "sft")
+    assert not is_lora_parameter(name, "dpo")
+
+
+def test_live_and_saved_measure_the_same(llama_world, adapters):
+    model = load_model(llama_world.model_dir, adapters["sft"])
+    live = measure(live_lora_factors(model, "default"), 0.01)
+    saved = measure(saved_lora_factors(adapters["sft"]), 0.01)
+    assert [m.name for m in live] == [m.name for m in saved]
+    for x, y in zip(live, saved, strict=True):
+        assert (x.near_zero, x.delta_zeros, x.factor_zeros) == (
+            y.near_zero,
+            y.delta_zeros,
+            y.factor_zeros,
+        )
+        assert x.l1 == pytest.approx(y.l1, rel=1e-6)
+    overall = summarize(saved)
+    assert 0.45 < overall["lora_exact_zeros"] < 0.55
+    assert (
+        overall["sparsity"]
+        > summarize(measure(saved_lora_factors(adapters["preference"]), 0.01))[
+            "sparsity"
+        ]
+    )
