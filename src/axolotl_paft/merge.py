@@ -86,9 +86,9 @@ class EmittedConfigs:
     cache_dir: Path
 
 
-def model_reference(base_model: str, adapter: Path) -> str:
-    """mergekit's `base+adapter` reference (absolute adapter path)."""
-    return f"{base_model}+{Path(adapter).resolve()}"
+def model_reference(base_model: str, adapter: Path | str) -> str:
+    """mergekit's `base+adapter` reference."""
+    return f"{base_model}+{adapter}"
 
 
 def _parameter_values(args: PAFTArgs) -> dict:

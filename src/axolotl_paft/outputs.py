@@ -29,8 +29,10 @@ def write_run_outputs(
     if args.paft_merge_methods:
         deltas = MergeDeltas(
             base_model=base_model_reference(base_model),
-            sft_adapter=adapters["sft"],
-            preference_adapter=adapters.get("preference"),
+            sft_adapter=adapters["sft"].resolve(),
+            preference_adapter=adapters["preference"].resolve()
+            if "preference" in adapters
+            else None,
         )
         emitted = write_merge_configs(output_dir / MERGEKIT_DIR, deltas, args)
         written += emitted.written.values()
