@@ -16,8 +16,8 @@ def test_defaults_survive_axolotl_validation(llama_world, tmp_path):
     assert cfg.paft_l1_mode == "loss"
     assert cfg.paft_merge_methods == list(DEFAULT_MERGE_METHODS)
     assert cfg.paft_sparsity_threshold == 0.01
-    assert PAFTArgs(paft_l1_mode="loss").resolved_l1_lambda() == 1e-4
-    assert PAFTArgs(paft_l1_mode="proximal").resolved_l1_lambda() == 0.1
+    assert PAFTArgs(paft_l1_mode="loss").resolved_l1_lambda() == 1e-3
+    assert PAFTArgs(paft_l1_mode="proximal").resolved_l1_lambda() == 0.5
 
 
 def test_every_key_documented():

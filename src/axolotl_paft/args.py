@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 L1Mode = Literal["loss", "proximal"]
 MergeDtype = Literal["float32", "bfloat16", "float16"]
 
-DEFAULT_L1_LAMBDA: dict[str, float] = {"loss": 1e-4, "proximal": 0.1}
+DEFAULT_L1_LAMBDA: dict[str, float] = {"loss": 1e-3, "proximal": 0.5}
 SUPPORTED_MERGE_METHODS = (
     "ties",
     "dare_ties",
@@ -50,7 +50,7 @@ class PAFTArgs(BaseModel):
         ge=0,
         description=(
             "Strength of the L1 penalty on the SFT LoRA weights (A and B). "
-            "0 disables it. Unset: 1e-4 in `loss` mode, 0.1 in `proximal` mode."
+            "0 disables it. Unset: 1e-3 in `loss` mode, 0.5 in `proximal` mode."
         ),
     )
     paft_l1_mode: L1Mode = Field(

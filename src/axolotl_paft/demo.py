@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             report["merge"]["written"]["ties"],
             str(merged),
             "--lora-merge-cache",
-            str(out / "lora-cache"),
+            report["merge"]["cache_dir"],
         ],
         out / "mergekit.log",
     )

@@ -40,6 +40,7 @@ def write_run_outputs(
         merge = {
             "written": {m: str(p) for m, p in emitted.written.items()},
             "skipped": emitted.skipped,
+            "cache_dir": str(emitted.cache_dir),
             "command": f"mergekit-yaml {first} {output_dir.resolve() / 'merged'} "
             f"--lora-merge-cache {emitted.cache_dir}"
             if first

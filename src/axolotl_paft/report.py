@@ -200,6 +200,14 @@ def render_png(report: dict, path: Path) -> None:
                 m["near_zero"] / m["numel"]
             )
         image = ax.imshow(grid.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for (row, col), value in zip(
+            torch.cartesian_prod(torch.arange(len(layers)), torch.arange(len(types))),
+            grid.flatten(),
+            strict=True,
+        ):
+            if len(layers) * len(types) <= 64 and not value.isnan():
+                color = "black" if value > 0.6 else "white"
+                ax.text(col, row, f"{value:.0%}", ha="center", va="center", color=color)
         ax.set_xticks(range(len(types)), types, rotation=45, ha="right")
         ax.set_yticks(range(len(layers)), [str(x) for x in layers])
         ax.set_xlabel("module")
