@@ -4,6 +4,8 @@ Enable with `plugins: [axolotl_paft.PAFTPlugin]` in an Axolotl LoRA/QLoRA config
 The plugin only wires Axolotl's hooks to the modules beside it:
 
 - `l1`: L1 sparsity of the SFT LoRA and `paft/...` metrics in the trainer's logs;
+- `adapters`, `data`, `trainer`, `losses`: parallel mode (`paft_parallel: true`),
+  an SFT and a preference LoRA trained together on one base;
 - `outputs` (`report`, `merge`): after training, the sparsity report and one
   mergekit config per merge method.
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 from axolotl.integrations.base import BasePlugin
 from axolotl.utils.distributed import is_main_process
 
-from axolotl_paft.args import PAFTArgs
+from axolotl_paft.args import LORA_KERNELS, PAFTArgs
 from axolotl_paft.l1 import L1SparsityCallback
 from axolotl_paft.outputs import write_run_outputs
 
@@ -25,7 +27,7 @@ __version__ = "0.1.0"
 
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 
-SFT_ADAPTER = "default"
+SFT_ONLY_ADAPTER = "default"
 
 
 def paft_args(cfg) -> PAFTArgs:
@@ -34,22 +36,100 @@ def paft_args(cfg) -> PAFTArgs:
     return PAFTArgs(**{k: cfg[k] for k in keys if cfg.get(k) is not None})
 
 
+def adapter_folders(cfg, args: PAFTArgs) -> dict[str, Path]:
+    """Where this run's deltas are saved (role -> folder)."""
+    output_dir = Path(cfg.output_dir)
+    if args.paft_parallel:
+        return {
+            "sft": output_dir / args.paft_sft_adapter_name,
+            "preference": output_dir / args.paft_preference_adapter_name,
+        }
+    folders = {"sft": output_dir}
+    if args.paft_preference_adapter:
+        folders["preference"] = Path(args.paft_preference_adapter)
+    return folders
+
+
 class PAFTPlugin(BasePlugin):
-    """PAFT for Axolotl: sparse SFT LoRA, report and mergekit configs."""
+    """PAFT for Axolotl: sparse SFT LoRA, parallel SFT + preference LoRAs, report
+    and mergekit configs."""
 
     def __init__(self):
         super().__init__()
         self._callback: L1SparsityCallback | None = None
+        self._preference_dataset = None
         self._outputs_written = False
+
+    def register(self, cfg) -> None:
+        """Before validation: parallel mode turns Axolotl's fused LoRA kernels off
+        unless set (they read only the first active adapter)."""
+        if cfg.get("paft_parallel"):
+            for key in LORA_KERNELS:
+                if cfg.get(key) is None:
+                    cfg[key] = False
 
     def get_input_args(self) -> str:
         return "axolotl_paft.args.PAFTArgs"
 
+    def load_datasets(self, cfg, preprocess: bool = False):
+        """Parallel mode: load the preference data before the model (SFT data stay
+        Axolotl's: returning None keeps its own loading)."""
+        if paft_args(cfg).paft_parallel:
+            self._preference_dataset = self._load_preference(cfg)
+        return None
+
+    def post_lora_load(self, cfg, model) -> None:
+        args = paft_args(cfg)
+        if args.paft_parallel:
+            from axolotl_paft.adapters import add_parallel_adapters
+
+            add_parallel_adapters(
+                model,
+                args.paft_sft_adapter_name,
+                args.paft_preference_adapter_name,
+                seed=cfg.seed if cfg.seed is not None else 42,
+            )
+
+    def get_trainer_cls(self, cfg):
+        if paft_args(cfg).paft_parallel:
+            from axolotl_paft.trainer import PAFTParallelTrainer
+
+            return PAFTParallelTrainer
+        return None
+
+    def post_trainer_create(self, cfg, trainer) -> None:
+        args = paft_args(cfg)
+        if not args.paft_parallel:
+            return
+        from axolotl_paft.data import preference_collator
+        from axolotl_paft.trainer import ParallelSettings, PreferenceStream
+
+        if self._preference_dataset is None:  # training driven without the CLI
+            self._preference_dataset = self._load_preference(cfg)
+        settings = ParallelSettings(
+            sft_adapter=args.paft_sft_adapter_name,
+            preference_adapter=args.paft_preference_adapter_name,
+            loss=args.paft_preference_loss,
+            beta=args.paft_preference_beta,
+            learning_rate=args.paft_preference_learning_rate or cfg.learning_rate,
+            micro_batch_size=args.paft_preference_micro_batch_size
+            or cfg.micro_batch_size,
+            seed=cfg.seed if cfg.seed is not None else 42,
+        )
+        stream = PreferenceStream(
+            self._preference_dataset,
+            preference_collator(trainer.processing_class, cfg),
+            settings.micro_batch_size,
+            settings.seed,
+        )
+        trainer.attach(settings, stream)
+
     def add_callbacks_post_trainer(self, cfg, trainer) -> list:
         args = paft_args(cfg)
+        adapter = args.paft_sft_adapter_name if args.paft_parallel else SFT_ONLY_ADAPTER
         self._callback = L1SparsityCallback(
             trainer,
-            adapter=SFT_ADAPTER,
+            adapter=adapter,
             l1_lambda=args.resolved_l1_lambda(),
             mode=args.paft_l1_mode,
             threshold=args.paft_sparsity_threshold,
@@ -59,7 +139,7 @@ class PAFTPlugin(BasePlugin):
             "paft: L1 %s mode, lambda %g on adapter %r",
             args.paft_l1_mode,
             args.resolved_l1_lambda(),
-            SFT_ADAPTER,
+            adapter,
         )
         return [self._callback]
 
@@ -69,20 +149,27 @@ class PAFTPlugin(BasePlugin):
     def post_train_unload(self, cfg) -> None:
         self._write_outputs(cfg)
 
+    @staticmethod
+    def _load_preference(cfg):
+        from axolotl.loaders import load_tokenizer
+
+        from axolotl_paft.data import load_preference_dataset
+
+        return load_preference_dataset(
+            cfg, load_tokenizer(cfg), cfg.paft_preference_datasets
+        )
+
     def _write_outputs(self, cfg) -> None:
-        """Once per run, after the final adapter was saved (post_train runs twice)."""
+        """Once per run, after the final adapters were saved (post_train runs
+        twice: before and after Axolotl's final save)."""
         callback = self._callback
         if self._outputs_written or callback is None or callback.ended_at is None:
             return
-        output_dir = Path(cfg.output_dir)
-        weights = output_dir / "adapter_model.safetensors"
+        args = paft_args(cfg)
+        adapters = adapter_folders(cfg, args)
+        weights = adapters["sft"] / "adapter_model.safetensors"
         if not weights.exists() or weights.stat().st_mtime < callback.started_at:
             return
         self._outputs_written = True
-        if not is_main_process():
-            return
-        args = paft_args(cfg)
-        adapters = {"sft": output_dir}
-        if args.paft_preference_adapter:
-            adapters["preference"] = Path(args.paft_preference_adapter)
-        write_run_outputs(output_dir, cfg.base_model, adapters, args)
+        if is_main_process():
+            write_run_outputs(Path(cfg.output_dir), cfg.base_model, adapters, args)

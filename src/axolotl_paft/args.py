@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 L1Mode = Literal["loss", "proximal"]
+PreferenceLoss = Literal["dpo", "ipo", "orpo"]
 MergeDtype = Literal["float32", "bfloat16", "float16"]
 
 DEFAULT_L1_LAMBDA: dict[str, float] = {"loss": 1e-3, "proximal": 0.5}
@@ -45,6 +46,45 @@ LORA_ADAPTERS = ("lora", "qlora")
 class PAFTArgs(BaseModel):
     """Config keys of `axolotl_paft.PAFTPlugin`."""
 
+    paft_parallel: bool = Field(
+        default=False,
+        description=(
+            "Train the SFT LoRA (on `datasets`) and a preference LoRA (on "
+            "`paft_preference_datasets`) together on one base model."
+        ),
+    )
+    paft_preference_datasets: list[dict] | None = Field(
+        default=None,
+        description=(
+            "Parallel mode's preference data: entries exactly as under `datasets` "
+            "of an `rl: dpo` config (chatml.*, chat_template.default, llama3.*, ...)."
+        ),
+    )
+    paft_preference_loss: PreferenceLoss = Field(
+        default="dpo",
+        description="Preference loss: `dpo` (sigmoid), `ipo` or `orpo`, as in TRL.",
+    )
+    paft_preference_beta: float = Field(
+        default=0.1, gt=0, description="beta of the preference loss (TRL's `beta`)."
+    )
+    paft_preference_learning_rate: float | None = Field(
+        default=None,
+        gt=0,
+        description="Learning rate of the preference adapter; unset: `learning_rate`.",
+    )
+    paft_preference_micro_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Preference pairs per micro-batch; unset: `micro_batch_size`.",
+    )
+    paft_sft_adapter_name: str = Field(
+        default="sft",
+        description="Parallel mode: name (and output_dir subfolder) of the SFT LoRA.",
+    )
+    paft_preference_adapter_name: str = Field(
+        default="dpo",
+        description="Parallel mode: name (and subfolder) of the preference LoRA.",
+    )
     paft_l1_lambda: float | None = Field(
         default=None,
         ge=0,
@@ -182,6 +222,8 @@ class PAFTArgs(BaseModel):
                 "partitions, where the L1 step cannot reach them; use DDP or FSDP, "
                 "or set paft_l1_lambda: 0"
             )
+        if data.get("paft_parallel"):
+            _check_parallel(data)
         methods = data.get("paft_merge_methods", DEFAULT_MERGE_METHODS)
         if methods:
             _check_merge_paths(data)
@@ -225,3 +267,74 @@ def _check_merge_paths(data: dict) -> None:
                 "`base+adapter` references cannot hold; rename the folder or set "
                 "paft_merge_methods: []"
             )
+
+
+LORA_KERNELS = (
+    "lora_mlp_kernel",
+    "lora_qkv_kernel",
+    "lora_o_kernel",
+    "lora_embedding_kernel",
+)
+
+
+def _check_parallel(data: dict) -> None:
+    """Parallel mode's own checks."""
+    entries = data.get("paft_preference_datasets")
+    if not entries:
+        raise ValueError(
+            "paft_preference_datasets: parallel mode (paft_parallel: true) needs "
+            "preference data, e.g. [{path: prefs.jsonl, type: chatml.intel}]"
+        )
+    if data.get("paft_preference_adapter"):
+        raise ValueError(
+            "paft_preference_adapter: parallel mode trains its own preference "
+            "adapter; remove paft_preference_adapter or paft_parallel"
+        )
+    sft = data.get("paft_sft_adapter_name", "sft")
+    preference = data.get("paft_preference_adapter_name", "dpo")
+    names = {sft, preference}
+    if (
+        len(names) == 1
+        or "default" in names
+        or not all(n.isidentifier() for n in names)
+    ):
+        raise ValueError(
+            "paft_preference_adapter_name: the two adapter names must differ, be "
+            f"identifiers and not 'default' (got {sft!r} and {preference!r})"
+        )
+    for key in ("deepspeed", "fsdp", "fsdp_config"):
+        if data.get(key):
+            raise ValueError(
+                f"paft_parallel: `{key}` is not supported in parallel mode (single "
+                "process or DDP); see the README's notes on sharded training"
+            )
+    for key in LORA_KERNELS:
+        if data.get(key):
+            raise ValueError(
+                f"{key}: Axolotl's fused LoRA kernels read only the first active "
+                "adapter; set it to false for parallel mode"
+            )
+    from axolotl_paft.data import check_preference_entries
+
+    check_preference_entries(entries)
+    _check_output_dir_is_ours(data, [sft, preference])
+
+
+def _check_output_dir_is_ours(data: dict, adapters: list[str]) -> None:
+    """Never let a new run silently overwrite another run's adapters."""
+    output_dir = Path(data.get("output_dir") or "./model-out")
+    resuming = data.get("resume_from_checkpoint") or (
+        data.get("auto_resume_from_checkpoints")
+        and any(output_dir.glob("checkpoint-*"))
+    )
+    existing = [
+        str(output_dir / a)
+        for a in adapters
+        if (output_dir / a / "adapter_model.safetensors").exists()
+    ]
+    if existing and not resuming:
+        raise ValueError(
+            f"output_dir: {existing} already hold adapters of an earlier run; "
+            "choose a new output_dir, delete them, or resume that run "
+            "(resume_from_checkpoint / auto_resume_from_checkpoints)"
+        )

@@ -43,3 +43,40 @@ def assistant_loss(model, tokenizer, rows: list[dict]) -> float:
         total += float(losses)
         count += int((targets != -100).sum())
     return total / count
+
+
+def _completion_logp(model, tokenizer, prompt: str, completion: str) -> float:
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
+    logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+    logps = torch.log_softmax(logits, -1)
+    targets = torch.tensor(ids[1:])
+    picked = logps.gather(-1, targets[:, None])[:, 0]
+    return float(picked[len(prompt_ids) - 1 :].sum())
+
+
+@torch.no_grad()
+def preference_margins(policy, reference, tokenizer, rows: list[dict]) -> torch.Tensor:
+    """Implicit reward margins (DPO's, beta = 1) of `policy` against `reference`:
+    (log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected)).
+
+    Rows hold `question` (and optionally `system`), `chosen` and `rejected`; the
+    prompt is rendered with the tokenizer's chat template."""
+    margins = []
+    for row in rows:
+        messages = (
+            [{"role": "system", "content": row["system"]}] if row.get("system") else []
+        )
+        messages.append({"role": "user", "content": row["question"]})
+        prompt = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        margin = 0.0
+        for sign, key in ((1, "chosen"), (-1, "rejected")):
+            completion = row[key] + tokenizer.eos_token
+            margin += sign * (
+                _completion_logp(policy, tokenizer, prompt, completion)
+                - _completion_logp(reference, tokenizer, prompt, completion)
+            )
+        margins.append(margin)
+    return torch.tensor(margins)

@@ -23,8 +23,8 @@ import time
 import torch
 from transformers import Trainer, TrainerCallback
 
+from axolotl_paft.adapters import adapter_parameters
 from axolotl_paft.sparsity import (
-    is_lora_parameter,
     live_lora_factors,
     measure,
     summarize,
@@ -55,9 +55,7 @@ class L1SparsityCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.started_at = time.time()
-        self._params = [
-            p for n, p in model.named_parameters() if is_lora_parameter(n, self.adapter)
-        ]
+        self._params = adapter_parameters(model, self.adapter)
         if not self._params:
             raise RuntimeError(
                 f"paft: no LoRA weights of adapter {self.adapter!r} found in the model"

@@ -259,6 +259,17 @@ def axolotl_config(setup: ToySetup, output_dir: Path, **overrides) -> dict:
     return config
 
 
+def parallel_config(setup: ToySetup, output_dir: Path, **overrides) -> dict:
+    """`axolotl_config` in parallel mode: SFT and DPO LoRAs in one run."""
+    parallel = {
+        "paft_parallel": True,
+        "paft_preference_datasets": [
+            {"path": str(setup.preference_path), "type": "chatml.intel"}
+        ],
+    }
+    return axolotl_config(setup, output_dir, **{**parallel, **overrides})
+
+
 def run_axolotl_train(config: dict):
     """Run `axolotl train` on a config dict in this process; returns the config.
 
