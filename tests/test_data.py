@@ -17,6 +17,7 @@ from axolotl_paft.data import (
     load_preference_dataset,
     preference_cfg,
     preference_collator,
+    tokenize_preference_dataset,
 )
 from axolotl_paft.toy import axolotl_config, preference_rows, write_jsonl
 
@@ -143,6 +144,28 @@ def test_sequence_len_drop_and_truncate(llama_world, setup, intel):
     batch = preference_collator(tokenizer, short)([dataset[i] for i in range(8)])
     assert batch["input_ids"].shape[1] <= short.sequence_len
     assert (batch["completion_mask"].sum(dim=1) > 0).all()
+
+
+def test_trl_tokenisation_eos_and_double_bos(llama_world):
+    """A template that writes BOS plus a tokenizer that adds one (Llama-style)."""
+    from datasets import Dataset
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_world.model_dir)
+    bos = tokenizer.bos_token_id
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bos)]
+    )
+    prompt = "<s><|im_start|>user\nWhat is 2 plus 3?<|im_end|>\n<|im_start|>assistant\n"
+    rows = [{"prompt": prompt, "chosen": "Sure! 5.<|im_end|>", "rejected": "no"}]
+    row = tokenize_preference_dataset(Dataset.from_list(rows), tokenizer, 64)[0]
+    assert row["prompt_ids"][:2] == [
+        bos,
+        tokenizer.convert_tokens_to_ids("<|im_start|>"),
+    ]
+    assert tokenizer.decode(row["chosen_ids"]) == "Sure! 5.<|im_end|>"
+    assert tokenizer.decode(row["rejected_ids"]) == "no<|im_end|>"  # TRL's EOS
 
 
 def test_missing_rejected_names_file_and_row(setup, tmp_path):

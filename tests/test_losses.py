@@ -202,6 +202,7 @@ def test_matches_trl_dpo_trainer(toy, tmp_path, kind, loss_type, beta):
 
     trl_loss = trainer.compute_loss(model, batch)
     trl_loss.backward()
+    trl_loss = trl_loss.detach()
     trl_grads = lora_grads(model)
     mode = "train" if model.training else "eval"
     trl_metrics = {k: v[-1] for k, v in trainer._metrics[mode].items()}
@@ -211,7 +212,7 @@ def test_matches_trl_dpo_trainer(toy, tmp_path, kind, loss_type, beta):
     ours_grads = lora_grads(model)
 
     diff = gaps(loss, metrics, trl_loss, trl_metrics, ours_grads, trl_grads)
-    print(f"{kind} vs TRL DPOTrainer({loss_type}) loss={float(trl_loss):.5f}: {diff}")
+    print(f"{kind} vs TRL DPOTrainer({loss_type}), loss {trl_loss.item():.5f}: {diff}")
     assert max(diff.values()) < TOL
     assert float(metrics["rewards/margins"]) != 0.0  # the reference is not the policy
 
@@ -242,6 +243,7 @@ def test_matches_trl_orpo_trainer(toy, tmp_path):
 
     trl_loss, trl_metrics = trainer.compute_loss(model, raw, return_outputs=True)
     trl_loss.backward()
+    trl_loss = trl_loss.detach()
     trl_grads = lora_grads(model)
 
     # TRL's own chosen/rejected concatenation, as a DataCollatorForPreference batch
@@ -257,7 +259,7 @@ def test_matches_trl_orpo_trainer(toy, tmp_path):
 
     assert set(metrics) <= set(trl_metrics)
     diff = gaps(loss, metrics, trl_loss, trl_metrics, ours_grads, trl_grads)
-    print(f"orpo vs TRL ORPOTrainer loss={float(trl_loss):.5f}: {diff}")
+    print(f"orpo vs TRL ORPOTrainer loss {trl_loss.item():.5f}: {diff}")
     assert max(diff.values()) < TOL
 
 

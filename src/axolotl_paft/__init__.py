@@ -13,6 +13,8 @@ The plugin only wires Axolotl's hooks to the modules beside it:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
@@ -28,6 +30,23 @@ __version__ = "0.1.0"
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 
 SFT_ONLY_ADAPTER = "default"
+
+
+@contextmanager
+def preserved_random_state() -> Iterator[None]:
+    """Run a block without moving Python's, NumPy's or torch's random streams."""
+    import random
+
+    import numpy as np
+    import torch
+
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
 
 
 def paft_args(cfg) -> PAFTArgs:
@@ -75,10 +94,17 @@ class PAFTPlugin(BasePlugin):
         """Parallel mode: load the preference data before the model (SFT data stay
         Axolotl's: returning None keeps its own loading)."""
         if paft_args(cfg).paft_parallel:
-            self._preference_dataset = self._load_preference(cfg)
+            # the random streams stay those of a plain SFT run (the LoRA init
+            # draws from them once the model loads)
+            with preserved_random_state():
+                self._preference_dataset = self._load_preference(cfg)
         return None
 
-    def post_lora_load(self, cfg, model) -> None:
+    def post_model_load(self, cfg, model) -> None:
+        """Parallel mode: split Axolotl's LoRA into the two named adapters. Not in
+        post_lora_load: Axolotl >= 0.21 re-draws every LoRA A from the seed and the
+        adapter's name right after it, and the SFT adapter must keep the draw a
+        plain SFT run makes."""
         args = paft_args(cfg)
         if args.paft_parallel:
             from axolotl_paft.adapters import add_parallel_adapters

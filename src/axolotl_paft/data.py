@@ -25,10 +25,11 @@ from axolotl.utils.data.shared import (
     generate_dataset_hash_from_config,
     get_prepared_dataset_path,
 )
-from axolotl.utils.data.utils import is_vision_dataset, remove_double_bos_token
+from axolotl.utils.data.utils import remove_double_bos_token
 from axolotl.utils.dict import DictDefault
 from axolotl.utils.schemas.enums import RLType
 from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
 from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer
 
 PREFERENCE_SUBDIR = "paft_preference"
@@ -61,7 +62,7 @@ def preference_cfg(cfg: DictDefault, entries: Sequence[Mapping]) -> DictDefault:
 
 
 def load_preference_dataset(
-    cfg: DictDefault, tokenizer: Any, entries: Sequence[Mapping]
+    cfg: DictDefault, tokenizer: PreTrainedTokenizerBase, entries: Sequence[Mapping]
 ) -> Dataset:
     """Load, transform, length-filter and tokenise the preference datasets.
 
@@ -74,13 +75,11 @@ def load_preference_dataset(
     Path(pref.dataset_prepared_path).mkdir(parents=True, exist_ok=True)
     try:
         dataset, _ = prepare_preference_datasets(pref, tokenizer)
-    except PreferenceDataError:
-        raise
     except Exception as exc:
         raise PreferenceDataError(
             f"{names}: Axolotl's DPO data loading failed: {exc}"
         ) from exc
-    if is_vision_dataset(dataset.column_names):
+    if {"image", "images"} & set(dataset.column_names):
         raise PreferenceDataError(f"{names}: image preference data is not supported")
     if len(dataset) == 0:
         # Axolotl cached the empty result under a hash that ignores
@@ -107,7 +106,7 @@ def load_preference_dataset(
 
 def tokenize_preference_dataset(
     dataset: Dataset,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     max_length: int | None,
     num_proc: int | None = None,
 ) -> Dataset:
@@ -134,10 +133,12 @@ def tokenize_preference_dataset(
         ids = remove_double_bos_token({"input_ids": row["prompt_ids"]}, bos)
         return {"prompt_ids": ids["input_ids"]}
 
-    return dataset.map(_strip_bos, num_proc=num_proc, desc="Removing double BOS")
+    return dataset.map(_strip_bos, desc="Removing double BOS")
 
 
-def preference_collator(tokenizer: Any, cfg: DictDefault) -> DataCollatorForPreference:
+def preference_collator(
+    tokenizer: PreTrainedTokenizerBase, cfg: DictDefault
+) -> DataCollatorForPreference:
     """TRL's preference collator as `rl: dpo` builds it: chosen rows first, then
     rejected; `input_ids`, `attention_mask`, `completion_mask`, each sequence
     truncated to `sequence_len` (keep start) and right-padded."""
