@@ -8,7 +8,7 @@ import pytest
 from conftest import validate
 
 from axolotl_paft.args import DEFAULT_MERGE_METHODS, PAFTArgs
-from axolotl_paft.toy import axolotl_config
+from axolotl_paft.toy import axolotl_config, parallel_config, write_jsonl
 
 
 def test_defaults_survive_axolotl_validation(llama_world, tmp_path):
@@ -70,3 +70,56 @@ def test_plain_axolotl_config_has_no_paft_keys(llama_world, tmp_path):
     del config["plugins"]
     cfg = validate(config)
     assert not [k for k in cfg if str(k).startswith("paft_")]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"paft_preference_datasets": None}, "paft_preference_datasets"),
+        ({"paft_preference_adapter_name": "sft"}, "paft_preference_adapter_name"),
+        ({"paft_sft_adapter_name": "default"}, "paft_preference_adapter_name"),
+        ({"adapter": None}, "adapter"),
+        ({"lora_qkv_kernel": True}, "lora_qkv_kernel"),
+        ({"fsdp_config": {"fsdp_version": 2}}, "fsdp_config"),
+        ({"paft_preference_loss": "kto"}, "paft_preference_loss"),
+    ],
+)
+def test_bad_parallel_config_names_the_key(llama_world, tmp_path, overrides, message):
+    config = parallel_config(llama_world, tmp_path / "out", **overrides)
+    with pytest.raises(Exception, match=message):
+        validate(config)
+
+
+def test_parallel_mode_turns_fused_lora_kernels_off(llama_world, tmp_path):
+    config = parallel_config(llama_world, tmp_path / "out")
+    for key in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"):
+        del config[key]
+    cfg = validate(config)
+    assert not any(cfg[k] for k in ("lora_mlp_kernel", "lora_qkv_kernel"))
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"question": "q", "chosen": "a"}], r"row 1 .*rejected"),
+        ([], "empty"),
+    ],
+)
+def test_bad_preference_rows_are_named(llama_world, tmp_path, rows, message):
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows)
+    entries = [{"path": str(bad), "type": "chatml.intel"}]
+    config = parallel_config(
+        llama_world, tmp_path / "out", paft_preference_datasets=entries
+    )
+    with pytest.raises(Exception, match=message) as error:
+        validate(config)
+    assert "bad.jsonl" in str(error.value)
+
+
+def test_another_runs_adapters_are_never_overwritten(llama_world, tmp_path):
+    out = tmp_path / "out"
+    (out / "dpo").mkdir(parents=True)
+    (out / "dpo" / "adapter_model.safetensors").write_bytes(b"earlier run")
+    with pytest.raises(Exception, match="output_dir"):
+        validate(parallel_config(llama_world, out))
+    validate(parallel_config(llama_world, out, resume_from_checkpoint=str(out)))
