@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 from conftest import validate
@@ -38,6 +39,7 @@ def test_every_key_documented():
         ({"paft_merge_density": 0.95}, "paft_merge_epsilon"),
         ({"paft_sparsity_threshold": 1.0}, "paft_sparsity_threshold"),
         ({"paft_merge_dtype": "float8"}, "paft_merge_dtype"),
+        ({"paft_merge_run": "slerp", "paft_merge_methods": ["ties"]}, "paft_merge_run"),
         ({"paft_merge_sft_weight": float("nan")}, "paft_merge_sft_weight"),
         ({"paft_preference_adapter": "/no/such/adapter"}, "paft_preference_adapter"),
         ({"adapter": None}, "adapter"),
@@ -123,3 +125,9 @@ def test_another_runs_adapters_are_never_overwritten(llama_world, tmp_path):
     with pytest.raises(Exception, match="output_dir"):
         validate(parallel_config(llama_world, out))
     validate(parallel_config(llama_world, out, resume_from_checkpoint=str(out)))
+
+
+def test_readme_documents_every_key():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    missing = [k for k in PAFTArgs.model_fields if f"| `{k}` |" not in readme]
+    assert not missing

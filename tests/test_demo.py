@@ -1,5 +1,6 @@
-"""The README's demo command, end to end: axolotl train (DPO, then PAFT SFT),
-mergekit-yaml on the emitted TIES config, a merged model that answers."""
+"""The README's demo command, end to end: axolotl train in parallel mode (SFT +
+DPO LoRAs in one run), mergekit-yaml on the emitted TIES config, a merged model
+that answers."""
 
 from __future__ import annotations
 
@@ -30,5 +31,6 @@ def test_demo_runs_end_to_end(tmp_path):
         next(x for x in lines if x.startswith("merged model (ties)")).split()[-1]
     )
     assert (merged / "model.safetensors").is_file()
+    assert any(x.startswith("preference delta sparsity:") for x in lines)
     answer = next(x for x in lines if x.startswith("merged model answers"))
     assert " plus " in answer  # the SFT answer format survived the merge

@@ -116,6 +116,7 @@ def test_qlora_parallel_run_learns_both_skills(mistral_world, tmp_path):
             micro_batch_size=2,
             max_steps=60,
             paft_merge_methods=["ties"],
+            paft_merge_run="ties",
         )
     )
     tokenizer = AutoTokenizer.from_pretrained(mistral_world.model_dir)
@@ -134,3 +135,7 @@ def test_qlora_parallel_run_learns_both_skills(mistral_world, tmp_path):
     print(f"QLoRA parallel: preference accuracy on training pairs {accuracy:.2f}")
     assert accuracy > 0.8
     assert (out / "mergekit" / "ties.yml").exists()
+    merged = load_model(out / "merged" / "ties")  # mergekit's API ran after training
+    assert assistant_loss(merged, tokenizer, rows) < assistant_loss(
+        base, tokenizer, rows
+    )

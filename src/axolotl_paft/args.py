@@ -125,6 +125,13 @@ class PAFTArgs(BaseModel):
         default=list(DEFAULT_MERGE_METHODS),
         description="mergekit methods to write configs for ([] writes none).",
     )
+    paft_merge_run: str | None = Field(
+        default=None,
+        description=(
+            "Also run this method's config through mergekit's Python API after "
+            "training, into output_dir/merged/<method>."
+        ),
+    )
     paft_merge_sft_weight: float = Field(
         default=1.0, description="mergekit `weight` of the SFT delta."
     )
@@ -228,6 +235,16 @@ class PAFTArgs(BaseModel):
         if methods:
             _check_merge_paths(data)
         return data
+
+    @model_validator(mode="after")
+    def _merge_run_is_emitted(self):
+        run = self.paft_merge_run
+        if run is not None and run not in self.paft_merge_methods:
+            raise ValueError(
+                f"paft_merge_run: {run!r} is not among paft_merge_methods "
+                f"{self.paft_merge_methods}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _della_bounds(self):

@@ -3,10 +3,10 @@
     axolotl-paft-demo [OUT_DIR]
 
 1. builds a tiny, briefly pre-trained Llama, its tokenizer and two JSONL data sets;
-2. trains a preference LoRA with plain Axolotl (`rl: dpo`), as users do today;
-3. trains the L1-sparse SFT LoRA with `axolotl train` and the PAFT plugin, which
-   writes the sparsity report and one mergekit config per method;
-4. runs `mergekit-yaml` on the TIES config, loads the merged model and answers.
+2. runs `axolotl train` in PAFT's parallel mode: the L1-sparse SFT LoRA and the DPO
+   LoRA train together on one base, and the plugin writes the sparsity report and
+   one mergekit config per method;
+3. runs `mergekit-yaml` on the TIES config, loads the merged model and answers.
 """
 
 from __future__ import annotations
@@ -20,22 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from axolotl_paft.toy import ToySetup, axolotl_config, build_toy_setup
-
-
-def preference_config(world: ToySetup, output_dir: Path) -> dict:
-    """Plain Axolotl LoRA DPO on the toy preference data (no plugin)."""
-    config = axolotl_config(
-        world,
-        output_dir,
-        rl="dpo",
-        rl_beta=0.1,
-        datasets=[{"path": str(world.preference_path), "type": "chatml.intel"}],
-        learning_rate=3e-3,
-        max_steps=40,
-    )
-    config.pop("plugins")
-    return config
+from axolotl_paft.toy import build_toy_setup, parallel_config
 
 
 def _run(command: list[str], log: Path) -> None:
@@ -88,24 +73,17 @@ def main(argv: list[str] | None = None) -> None:
     out = parser.parse_args(argv).out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    print(f"1/4 building a tiny model and data under {out / 'world'}", flush=True)
+    print(f"1/3 building a tiny model and data under {out / 'world'}", flush=True)
     world = build_toy_setup(out / "world")
 
-    print("2/4 preference LoRA, plain Axolotl DPO", flush=True)
-    pref_dir = out / "preference"
-    pref_cfg = _write_config(out / "preference.yml", preference_config(world, pref_dir))
-    _run(["axolotl", "train", str(pref_cfg)], out / "preference.log")
+    print("2/3 axolotl train, parallel mode: SFT + DPO LoRAs on one base", flush=True)
+    run_dir = out / "paft"
+    config = parallel_config(world, run_dir, max_steps=120)
+    config_path = _write_config(out / "paft_parallel.yml", config)
+    _run(["axolotl", "train", str(config_path)], out / "train.log")
 
-    print("3/4 L1-sparse SFT LoRA, axolotl train + PAFT plugin", flush=True)
-    sft_dir = out / "sft"
-    sft_config = axolotl_config(
-        world, sft_dir, max_steps=120, paft_preference_adapter=str(pref_dir)
-    )
-    sft_cfg = _write_config(out / "paft_sft.yml", sft_config)
-    _run(["axolotl", "train", str(sft_cfg)], out / "sft.log")
-
-    print("4/4 mergekit-yaml on the emitted TIES config", flush=True)
-    report = json.loads((sft_dir / "paft_report.json").read_text())
+    print("3/3 mergekit-yaml on the emitted TIES config", flush=True)
+    report = json.loads((run_dir / "paft_report.json").read_text())
     merged = out / "merged" / "ties"
     _run(
         [
@@ -129,8 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         f"overlap of kept entries: {100 * interference['overlap']:.1f}%, "
         f"sign conflicts: {100 * interference['sign_conflicts']:.1f}%"
     )
-    print(f"report: {sft_dir / 'paft_report.md'} (+ .json, .png)")
-    print(f"mergekit configs: {sft_dir / 'mergekit'}")
+    print(f"adapters: {run_dir / 'sft'} and {run_dir / 'dpo'}")
+    print(f"report: {run_dir / 'paft_report.md'} (+ .json, .png)")
+    print(f"mergekit configs: {run_dir / 'mergekit'}")
     print(f"merged model (ties): {merged}")
     question = "What is 12 plus 7?"
     print(f"merged model answers {question!r}: {answer(merged, question)!r}")

@@ -215,3 +215,19 @@ def write_merge_configs(
         path.write_text(header + yaml.safe_dump(config, sort_keys=False))
         written[method] = path
     return EmittedConfigs(written=written, skipped=skipped, cache_dir=cache_dir)
+
+
+def run_merge_config(config_path: Path, out_path: Path, cache_dir: Path) -> Path:
+    """Run one emitted config through mergekit's Python API, as `mergekit-yaml`
+    would (LoRA references merged into `cache_dir`, tokenizer copied)."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+
+    text = config_path.read_text()
+    run_merge(
+        MergeConfiguration.model_validate(yaml.safe_load(text)),
+        str(out_path),
+        options=MergeOptions(lora_merge_cache=str(cache_dir), copy_tokenizer=True),
+        config_source=text,
+    )
+    return out_path

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from axolotl_paft.args import PAFTArgs
-from axolotl_paft.merge import MergeDeltas, write_merge_configs
+from axolotl_paft.merge import MergeDeltas, run_merge_config, write_merge_configs
 from axolotl_paft.report import build_report, write_report
 
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
@@ -48,6 +48,11 @@ def write_run_outputs(
         }
         for method, path in emitted.written.items():
             LOG.info("paft: wrote mergekit config %s: %s", method, path)
+        if args.paft_merge_run:
+            merged = output_dir / "merged" / args.paft_merge_run
+            LOG.info("paft: merging with %s into %s", args.paft_merge_run, merged)
+            method_config = emitted.written[args.paft_merge_run]
+            written.append(run_merge_config(method_config, merged, emitted.cache_dir))
     if args.paft_report:
         report = build_report(adapters, args.paft_sparsity_threshold, merge)
         written += write_report(report, output_dir)
