@@ -1,0 +1,129 @@
+"""Parallel mode against the two runs it replaces, measured side by side.
+
+On one tiny config, interleaved for `--repeats` rounds: (i) one parallel-mode run,
+(ii) a plain Axolotl SFT LoRA run plus a plain Axolotl `rl: dpo` LoRA run with the
+same steps, batch and data; plus parallel runs with L1 on and off. Each run is a
+separate `axolotl train` process (what users time), measured for wall time and
+peak RSS (the GPU's max allocated memory when there is one). Prints a Markdown table
+and writes JSON. Usage: python benchmarks/parallel_vs_separate.py [OUT] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+STEPS = 40
+
+
+def configs(world, out: Path) -> dict[str, dict]:
+    from axolotl_paft.toy import axolotl_config, parallel_config
+
+    common = {"max_steps": STEPS, "paft_merge_methods": [], "paft_report": False}
+    sft = axolotl_config(world, out / "sft", **common)
+    del sft["plugins"]
+    dpo = axolotl_config(
+        world,
+        out / "dpo",
+        rl="dpo",
+        rl_beta=0.1,
+        datasets=[{"path": str(world.preference_path), "type": "chatml.intel"}],
+        **common,
+    )
+    del dpo["plugins"]
+    return {
+        "parallel": parallel_config(world, out / "parallel", **common),
+        "parallel_no_l1": parallel_config(
+            world, out / "parallel_no_l1", paft_l1_lambda=0, **common
+        ),
+        "sft": sft,
+        "dpo": dpo,
+    }
+
+
+def timed_run(config: dict, path: Path) -> dict:
+    """One `axolotl train` process: wall seconds and the child's peak RSS."""
+    import shutil
+
+    shutil.rmtree(config["output_dir"], ignore_errors=True)
+    path.write_text(yaml.safe_dump(config))
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    start = time.perf_counter()
+    child = subprocess.Popen(
+        [str(bin_dir / "axolotl"), "train", str(path), "--launcher", "python"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"axolotl train {path} failed")
+    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out_dir", nargs="?", default="runs/bench", type=Path)
+    parser.add_argument("--repeats", type=int, default=3)
+    opts = parser.parse_args()
+    os.environ.update(
+        HF_HUB_OFFLINE="1", WANDB_MODE="disabled", AXOLOTL_DO_NOT_TRACK="1"
+    )
+    from axolotl_paft.toy import build_toy_setup
+
+    out = opts.out_dir.resolve()
+    world = build_toy_setup(out / "world")
+    runs = configs(world, out)
+    results: dict[str, list[dict]] = {name: [] for name in runs}
+    for round_ in range(opts.repeats):
+        for name, config in runs.items():  # interleaved: one of each per round
+            results[name].append(timed_run(config, out / f"{name}.yml"))
+            print(f"round {round_ + 1}: {name} {results[name][-1]}", flush=True)
+
+    med = {
+        name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        for name, rs in results.items()
+    }
+    separate_wall = med["sft"]["wall_s"] + med["dpo"]["wall_s"]
+    summary = {
+        "steps": STEPS,
+        "repeats": opts.repeats,
+        "median": med,
+        "wall_ratio_parallel_over_sft_plus_dpo": med["parallel"]["wall_s"]
+        / separate_wall,
+        "memory_ratio_parallel_over_max_sft_dpo": med["parallel"]["peak_rss_mib"]
+        / max(med["sft"]["peak_rss_mib"], med["dpo"]["peak_rss_mib"]),
+        "l1_overhead": med["parallel"]["wall_s"] / med["parallel_no_l1"]["wall_s"] - 1,
+        "device": "cpu (peak RSS of the axolotl process)",
+    }
+    (out / "bench.json").write_text(json.dumps(summary, indent=2))
+    lines = [
+        "| run | median wall (s) | median peak RSS (MiB) |",
+        "|---|---|---|",
+        *(
+            f"| {n} | {m['wall_s']:.1f} | {m['peak_rss_mib']:.0f} |"
+            for n, m in med.items()
+        ),
+        "",
+        f"wall parallel / (SFT + DPO): "
+        f"{summary['wall_ratio_parallel_over_sft_plus_dpo']:.2f}",
+        f"peak memory parallel / max(SFT, DPO): "
+        f"{summary['memory_ratio_parallel_over_max_sft_dpo']:.2f}",
+        f"L1 overhead (whole run): {100 * summary['l1_overhead']:.1f}%",
+    ]
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
