@@ -58,7 +58,8 @@ def _completion_logp(model, tokenizer, prompt: str, completion: str) -> float:
 @torch.no_grad()
 def preference_margins(policy, reference, tokenizer, rows: list[dict]) -> torch.Tensor:
     """Implicit reward margins (DPO's, beta = 1) of `policy` against `reference`:
-    (log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected)).
+    (log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected)),
+    or log pi(chosen) - log pi(rejected) when `reference` is None.
 
     Rows hold `question` (and optionally `system`), `chosen` and `rejected`; the
     prompt is rendered with the tokenizer's chat template."""
@@ -74,9 +75,10 @@ def preference_margins(policy, reference, tokenizer, rows: list[dict]) -> torch.
         margin = 0.0
         for sign, key in ((1, "chosen"), (-1, "rejected")):
             completion = row[key] + tokenizer.eos_token
-            margin += sign * (
-                _completion_logp(policy, tokenizer, prompt, completion)
-                - _completion_logp(reference, tokenizer, prompt, completion)
-            )
+            margin += sign * _completion_logp(policy, tokenizer, prompt, completion)
+            if reference is not None:
+                margin -= sign * _completion_logp(
+                    reference, tokenizer, prompt, completion
+                )
         margins.append(margin)
     return torch.tensor(margins)

@@ -1,0 +1,106 @@
+"""Merge sweep: several mergekit configs (methods x densities) run and evaluated.
+
+    axolotl-paft-sweep --base BASE --sft OUT/sft --preference OUT/dpo \
+        --methods ties,dare_ties,task_arithmetic --densities 0.3,0.5,0.9 \
+        --sft-data heldout_sft.jsonl --preference-data heldout_prefs.jsonl \
+        --out OUT/sweep
+
+Each config is built and checked like the ones a training run emits
+(`axolotl_paft.merge`), run through mergekit's Python API into
+`OUT/sweep/merged/<name>`, and every merge plus both adapters is scored by
+`axolotl_paft.evaluate` (table, eval.json, eval.png, best candidate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import yaml
+
+from axolotl_paft.args import PAFTArgs
+from axolotl_paft.evaluate import (
+    evaluate_candidates,
+    read_jsonl,
+    render_table,
+    write_evaluation,
+)
+from axolotl_paft.merge import (
+    METHOD_LAYOUTS,
+    MergeDeltas,
+    build_config,
+    run_merge_config,
+    validate_config,
+)
+
+
+def sweep_configs(
+    deltas: MergeDeltas, methods: list[str], densities: list[float]
+) -> dict[str, dict]:
+    """Name -> mergekit config; densities only for methods that take one."""
+    configs = {}
+    for method in methods:
+        uses_density = "density" in METHOD_LAYOUTS[method].per_model
+        for density in densities if uses_density else [None]:
+            args = PAFTArgs(
+                paft_merge_methods=[method],
+                paft_merge_density=density or 0.5,
+                paft_merge_dtype="float32",
+            )
+            config = build_config(method, deltas, args)
+            if isinstance(config, str):
+                raise SystemExit(f"{method}: {config}")
+            validate_config(config)
+            configs[method if density is None else f"{method}-d{density:g}"] = config
+    return configs
+
+
+def run_sweep(deltas: MergeDeltas, configs: dict[str, dict], out: Path) -> dict:
+    """Merge every config into `out/merged/<name>`; returns name -> folder."""
+    cache = out / "lora-cache" / time.strftime("run-%Y%m%d-%H%M%S")
+    merged = {}
+    for name, config in configs.items():
+        path = out / "configs" / f"{name}.yml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        print(f"merging {name}", flush=True)
+        merged[name] = run_merge_config(path, out / "merged" / name, cache)
+    return merged
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, type=Path)
+    parser.add_argument("--sft", required=True, type=Path)
+    parser.add_argument("--preference", required=True, type=Path)
+    parser.add_argument("--methods", default="ties,dare_ties,task_arithmetic")
+    parser.add_argument("--densities", default="0.3,0.5,0.9")
+    parser.add_argument("--sft-data", required=True, type=Path)
+    parser.add_argument("--preference-data", required=True, type=Path)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=Path("paft_sweep"))
+    opts = parser.parse_args(argv)
+    unknown = set(opts.methods.split(",")) - set(METHOD_LAYOUTS)
+    if unknown:
+        raise SystemExit(f"--methods: unknown {sorted(unknown)}")
+    deltas = MergeDeltas(
+        str(opts.base.resolve()), opts.sft.resolve(), opts.preference.resolve()
+    )
+    densities = [float(d) for d in opts.densities.split(",")]
+    configs = sweep_configs(deltas, opts.methods.split(","), densities)
+    merged = run_sweep(deltas, configs, opts.out)
+    candidates = {"sft": opts.sft, "preference": opts.preference, **merged}
+    results = evaluate_candidates(
+        opts.base,
+        candidates,
+        read_jsonl(opts.sft_data, opts.limit),
+        read_jsonl(opts.preference_data, opts.limit),
+    )
+    best = write_evaluation(results, opts.base, candidates, opts.out)
+    print(render_table(results))
+    print(f"best candidate: {best}; wrote {opts.out / 'eval.json'}, eval.png")
+
+
+if __name__ == "__main__":
+    main()
