@@ -20,6 +20,33 @@ LAMBDAS = {
 }
 
 
+def plot(results: list[dict], path: Path) -> None:
+    """Sparsity and skill kept against lambda, one panel per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(LAMBDAS)
+    fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 3.6))
+    for ax, mode in zip(axes, modes, strict=True):
+        rows = [r for r in results if r["mode"] == mode]
+        xs = range(len(rows))
+        ax.plot(xs, [r["sparsity"] for r in rows], "o-", label="SFT delta sparsity")
+        ax.plot(xs, [r["skill_kept"] for r in rows], "s-", label="skill kept")
+        ax.plot(
+            xs, [r["lora_exact_zeros"] for r in rows], "^:", label="exact zeros A/B"
+        )
+        ax.set_xticks(xs, [f"{r['lambda']:g}" for r in rows])
+        ax.set_xlabel(f"lambda ({mode} mode)")
+        ax.set_ylim(0, 1.1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir", nargs="?", default="runs/l1_sweep")
@@ -80,6 +107,7 @@ def main() -> None:
             f"{100 * r['lora_exact_zeros']:.1f}% |"
         )
     (out / "l1_sweep.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "l1_sweep.png")
     (out / "l1_sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

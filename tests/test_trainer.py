@@ -139,3 +139,20 @@ def test_qlora_parallel_run_learns_both_skills(mistral_world, tmp_path):
     assert assistant_loss(merged, tokenizer, rows) < assistant_loss(
         base, tokenizer, rows
     )
+
+
+def test_optional_l1_on_the_preference_adapter(llama_world, parallel_run, tmp_path):
+    out = tmp_path / "pref_l1"
+    run_axolotl_train(
+        parallel_config(
+            llama_world,
+            out,
+            paft_l1_mode="proximal",
+            paft_preference_l1_lambda=0.5,
+            **{**STEPS, "paft_merge_methods": ["ties"]},
+        )
+    )
+    zeros = json.loads((out / "paft_report.json").read_text())["adapters"]
+    plain = json.loads((parallel_run / "paft_report.json").read_text())["adapters"]
+    assert zeros["preference"]["overall"]["lora_exact_zeros"] > 0.05
+    assert plain["preference"]["overall"]["lora_exact_zeros"] == 0

@@ -167,7 +167,20 @@ class PAFTPlugin(BasePlugin):
             args.resolved_l1_lambda(),
             adapter,
         )
-        return [self._callback]
+        callbacks = [self._callback]
+        if args.paft_parallel:
+            preference = args.paft_preference_adapter_name
+            callbacks.append(
+                L1SparsityCallback(
+                    trainer,
+                    adapter=preference,
+                    l1_lambda=args.paft_preference_l1_lambda,
+                    mode=args.paft_l1_mode,
+                    threshold=args.paft_sparsity_threshold,
+                    prefix=f"paft/{preference}",
+                )
+            )
+        return callbacks
 
     def post_train(self, cfg, model) -> None:
         self._write_outputs(cfg)

@@ -101,6 +101,14 @@ class PAFTArgs(BaseModel):
             "shrink every weight towards 0 by lr*lambda and clip at 0 (exact zeros)."
         ),
     )
+    paft_preference_l1_lambda: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "Parallel mode: L1 strength on the preference LoRA too (same mode as the "
+            "SFT one; logged as paft/<preference name>/...). 0: off, as in the paper."
+        ),
+    )
     paft_sparsity_threshold: float = Field(
         default=0.01,
         ge=0,

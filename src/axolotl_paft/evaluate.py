@@ -201,28 +201,41 @@ def parse_candidates(items: list[str]) -> dict[str, Path]:
     return candidates
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, type=Path)
-    parser.add_argument("--candidate", action="append", default=[], metavar="NAME=DIR")
+def add_data_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    """Held-out data and output options shared by the eval and sweep commands."""
     parser.add_argument("--sft-data", required=True, type=Path)
     parser.add_argument("--preference-data", required=True, type=Path)
     parser.add_argument("--limit", type=int, default=None, help="rows per data set")
-    parser.add_argument("--out", type=Path, default=Path("paft_eval"))
-    opts = parser.parse_args(argv)
-    candidates = parse_candidates(opts.candidate)
+    parser.add_argument("--out", type=Path, default=Path(out))
+
+
+def evaluate_and_report(
+    opts: argparse.Namespace, base: Path, candidates: dict[str, Path]
+) -> str:
+    """Evaluate on `opts`' data, write the outputs, print the table; return the
+    best candidate's name."""
     results = evaluate_candidates(
-        opts.base,
+        base,
         candidates,
         read_jsonl(opts.sft_data, opts.limit),
         read_jsonl(opts.preference_data, opts.limit),
     )
-    best = write_evaluation(results, opts.base, candidates, opts.out)
+    best = write_evaluation(results, base, candidates, opts.out)
     print(render_table(results))
     print(
         f"best candidate: {best}  (score = (sft_exact_match + preference_accuracy) / 2)"
     )
     print(f"wrote {opts.out / 'eval.json'}, eval.md, eval.png, lm_eval_commands.sh")
+    return best
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, type=Path)
+    parser.add_argument("--candidate", action="append", default=[], metavar="NAME=DIR")
+    add_data_arguments(parser, out="paft_eval")
+    opts = parser.parse_args(argv)
+    evaluate_and_report(opts, opts.base, parse_candidates(opts.candidate))
 
 
 if __name__ == "__main__":

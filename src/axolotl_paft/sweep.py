@@ -20,12 +20,7 @@ from pathlib import Path
 import yaml
 
 from axolotl_paft.args import PAFTArgs
-from axolotl_paft.evaluate import (
-    evaluate_candidates,
-    read_jsonl,
-    render_table,
-    write_evaluation,
-)
+from axolotl_paft.evaluate import add_data_arguments, evaluate_and_report
 from axolotl_paft.merge import (
     METHOD_LAYOUTS,
     MergeDeltas,
@@ -76,10 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preference", required=True, type=Path)
     parser.add_argument("--methods", default="ties,dare_ties,task_arithmetic")
     parser.add_argument("--densities", default="0.3,0.5,0.9")
-    parser.add_argument("--sft-data", required=True, type=Path)
-    parser.add_argument("--preference-data", required=True, type=Path)
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=Path("paft_sweep"))
+    add_data_arguments(parser, out="paft_sweep")
     opts = parser.parse_args(argv)
     unknown = set(opts.methods.split(",")) - set(METHOD_LAYOUTS)
     if unknown:
@@ -91,15 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     configs = sweep_configs(deltas, opts.methods.split(","), densities)
     merged = run_sweep(deltas, configs, opts.out)
     candidates = {"sft": opts.sft, "preference": opts.preference, **merged}
-    results = evaluate_candidates(
-        opts.base,
-        candidates,
-        read_jsonl(opts.sft_data, opts.limit),
-        read_jsonl(opts.preference_data, opts.limit),
-    )
-    best = write_evaluation(results, opts.base, candidates, opts.out)
-    print(render_table(results))
-    print(f"best candidate: {best}; wrote {opts.out / 'eval.json'}, eval.png")
+    evaluate_and_report(opts, opts.base, candidates)
 
 
 if __name__ == "__main__":

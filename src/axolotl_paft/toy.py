@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,21 +42,22 @@ def _arithmetic_pair(rng: random.Random) -> tuple[str, int, int]:
     return f"What is {a} plus {b}?", a, b
 
 
-def sft_rows(n: int, seed: int = 0) -> list[dict]:
-    """Chat rows (`messages`) teaching `a plus b is c.` answers."""
+def _chat_rows(n: int, seed: int, answer: Callable[[int, int], str]) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         question, a, b = _arithmetic_pair(rng)
-        rows.append(
-            {
-                "messages": [
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
-                ]
-            }
-        )
+        messages = [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer(a, b)},
+        ]
+        rows.append({"messages": messages})
     return rows
+
+
+def sft_rows(n: int, seed: int = 0) -> list[dict]:
+    """Chat rows (`messages`) teaching `a plus b is c.` answers."""
+    return _chat_rows(n, seed, lambda a, b: f"{a} plus {b} is {a + b}.")
 
 
 def preference_rows(n: int, seed: int = 1) -> list[dict]:
@@ -77,19 +79,7 @@ def preference_rows(n: int, seed: int = 1) -> list[dict]:
 
 def pretraining_rows(n: int, seed: int = 2) -> list[dict]:
     """What the toy base learns before any adapter: bare-number answers."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        question, a, b = _arithmetic_pair(rng)
-        rows.append(
-            {
-                "messages": [
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": str(a + b)},
-                ]
-            }
-        )
-    return rows
+    return _chat_rows(n, seed, lambda a, b: str(a + b))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
