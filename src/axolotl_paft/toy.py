@@ -264,8 +264,10 @@ def run_axolotl_train(config: dict):
     """Run `axolotl train` on a config dict in this process; returns the config.
 
     Same path as the CLI's `--launcher python` (config validation, plugin hooks,
-    `post_train_unload`), with Axolotl's plugin registry emptied first so that
-    several runs can share one process.
+    `post_train_unload`), with Axolotl's plugin registry emptied and the random
+    streams seeded from `seed` first, so that several runs can share one process
+    and each starts as a fresh process would (Axolotl < 0.21 draws the LoRA init
+    from whatever state the process is in).
     """
     import collections
 
@@ -274,8 +276,10 @@ def run_axolotl_train(config: dict):
     from axolotl.cli.train import do_train
     from axolotl.integrations.base import PluginManager
     from axolotl.utils.dict import DictDefault
+    from transformers import set_seed
 
     PluginManager.get_instance().plugins = collections.OrderedDict()
+    set_seed(config.get("seed", 42))
     cfg = load_cfg(DictDefault(config))
     do_train(cfg, TrainerCliArgs())
     return cfg
