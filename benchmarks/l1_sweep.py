@@ -1,8 +1,12 @@
 """Sweep the L1 strength in both modes: SFT-delta sparsity vs the skill kept.
 
 Skill kept = (base loss - adapter loss) / (base loss - adapter loss at lambda 0),
-the loss measured on the assistant tokens of the SFT data. Prints a Markdown table
-and writes JSON. Usage: python benchmarks/l1_sweep.py [out_dir] [--steps N]
+the loss measured on the assistant tokens of the SFT data. With `--merged`, every
+lambda is a parallel-mode run whose TIES merge is also measured (SFT skill kept by
+the merge, preference accuracy of the merge on held-out pairs); with
+`--preference-l1` the same lambda also applies to the preference adapter. Prints a
+Markdown table, writes JSON and a PNG.
+Usage: python benchmarks/l1_sweep.py [out_dir] [--steps N] [--merged]
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ def plot(results: list[dict], path: Path) -> None:
         ax.plot(
             xs, [r["lora_exact_zeros"] for r in rows], "^:", label="exact zeros A/B"
         )
+        if "merged_skill_kept" in rows[0]:
+            merged = [max(r["merged_skill_kept"], 0) for r in rows]
+            ax.plot(xs, merged, "D-", label="TIES merge: SFT skill kept")
+            accuracy = [r["merged_preference_accuracy"] for r in rows]
+            ax.plot(xs, accuracy, "v--", label="TIES merge: preference accuracy")
         ax.set_xticks(xs, [f"{r['lambda']:g}" for r in rows])
         ax.set_xlabel(f"lambda ({mode} mode)")
         ax.set_ylim(0, 1.1)
@@ -53,14 +62,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--arch", default="llama")
+    parser.add_argument("--merged", action="store_true")
+    parser.add_argument("--preference-l1", action="store_true")
+    parser.add_argument("--few", action="store_true", help="every other lambda")
     opts = parser.parse_args()
 
     from transformers import AutoTokenizer
 
-    from axolotl_paft.evaluation import assistant_loss, load_model
+    from axolotl_paft.evaluation import assistant_loss, load_model, preference_margins
     from axolotl_paft.toy import (
         axolotl_config,
         build_toy_setup,
+        parallel_config,
+        preference_rows,
         run_axolotl_train,
         sft_rows,
     )
@@ -69,29 +83,43 @@ def main() -> None:
     world = build_toy_setup(out / "world", arch=opts.arch)
     rows = sft_rows(64)
     tokenizer = AutoTokenizer.from_pretrained(world.model_dir)
-    base_loss = assistant_loss(load_model(world.model_dir), tokenizer, rows)
+    base = load_model(world.model_dir)
+    base_loss = assistant_loss(base, tokenizer, rows)
+    held_out = preference_rows(32, seed=101)
     results = []
     for mode, lambdas in LAMBDAS.items():
-        for lam in lambdas:
+        for lam in lambdas[:: 2 if opts.few else 1]:
             run_dir = out / f"{mode}-{lam:g}"
-            cfg = run_axolotl_train(
-                axolotl_config(
-                    world,
-                    run_dir,
-                    max_steps=opts.steps,
-                    learning_rate=opts.lr,
-                    paft_l1_mode=mode,
-                    paft_l1_lambda=lam,
-                    paft_merge_methods=[],
-                )
-            )
+            overrides = {
+                "max_steps": opts.steps,
+                "learning_rate": opts.lr,
+                "paft_l1_mode": mode,
+                "paft_l1_lambda": lam,
+                "paft_merge_methods": [],
+            }
+            if opts.merged:
+                overrides |= {"paft_merge_methods": ["ties"], "paft_merge_run": "ties"}
+                if opts.preference_l1:
+                    overrides["paft_preference_l1_lambda"] = lam
+                cfg = run_axolotl_train(parallel_config(world, run_dir, **overrides))
+                adapter = run_dir / "sft"
+            else:
+                cfg = run_axolotl_train(axolotl_config(world, run_dir, **overrides))
+                adapter = run_dir
             report = json.loads((run_dir / "paft_report.json").read_text())
             sparsity = report["adapters"]["sft"]["overall"]
-            loss = assistant_loss(load_model(world.model_dir, run_dir), tokenizer, rows)
-            results.append(
-                {"mode": mode, "lambda": lam, "loss": loss, **sparsity}
-                | {"steps": cfg.max_steps}
-            )
+            loss = assistant_loss(load_model(world.model_dir, adapter), tokenizer, rows)
+            row = {"mode": mode, "lambda": lam, "loss": loss, **sparsity}
+            row["steps"] = cfg.max_steps
+            if opts.merged:
+                merged = load_model(run_dir / "merged" / "ties")
+                row["merged_loss"] = assistant_loss(merged, tokenizer, rows)
+                margins = preference_margins(merged, base, tokenizer, held_out)
+                row["merged_preference_accuracy"] = float((margins > 0).float().mean())
+                row["preference_sparsity"] = report["adapters"]["preference"][
+                    "overall"
+                ]["sparsity"]
+            results.append(row)
     gain0 = {r["mode"]: base_loss - r["loss"] for r in results if r["lambda"] == 0}
     lines = [
         f"base loss {base_loss:.4f}; {opts.steps} steps, lr {opts.lr}, {opts.arch}",
@@ -99,13 +127,24 @@ def main() -> None:
         "| mode | lambda | SFT loss | skill kept | sparsity | exact zeros A/B |",
         "|---|---|---|---|---|---|",
     ]
+    if opts.merged:
+        lines[-2] += " TIES: SFT skill kept | TIES: pref. accuracy | DPO sparsity |"
+        lines[-1] += "---|---|---|"
     for r in results:
         r["skill_kept"] = (base_loss - r["loss"]) / gain0[r["mode"]]
-        lines.append(
+        line = (
             f"| {r['mode']} | {r['lambda']:g} | {r['loss']:.4f} | "
             f"{100 * r['skill_kept']:.0f}% | {100 * r['sparsity']:.1f}% | "
             f"{100 * r['lora_exact_zeros']:.1f}% |"
         )
+        if opts.merged:
+            r["merged_skill_kept"] = (base_loss - r["merged_loss"]) / gain0[r["mode"]]
+            line += (
+                f" {100 * r['merged_skill_kept']:.0f}% | "
+                f"{100 * r['merged_preference_accuracy']:.0f}% | "
+                f"{100 * r['preference_sparsity']:.1f}% |"
+            )
+        lines.append(line)
     (out / "l1_sweep.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "l1_sweep.png")
     (out / "l1_sweep.md").write_text("\n".join(lines) + "\n")

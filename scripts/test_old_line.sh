@@ -4,7 +4,7 @@
 # console-script tests (demo, DDP launcher) are left to the newest line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PINS="torch==2.13.0 axolotl==0.19.0 mergekit==0.1.5 pytest"
+PINS="torch==2.13.0 axolotl==0.19.0 mergekit==0.1.5 matplotlib>=3.7 pytest"
 stamp=.venv311/.paft-setup
 want="$PINS $(sha1sum pyproject.toml | cut -c1-12)"
 if ! [ -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
