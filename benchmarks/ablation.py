@@ -37,7 +37,7 @@ def parallel_runs(world, out: Path, steps: int) -> dict[str, Path]:
 
 def sequential(world, sft_adapter: Path, out: Path, steps: int) -> Path:
     """SFT merged into the base, DPO trained on that model, merged again."""
-    from axolotl_paft.evaluation import load_model
+    from axolotl_paft.evaluate import load_model
     from axolotl_paft.toy import axolotl_config, run_axolotl_train
 
     final = out / "model"

@@ -69,7 +69,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from axolotl_paft.evaluation import assistant_loss, load_model, preference_margins
+    from axolotl_paft.evaluate import assistant_loss, load_model, preference_margins
     from axolotl_paft.toy import (
         axolotl_config,
         build_toy_setup,

@@ -7,8 +7,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from axolotl_paft.evaluate import main
-from axolotl_paft.evaluation import load_model, preference_margins
+from axolotl_paft.evaluate import load_model, main, preference_margins
 from axolotl_paft.toy import preference_rows
 
 

@@ -92,7 +92,7 @@ def default_vs_off(llama_world, tmp_path_factory):
     """120 steps at the default lambda and at lambda = 0 (same seed and data)."""
     from transformers import AutoTokenizer
 
-    from axolotl_paft.evaluation import assistant_loss, load_model
+    from axolotl_paft.evaluate import assistant_loss, load_model
     from axolotl_paft.toy import sft_rows
 
     root = tmp_path_factory.mktemp("l1")

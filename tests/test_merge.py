@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from axolotl_paft.args import DEFAULT_MERGE_METHODS, SUPPORTED_MERGE_METHODS, PAFTArgs
-from axolotl_paft.evaluation import load_model
+from axolotl_paft.evaluate import load_model
 from axolotl_paft.merge import (
     MergeDeltas,
     build_config,

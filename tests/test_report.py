@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
-from axolotl_paft.evaluation import load_model
+from axolotl_paft.evaluate import load_model
 from axolotl_paft.report import build_report, write_report
 
 THRESHOLD = 0.01

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from axolotl_paft.evaluation import load_model
+from axolotl_paft.evaluate import load_model
 from axolotl_paft.sparsity import (
     LoraFactors,
     is_lora_parameter,

@@ -35,7 +35,7 @@ def parallel_run(llama_world, tmp_path_factory) -> Path:
 
 
 def test_outputs_are_two_peft_adapter_folders(llama_world, parallel_run):
-    from axolotl_paft.evaluation import load_model
+    from axolotl_paft.evaluate import load_model
 
     for name in ("sft", "dpo"):
         model = load_model(llama_world.model_dir, parallel_run / name)
@@ -101,7 +101,7 @@ def test_resume_reproduces_the_uninterrupted_run(llama_world, tmp_path):
 def test_qlora_parallel_run_learns_both_skills(mistral_world, tmp_path):
     from transformers import AutoTokenizer
 
-    from axolotl_paft.evaluation import assistant_loss, load_model, preference_margins
+    from axolotl_paft.evaluate import assistant_loss, load_model, preference_margins
     from axolotl_paft.toy import preference_rows, sft_rows
 
     out = tmp_path / "qlora"

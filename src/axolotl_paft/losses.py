@@ -27,7 +27,6 @@ from torch import Tensor
 from trl.trainer.utils import selective_log_softmax
 
 PREFERENCE_LOSSES = ("dpo", "ipo", "orpo")
-REFERENCE_FREE_LOSSES = ("orpo",)
 
 
 def completion_logps(
