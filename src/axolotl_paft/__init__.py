@@ -13,8 +13,6 @@ The plugin only wires Axolotl's hooks to the modules beside it:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
@@ -30,23 +28,6 @@ __version__ = "0.1.0"
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 
 SFT_ONLY_ADAPTER = "default"
-
-
-@contextmanager
-def preserved_random_state() -> Iterator[None]:
-    """Run a block without moving Python's, NumPy's or torch's random streams."""
-    import random
-
-    import numpy as np
-    import torch
-
-    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.random.set_rng_state(states[2])
 
 
 def paft_args(cfg) -> PAFTArgs:
@@ -94,10 +75,7 @@ class PAFTPlugin(BasePlugin):
         """Parallel mode: load the preference data before the model (SFT data stay
         Axolotl's: returning None keeps its own loading)."""
         if paft_args(cfg).paft_parallel:
-            # the random streams stay those of a plain SFT run (the LoRA init
-            # draws from them once the model loads)
-            with preserved_random_state():
-                self._preference_dataset = self._load_preference(cfg)
+            self._preference_dataset = self._load_preference(cfg)
         return None
 
     def post_model_load(self, cfg, model) -> None:
@@ -190,13 +168,16 @@ class PAFTPlugin(BasePlugin):
 
     @staticmethod
     def _load_preference(cfg):
+        """Load the preference data without moving the random streams, which stay
+        those of a plain SFT run (the LoRA init draws from them afterwards)."""
         from axolotl.loaders import load_tokenizer
 
-        from axolotl_paft.data import load_preference_dataset
+        from axolotl_paft.data import load_preference_dataset, preserved_random_state
 
-        return load_preference_dataset(
-            cfg, load_tokenizer(cfg), cfg.paft_preference_datasets
-        )
+        with preserved_random_state():
+            return load_preference_dataset(
+                cfg, load_tokenizer(cfg), cfg.paft_preference_datasets
+            )
 
     def _write_outputs(self, cfg) -> None:
         """Once per run, after the final adapters were saved (post_train runs

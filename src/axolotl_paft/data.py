@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
+import torch
 from axolotl.common.const import DEFAULT_DATASET_PREPARED_PATH
 from axolotl.utils.data.rl import prepare_preference_datasets
 from axolotl.utils.data.shared import (
@@ -38,6 +42,18 @@ _OPTIONAL_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 _FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow", ".txt")
 _KEY = "paft_preference_datasets"
+
+
+@contextmanager
+def preserved_random_state() -> Iterator[None]:
+    """Run a block without moving Python's, NumPy's or torch's random streams."""
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
 
 
 class PreferenceDataError(ValueError):
