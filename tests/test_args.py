@@ -12,6 +12,12 @@ from axolotl_paft.args import DEFAULT_MERGE_METHODS, PAFTArgs
 from axolotl_paft.toy import axolotl_config, parallel_config, write_jsonl
 
 
+def assert_refused(config: dict, key: str) -> None:
+    """Axolotl's validation rejects `config` with a message naming `key`."""
+    with pytest.raises(Exception, match=key):
+        validate(config)
+
+
 def test_defaults_survive_axolotl_validation(llama_world, tmp_path):
     cfg = validate(axolotl_config(llama_world, tmp_path / "out"))
     assert cfg.paft_l1_mode == "loss"
@@ -48,9 +54,7 @@ def test_every_key_documented():
     ],
 )
 def test_bad_config_names_the_key(llama_world, tmp_path, overrides, key):
-    config = axolotl_config(llama_world, tmp_path / "out", **overrides)
-    with pytest.raises(Exception, match=key):
-        validate(config)
+    assert_refused(axolotl_config(llama_world, tmp_path / "out", **overrides), key)
 
 
 def test_plus_in_output_dir_is_refused(llama_world, tmp_path):
@@ -87,9 +91,7 @@ def test_plain_axolotl_config_has_no_paft_keys(llama_world, tmp_path):
     ],
 )
 def test_bad_parallel_config_names_the_key(llama_world, tmp_path, overrides, message):
-    config = parallel_config(llama_world, tmp_path / "out", **overrides)
-    with pytest.raises(Exception, match=message):
-        validate(config)
+    assert_refused(parallel_config(llama_world, tmp_path / "out", **overrides), message)
 
 
 def test_parallel_mode_turns_fused_lora_kernels_off(llama_world, tmp_path):

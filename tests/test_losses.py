@@ -169,31 +169,37 @@ def gaps(ours_loss, ours, trl_loss, trl, ours_grads, trl_grads) -> dict[str, flo
     return out
 
 
+def trl_trainer(trainer_cls, config_cls, toy, tmp_path, **config):
+    """A TRL trainer on the toy pairs with a fresh LoRA `peft_config` on the base."""
+    world, tokenizer, dataset = toy
+    args = config_cls(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=PAIRS,
+        max_length=128,
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        **config,
+    )
+    return trainer_cls(
+        model=base_model(world),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+
+
 @pytest.mark.parametrize(
     ("kind", "loss_type", "beta"), [("dpo", "sigmoid", 0.1), ("ipo", "ipo", 0.5)]
 )
 def test_matches_trl_dpo_trainer(toy, tmp_path, kind, loss_type, beta):
     from trl import DPOConfig, DPOTrainer
 
-    world, tokenizer, dataset = toy
-    args = DPOConfig(
-        output_dir=str(tmp_path),
-        beta=beta,
-        loss_type=[loss_type],
-        per_device_train_batch_size=PAIRS,
-        max_length=128,
-        report_to=[],
-        use_cpu=True,
-        dataloader_num_workers=0,
-    )
     # A `peft_config` (not a ready PeftModel, for which TRL would add a "ref" copy
     # of the adapter): TRL's reference is then the base with adapters disabled.
-    trainer = DPOTrainer(
-        model=base_model(world),
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(),
+    trainer = trl_trainer(
+        DPOTrainer, DPOConfig, toy, tmp_path, beta=beta, loss_type=[loss_type]
     )
     model = trainer.model
     assert list(model.peft_config) == ["default"]
@@ -220,24 +226,8 @@ def test_matches_trl_dpo_trainer(toy, tmp_path, kind, loss_type, beta):
 def test_matches_trl_orpo_trainer(toy, tmp_path):
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    world, tokenizer, dataset = toy
     beta = 0.2
-    args = ORPOConfig(
-        output_dir=str(tmp_path),
-        beta=beta,
-        per_device_train_batch_size=PAIRS,
-        max_length=128,
-        report_to=[],
-        use_cpu=True,
-        dataloader_num_workers=0,
-    )
-    trainer = ORPOTrainer(
-        model=base_model(world),
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(),
-    )
+    trainer = trl_trainer(ORPOTrainer, ORPOConfig, toy, tmp_path, beta=beta)
     model = trainer.model
     raw = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
 
