@@ -87,14 +87,12 @@ def _completion_logp(model, tokenizer, prompt: str, completion: str) -> float:
 
 
 @torch.no_grad()
-def preference_margins(policy, reference, tokenizer, rows: list[dict]) -> torch.Tensor:
-    """Implicit reward margins (DPO's, beta = 1) of `policy` against `reference`:
-    (log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected)),
-    or log pi(chosen) - log pi(rejected) when `reference` is None.
+def pair_logps(model, tokenizer, rows: list[dict]) -> torch.Tensor:
+    """`[n, 2]` log-probs of each row's chosen and rejected completion.
 
     Rows hold `question` (and optionally `system`), `chosen` and `rejected`; the
     prompt is rendered with the tokenizer's chat template."""
-    margins = []
+    logps = []
     for row in rows:
         messages = (
             [{"role": "system", "content": row["system"]}] if row.get("system") else []
@@ -103,16 +101,27 @@ def preference_margins(policy, reference, tokenizer, rows: list[dict]) -> torch.
         prompt = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False
         )
-        margin = 0.0
-        for sign, key in ((1, "chosen"), (-1, "rejected")):
-            completion = row[key] + tokenizer.eos_token
-            margin += sign * _completion_logp(policy, tokenizer, prompt, completion)
-            if reference is not None:
-                margin -= sign * _completion_logp(
-                    reference, tokenizer, prompt, completion
-                )
-        margins.append(margin)
-    return torch.tensor(margins)
+        logps.append(
+            [
+                _completion_logp(model, tokenizer, prompt, row[k] + tokenizer.eos_token)
+                for k in ("chosen", "rejected")
+            ]
+        )
+    return torch.tensor(logps)
+
+
+def margins_from(policy: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
+    """Implicit reward margins (DPO's, beta = 1) from `pair_logps` results:
+    (log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected)),
+    or log pi(chosen) - log pi(rejected) without a reference."""
+    ratios = policy if reference is None else policy - reference
+    return ratios[:, 0] - ratios[:, 1]
+
+
+def preference_margins(policy, reference, tokenizer, rows: list[dict]) -> torch.Tensor:
+    """`margins_from` for two models (`reference` may be None)."""
+    ref = None if reference is None else pair_logps(reference, tokenizer, rows)
+    return margins_from(pair_logps(policy, tokenizer, rows), ref)
 
 
 def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
@@ -152,11 +161,17 @@ def exact_match(model, tokenizer, rows: list[dict], max_new_tokens: int = 32) ->
 
 
 def evaluate(
-    model, base_model, tokenizer, sft_rows: list[dict], preference_rows: list[dict]
+    model,
+    base_logps: torch.Tensor,
+    tokenizer,
+    sft_rows: list[dict],
+    preference_rows: list[dict],
 ) -> dict[str, float]:
-    """All metrics of one candidate (see the module docstring)."""
-    margins = preference_margins(model, base_model, tokenizer, preference_rows)
-    own = preference_margins(model, None, tokenizer, preference_rows)
+    """All metrics of one candidate (see the module docstring); `base_logps` are
+    the base's `pair_logps` on `preference_rows`."""
+    logps = pair_logps(model, tokenizer, preference_rows)
+    margins = margins_from(logps, base_logps)
+    own = margins_from(logps, None)
     metrics = {
         "sft_loss": assistant_loss(model, tokenizer, sft_rows),
         "sft_exact_match": exact_match(model, tokenizer, sft_rows),
@@ -180,11 +195,12 @@ def evaluate_candidates(
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     base_model = load_model(base)
+    base_logps = pair_logps(base_model, tokenizer, preference_rows)
     results = {}
     for name, path in tqdm({"base": base, **candidates}.items(), desc="candidates"):
         model = base_model if name == "base" else load_candidate(base, path)
         results[name] = evaluate(
-            model, base_model, tokenizer, sft_rows, preference_rows
+            model, base_logps, tokenizer, sft_rows, preference_rows
         )
     return results
 
