@@ -88,10 +88,11 @@ class PAFTParallelTrainer(AxolotlTrainer):
     def create_optimizer(self, model=None):
         """Axolotl's optimizer, the preference adapter in groups of its own LR."""
         self.model.set_requires_grad(self.paft.adapters, True)  # also after resume
-        optimizer = super().create_optimizer(model)
-        ours = {
-            id(p) for p in adapter_parameters(self.model, self.paft.preference_adapter)
+        self._adapter_parameters = {
+            a: adapter_parameters(self.model, a) for a in self.paft.adapters
         }
+        optimizer = super().create_optimizer(model)
+        ours = {id(p) for p in self._adapter_parameters[self.paft.preference_adapter]}
         for group in list(optimizer.param_groups):
             preference = [p for p in group["params"] if id(p) in ours]
             if not preference:
@@ -137,7 +138,12 @@ class PAFTParallelTrainer(AxolotlTrainer):
     def _average_gradients_across_processes(self) -> None:
         if not dist.is_initialized() or dist.get_world_size() == 1:
             return
-        grads = [p.grad for p in self._trained_parameters() if p.grad is not None]
+        grads = [
+            p.grad
+            for params in self._adapter_parameters.values()
+            for p in params
+            if p.grad is not None
+        ]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         flat /= dist.get_world_size()
@@ -146,19 +152,12 @@ class PAFTParallelTrainer(AxolotlTrainer):
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
-    def _trained_parameters(self) -> list[torch.nn.Parameter]:
-        return [
-            p for a in self.paft.adapters for p in adapter_parameters(self.model, a)
-        ]
-
     def _clip_grad_norm(self, model):
         """Clip each adapter's gradients on its own; report the SFT norm."""
         self.accelerator.unscale_gradients()
         norms = {
-            adapter: torch.nn.utils.clip_grad_norm_(
-                adapter_parameters(self.model, adapter), self.args.max_grad_norm
-            )
-            for adapter in self.paft.adapters
+            adapter: torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+            for adapter, params in self._adapter_parameters.items()
         }
         prefix = self.paft.preference_adapter
         self.store_metrics({f"{prefix}/grad_norm": float(norms[prefix])})
