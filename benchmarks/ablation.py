@@ -85,9 +85,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--eval-rows", type=int, default=32)
     opts = parser.parse_args()
-    os.environ.update(
-        HF_HUB_OFFLINE="1", WANDB_MODE="disabled", AXOLOTL_DO_NOT_TRACK="1"
-    )
+    from axolotl_paft.const import OFFLINE_ENV
+
+    os.environ.update(OFFLINE_ENV)
     from axolotl_paft.evaluate import (
         evaluate_candidates,
         render_table,

@@ -16,7 +16,9 @@ import json
 import os
 from pathlib import Path
 
-os.environ.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", AXOLOTL_DO_NOT_TRACK="1")
+from axolotl_paft.const import OFFLINE_ENV  # noqa: E402  (cheap: no Axolotl import)
+
+os.environ.update(OFFLINE_ENV)
 
 LAMBDAS = {
     "loss": [0.0, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2],

@@ -76,9 +76,9 @@ def main() -> None:
     parser.add_argument("out_dir", nargs="?", default="runs/bench", type=Path)
     parser.add_argument("--repeats", type=int, default=3)
     opts = parser.parse_args()
-    os.environ.update(
-        HF_HUB_OFFLINE="1", WANDB_MODE="disabled", AXOLOTL_DO_NOT_TRACK="1"
-    )
+    from axolotl_paft.const import OFFLINE_ENV
+
+    os.environ.update(OFFLINE_ENV)
     from axolotl_paft.toy import build_toy_setup
 
     out = opts.out_dir.resolve()

@@ -4,6 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1 WANDB_MODE=disabled \
-    DO_NOT_TRACK=1 AXOLOTL_DO_NOT_TRACK=1
+export PATH="$PWD/.venv/bin:$PATH"  # offline settings: axolotl_paft.const.OFFLINE_ENV
 exec axolotl-paft-demo "${1:-runs/demo}"

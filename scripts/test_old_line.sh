@@ -14,6 +14,5 @@ if ! [ -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv311/bin/python -m pip install -q --no-deps -e .
     echo "$want" > "$stamp"
 fi
-export PATH="$PWD/.venv311/bin:$PATH" HF_HUB_OFFLINE=1 WANDB_MODE=disabled \
-    DO_NOT_TRACK=1 AXOLOTL_DO_NOT_TRACK=1
+export PATH="$PWD/.venv311/bin:$PATH"  # offline settings: tests/conftest.py
 exec python -m pytest --ignore tests/test_demo.py --ignore tests/test_ddp.py "$@"

@@ -6,13 +6,9 @@ import collections
 import os
 from pathlib import Path
 
-os.environ.update(
-    HF_HUB_OFFLINE="1",
-    WANDB_MODE="disabled",
-    DO_NOT_TRACK="1",
-    AXOLOTL_DO_NOT_TRACK="1",
-    TOKENIZERS_PARALLELISM="false",
-)
+from axolotl_paft.const import OFFLINE_ENV
+
+os.environ.update(OFFLINE_ENV, TOKENIZERS_PARALLELISM="false")
 
 import pytest  # noqa: E402
 

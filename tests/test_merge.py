@@ -13,6 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from axolotl_paft.args import DEFAULT_MERGE_METHODS, SUPPORTED_MERGE_METHODS, PAFTArgs
+from axolotl_paft.const import OFFLINE_ENV
 from axolotl_paft.evaluate import load_model
 from axolotl_paft.merge import (
     MergeDeltas,
@@ -91,7 +92,7 @@ def mergekit_yaml(config_path: Path, out: Path, cache: Path) -> None:
     subprocess.run(
         [str(exe), str(config_path), str(out), "--lora-merge-cache", str(cache)],
         check=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, **OFFLINE_ENV},
         capture_output=True,
     )
 

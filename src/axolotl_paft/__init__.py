@@ -12,184 +12,19 @@ The plugin only wires Axolotl's hooks to the modules beside it:
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
-from axolotl.integrations.base import BasePlugin
-from axolotl.utils.distributed import is_main_process
-
-from axolotl_paft.args import LORA_KERNELS, PAFTArgs
-from axolotl_paft.l1 import L1SparsityCallback
-from axolotl_paft.outputs import write_run_outputs
-
 __all__ = ["PAFTArgs", "PAFTPlugin"]
 __version__ = "0.1.0"
 
-LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 
-SFT_ONLY_ADAPTER = "default"
+def __getattr__(name: str):
+    """Import the plugin (and with it Axolotl) only when it is asked for, so that
+    `axolotl_paft.toy` and friends stay cheap to import."""
+    if name == "PAFTPlugin":
+        from axolotl_paft.plugin import PAFTPlugin
 
+        return PAFTPlugin
+    if name == "PAFTArgs":
+        from axolotl_paft.args import PAFTArgs
 
-def paft_args(cfg) -> PAFTArgs:
-    """The plugin's keys out of a validated Axolotl config."""
-    keys = PAFTArgs.model_fields
-    return PAFTArgs(**{k: cfg[k] for k in keys if cfg.get(k) is not None})
-
-
-def adapter_folders(cfg, args: PAFTArgs) -> dict[str, Path]:
-    """Where this run's deltas are saved (role -> folder)."""
-    output_dir = Path(cfg.output_dir)
-    if args.paft_parallel:
-        return {
-            "sft": output_dir / args.paft_sft_adapter_name,
-            "preference": output_dir / args.paft_preference_adapter_name,
-        }
-    folders = {"sft": output_dir}
-    if args.paft_preference_adapter:
-        folders["preference"] = Path(args.paft_preference_adapter)
-    return folders
-
-
-class PAFTPlugin(BasePlugin):
-    """PAFT for Axolotl: sparse SFT LoRA, parallel SFT + preference LoRAs, report
-    and mergekit configs."""
-
-    def __init__(self):
-        super().__init__()
-        self._callback: L1SparsityCallback | None = None
-        self._preference_dataset = None
-        self._outputs_written = False
-
-    def register(self, cfg) -> None:
-        """Before validation: parallel mode turns Axolotl's fused LoRA kernels off
-        unless set (they read only the first active adapter)."""
-        if cfg.get("paft_parallel"):
-            for key in LORA_KERNELS:
-                if cfg.get(key) is None:
-                    cfg[key] = False
-
-    def get_input_args(self) -> str:
-        return "axolotl_paft.args.PAFTArgs"
-
-    def load_datasets(self, cfg, preprocess: bool = False):
-        """Parallel mode: load the preference data before the model (SFT data stay
-        Axolotl's: returning None keeps its own loading)."""
-        if paft_args(cfg).paft_parallel:
-            self._preference_dataset = self._load_preference(cfg)
-        return None
-
-    def post_model_load(self, cfg, model) -> None:
-        """Parallel mode: split Axolotl's LoRA into the two named adapters. Not in
-        post_lora_load: Axolotl >= 0.21 re-draws every LoRA A from the seed and the
-        adapter's name right after it, and the SFT adapter must keep the draw a
-        plain SFT run makes."""
-        args = paft_args(cfg)
-        if args.paft_parallel:
-            from axolotl_paft.adapters import add_parallel_adapters
-
-            add_parallel_adapters(
-                model,
-                args.paft_sft_adapter_name,
-                args.paft_preference_adapter_name,
-                seed=cfg.seed if cfg.seed is not None else 42,
-            )
-
-    def get_trainer_cls(self, cfg):
-        if paft_args(cfg).paft_parallel:
-            from axolotl_paft.trainer import PAFTParallelTrainer
-
-            return PAFTParallelTrainer
-        return None
-
-    def post_trainer_create(self, cfg, trainer) -> None:
-        args = paft_args(cfg)
-        if not args.paft_parallel:
-            return
-        from axolotl_paft.data import preference_collator
-        from axolotl_paft.trainer import ParallelSettings, PreferenceStream
-
-        if self._preference_dataset is None:  # training driven without the CLI
-            self._preference_dataset = self._load_preference(cfg)
-        settings = ParallelSettings(
-            sft_adapter=args.paft_sft_adapter_name,
-            preference_adapter=args.paft_preference_adapter_name,
-            loss=args.paft_preference_loss,
-            beta=args.paft_preference_beta,
-            learning_rate=args.paft_preference_learning_rate or cfg.learning_rate,
-            micro_batch_size=args.paft_preference_micro_batch_size
-            or cfg.micro_batch_size,
-            seed=cfg.seed if cfg.seed is not None else 42,
-        )
-        stream = PreferenceStream(
-            self._preference_dataset,
-            preference_collator(trainer.processing_class, cfg),
-            settings.micro_batch_size,
-            settings.seed,
-        )
-        trainer.attach(settings, stream)
-
-    def add_callbacks_post_trainer(self, cfg, trainer) -> list:
-        args = paft_args(cfg)
-        adapter = args.paft_sft_adapter_name if args.paft_parallel else SFT_ONLY_ADAPTER
-        self._callback = L1SparsityCallback(
-            trainer,
-            adapter=adapter,
-            l1_lambda=args.resolved_l1_lambda(),
-            mode=args.paft_l1_mode,
-            threshold=args.paft_sparsity_threshold,
-        )
-        self._outputs_written = False
-        LOG.info(
-            "paft: L1 %s mode, lambda %g on adapter %r",
-            args.paft_l1_mode,
-            args.resolved_l1_lambda(),
-            adapter,
-        )
-        callbacks = [self._callback]
-        if args.paft_parallel:
-            preference = args.paft_preference_adapter_name
-            callbacks.append(
-                L1SparsityCallback(
-                    trainer,
-                    adapter=preference,
-                    l1_lambda=args.paft_preference_l1_lambda,
-                    mode=args.paft_l1_mode,
-                    threshold=args.paft_sparsity_threshold,
-                    prefix=f"paft/{preference}",
-                )
-            )
-        return callbacks
-
-    def post_train(self, cfg, model) -> None:
-        self._write_outputs(cfg)
-
-    def post_train_unload(self, cfg) -> None:
-        self._write_outputs(cfg)
-
-    @staticmethod
-    def _load_preference(cfg):
-        """Load the preference data without moving the random streams, which stay
-        those of a plain SFT run (the LoRA init draws from them afterwards)."""
-        from axolotl.loaders import load_tokenizer
-
-        from axolotl_paft.data import load_preference_dataset, preserved_random_state
-
-        with preserved_random_state():
-            return load_preference_dataset(
-                cfg, load_tokenizer(cfg), cfg.paft_preference_datasets
-            )
-
-    def _write_outputs(self, cfg) -> None:
-        """Once per run, after the final adapters were saved (post_train runs
-        twice: before and after Axolotl's final save)."""
-        callback = self._callback
-        if self._outputs_written or callback is None or callback.ended_at is None:
-            return
-        args = paft_args(cfg)
-        adapters = adapter_folders(cfg, args)
-        weights = adapters["sft"] / "adapter_model.safetensors"
-        if not weights.exists() or weights.stat().st_mtime < callback.started_at:
-            return
-        self._outputs_written = True
-        if is_main_process():
-            write_run_outputs(Path(cfg.output_dir), cfg.base_model, adapters, args)
+        return PAFTArgs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

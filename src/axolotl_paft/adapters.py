@@ -15,7 +15,7 @@ import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
-AXOLOTL_ADAPTER = "default"
+from axolotl_paft.const import PEFT_DEFAULT_ADAPTER
 
 
 def add_parallel_adapters(
@@ -23,18 +23,18 @@ def add_parallel_adapters(
 ) -> None:
     """Replace Axolotl's `default` LoRA by `sft` (same initial weights) and
     `preference` (same config, its own seeded initialisation)."""
-    config = model.peft_config[AXOLOTL_ADAPTER]
+    config = model.peft_config[PEFT_DEFAULT_ADAPTER]
     with torch.random.fork_rng(devices=[]):
         model.add_adapter(sft, config)
         torch.manual_seed(seed + 1)
         model.add_adapter(preference, config)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, LoraLayer) and AXOLOTL_ADAPTER in module.lora_A:
+            if isinstance(module, LoraLayer) and PEFT_DEFAULT_ADAPTER in module.lora_A:
                 for factors in (module.lora_A, module.lora_B):
-                    factors[sft].weight.copy_(factors[AXOLOTL_ADAPTER].weight)
+                    factors[sft].weight.copy_(factors[PEFT_DEFAULT_ADAPTER].weight)
     model.set_adapter(sft)
-    model.delete_adapter(AXOLOTL_ADAPTER)
+    model.delete_adapter(PEFT_DEFAULT_ADAPTER)
     model.set_requires_grad([sft, preference], True)
 
 

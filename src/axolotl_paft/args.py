@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from axolotl_paft.const import PEFT_DEFAULT_ADAPTER
+
 L1Mode = Literal["loss", "proximal"]
 PreferenceLoss = Literal["dpo", "ipo", "orpo"]
 MergeDtype = Literal["float32", "bfloat16", "float16"]
@@ -320,12 +322,13 @@ def _check_parallel(data: dict) -> None:
     names = {sft, preference}
     if (
         len(names) == 1
-        or "default" in names
+        or PEFT_DEFAULT_ADAPTER in names
         or not all(n.isidentifier() for n in names)
     ):
         raise ValueError(
             "paft_preference_adapter_name: the two adapter names must differ, be "
-            f"identifiers and not 'default' (got {sft!r} and {preference!r})"
+            f"identifiers and not {PEFT_DEFAULT_ADAPTER!r} "
+            f"(got {sft!r} and {preference!r})"
         )
     for key in ("deepspeed", "fsdp", "fsdp_config"):
         if data.get(key):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from axolotl_paft.const import OFFLINE_ENV
 from axolotl_paft.toy import build_toy_setup, parallel_config
 
 
@@ -29,10 +30,7 @@ def _run(command: list[str], log: Path) -> None:
     env = {
         **os.environ,
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "disabled",
-        "DO_NOT_TRACK": "1",
-        "AXOLOTL_DO_NOT_TRACK": "1",
+        **OFFLINE_ENV,
     }
     print(f"$ {' '.join(command)}   (log: {log})", flush=True)
     with log.open("w") as handle:
@@ -71,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", nargs="?", default="runs/demo", type=Path)
     out = parser.parse_args(argv).out_dir.resolve()
+    os.environ.update(OFFLINE_ENV)
     out.mkdir(parents=True, exist_ok=True)
 
     print(f"1/3 building a tiny model and data under {out / 'world'}", flush=True)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from axolotl_paft.const import DEFAULT_SEED
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
@@ -279,7 +281,7 @@ def run_axolotl_train(config: dict):
     from transformers import set_seed
 
     PluginManager.get_instance().plugins = collections.OrderedDict()
-    set_seed(config.get("seed", 42))
+    set_seed(config.get("seed", DEFAULT_SEED))
     cfg = load_cfg(DictDefault(config))
     do_train(cfg, TrainerCliArgs())
     return cfg
