@@ -51,6 +51,10 @@ def test_every_key_documented():
         ({"adapter": None}, "adapter"),
         ({"rl": "dpo"}, "rl"),
         ({"deepspeed": "zero2.json"}, "paft_l1_lambda"),
+        # parallel-only keys without parallel mode would be silently ignored
+        ({"paft_preference_l1_lambda": 0.5}, "paft_preference_l1_lambda"),
+        ({"paft_preference_val_set_size": 0.1}, "paft_preference_val_set_size"),
+        ({"paft_preference_beta": 0.5}, "paft_preference_beta"),
     ],
 )
 def test_bad_config_names_the_key(llama_world, tmp_path, overrides, key):
@@ -88,6 +92,22 @@ def test_plain_axolotl_config_has_no_paft_keys(llama_world, tmp_path):
         ({"lora_qkv_kernel": True}, "lora_qkv_kernel"),
         ({"fsdp_config": {"fsdp_version": 2}}, "fsdp_config"),
         ({"paft_preference_loss": "kto"}, "paft_preference_loss"),
+        ({"context_parallel_size": 2}, "context_parallel_size"),
+        ({"tensor_parallel_size": 2}, "tensor_parallel_size"),
+        ({"expert_parallel_size": 2}, "expert_parallel_size"),
+        ({"lora_modules_to_save": ["lm_head"]}, "lora_modules_to_save"),
+        ({"lr_scheduler": "one_cycle"}, "lr_scheduler"),
+        ({"lr_scheduler": "rex", "cosine_min_lr_ratio": 0.1}, "cosine_min_lr_ratio"),
+        ({"paft_preference_val_set_size": 0.1}, "paft_preference_val_set_size"),
+        (
+            {
+                "val_set_size": 0.1,
+                "paft_preference_val_set_size": 0.1,
+                "paft_preference_test_datasets": [{"path": "p.jsonl"}],
+            },
+            "paft_preference_test_datasets",
+        ),
+        ({"merge_lora": True}, "--lora-model-dir"),
     ],
 )
 def test_bad_parallel_config_names_the_key(llama_world, tmp_path, overrides, message):
@@ -118,15 +138,6 @@ def test_bad_preference_rows_are_named(llama_world, tmp_path, rows, message):
     with pytest.raises(Exception, match=message) as error:
         validate(config)
     assert "bad.jsonl" in str(error.value)
-
-
-def test_another_runs_adapters_are_never_overwritten(llama_world, tmp_path):
-    out = tmp_path / "out"
-    (out / "dpo").mkdir(parents=True)
-    (out / "dpo" / "adapter_model.safetensors").write_bytes(b"earlier run")
-    with pytest.raises(Exception, match="output_dir"):
-        validate(parallel_config(llama_world, out))
-    validate(parallel_config(llama_world, out, resume_from_checkpoint=str(out)))
 
 
 def test_readme_documents_every_key():

@@ -14,7 +14,7 @@ from axolotl_paft.data import (
     PREFERENCE_SUBDIR,
     PreferenceDataError,
     check_preference_entries,
-    load_preference_dataset,
+    load_preference_datasets,
     preference_cfg,
     preference_collator,
     tokenize_preference_dataset,
@@ -50,7 +50,7 @@ def intel(llama_world, setup):
     cfg, tokenizer = setup
     before = copy.deepcopy(cfg)
     entries = [{"path": str(llama_world.preference_path), "type": "chatml.intel"}]
-    return load_preference_dataset(cfg, tokenizer, entries), before
+    return load_preference_datasets(cfg, tokenizer, entries)[0], before
 
 
 def test_chatml_intel_tokenises_like_trl(setup, intel):
@@ -116,7 +116,7 @@ def test_chat_template_default(setup, tmp_path):
     cfg, tokenizer = setup
     path = write_jsonl(tmp_path / "chat.jsonl", CHAT_TEMPLATE_ROWS)
     entries = [{"path": str(path), "type": "chat_template.default"}]
-    dataset = load_preference_dataset(cfg, tokenizer, entries)
+    dataset = load_preference_datasets(cfg, tokenizer, entries)[0]
     assert len(dataset) == len(CHAT_TEMPLATE_ROWS)
     by_prompt = {tokenizer.decode(r["prompt_ids"]): r for r in dataset}
     for source in CHAT_TEMPLATE_ROWS:
@@ -136,10 +136,12 @@ def test_sequence_len_drop_and_truncate(llama_world, setup, intel):
     short.sequence_len = max(len(r) for r in intel[0]["prompt_ids"]) + 4
     entries = [{"path": str(llama_world.preference_path), "type": "chatml.intel"}]
     with pytest.raises(PreferenceDataError, match=r"preference\.jsonl.*dropped"):
-        load_preference_dataset(short, tokenizer, entries)  # drop: every row too long
+        load_preference_datasets(short, tokenizer, entries)[
+            0
+        ]  # drop: every row too long
 
     short.excess_length_strategy = "truncate"
-    dataset = load_preference_dataset(short, tokenizer, entries)
+    dataset = load_preference_datasets(short, tokenizer, entries)[0]
     assert len(dataset) == 64
     batch = preference_collator(tokenizer, short)([dataset[i] for i in range(8)])
     assert batch["input_ids"].shape[1] <= short.sequence_len
@@ -178,7 +180,7 @@ def test_missing_rejected_names_file_and_row(setup, tmp_path):
     with pytest.raises(PreferenceDataError, match=pattern):
         check_preference_entries(entries)
     with pytest.raises(PreferenceDataError, match=pattern):
-        load_preference_dataset(cfg, tokenizer, entries)
+        load_preference_datasets(cfg, tokenizer, entries)[0]
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,21 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_l1 import tensorboard_scalars
 from test_trainer import max_gap, weights
 
 from axolotl_paft.toy import axolotl_config, parallel_config, run_axolotl_train
 
 pytestmark = pytest.mark.slow
 
-COMMON = {"max_steps": 6, "paft_merge_methods": [], "paft_report": False}
+# DoRA: its magnitude vectors must be averaged across processes like A and B.
+COMMON = {
+    "max_steps": 6,
+    "peft_use_dora": True,
+    "use_tensorboard": True,
+    "paft_merge_methods": [],
+    "paft_report": False,
+}
 LAUNCHER = Path(__file__).with_name("ddp_train.py")
 
 
@@ -63,3 +71,43 @@ def test_two_processes(llama_world, tmp_path):
     )
     assert sft_vs_ddp < 1e-6
     assert dpo_vs_one < 1e-4
+    # the logged preference metrics are means over both processes' pairs
+    two_logs, one_logs = tensorboard_scalars(two), tensorboard_scalars(one)
+    for key in ("train/dpo/loss", "train/dpo/rewards/margins"):
+        assert two_logs[key] == pytest.approx(one_logs[key], rel=1e-3, abs=1e-5), key
+
+
+def _average_on_two_processes(rank: int, init_file: str, results) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from axolotl_paft.trainer import average_gradients
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2
+    )
+    both, one, none = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
+    both.grad = torch.full((3,), float(rank + 1))  # 1 and 2
+    if rank == 0:
+        one.grad = torch.full((3,), 4.0)  # rank 1 had no gradient for `one`
+    average_gradients([both, one, none])
+    results[rank] = (both.grad.tolist(), one.grad.tolist(), none.grad)
+    dist.destroy_process_group()
+
+
+def test_gradient_average_has_a_fixed_layout(tmp_path):
+    """A tensor without a gradient on one process averages as zero there (no
+    size mismatch, no hang); without a gradient anywhere it stays None."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(
+            _average_on_two_processes,
+            args=(str(tmp_path / "init"), results),
+            nprocs=2,
+            join=True,
+        )
+        results = dict(results)
+    for rank in (0, 1):
+        assert results[rank] == ([1.5] * 3, [2.0] * 3, None)

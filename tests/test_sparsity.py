@@ -8,7 +8,6 @@ import torch
 from axolotl_paft.evaluate import load_model
 from axolotl_paft.sparsity import (
     LoraFactors,
-    is_lora_parameter,
     live_lora_factors,
     measure,
     measure_module,
@@ -37,8 +36,8 @@ def test_names():
     assert module_name("base_model.model.model.layers.0.mlp.up_proj.lora_B.weight") == (
         "model.layers.0.mlp.up_proj"
     )
-    assert is_lora_parameter(name, "sft")
-    assert not is_lora_parameter(name, "dpo")
+    embedding = "base_model.model.model.embed_tokens.lora_embedding_B.sft"
+    assert module_name(embedding) == "model.embed_tokens"
 
 
 def test_live_and_saved_measure_the_same(llama_world, adapters):

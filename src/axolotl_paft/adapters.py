@@ -3,19 +3,27 @@
 PEFT traps handled here: `set_adapter(x)` and leaving `disable_adapter()` turn
 `requires_grad` off on every other adapter, so every switch re-asserts it for both;
 PEFT initialises a new adapter from the global RNG, so adapters are created under a
-forked RNG and the run's random stream is the one a single-adapter run would see.
+forked RNG and the run's random stream is the one a single-adapter run would see;
+`add_adapter` keeps a reference to the config it is given, so each adapter gets a
+deep copy (PEFT writes per-adapter state such as `target_modules` into it).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
 
 from axolotl_paft.const import PEFT_DEFAULT_ADAPTER
+
+# The LoRA factors, whose product is the low-rank delta: what L1 penalises.
+FACTOR_LAYERS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
 
 
 def add_parallel_adapters(
@@ -25,36 +33,83 @@ def add_parallel_adapters(
     `preference` (same config, its own seeded initialisation)."""
     config = model.peft_config[PEFT_DEFAULT_ADAPTER]
     with torch.random.fork_rng(devices=[]):
-        model.add_adapter(sft, config)
+        model.add_adapter(sft, copy.deepcopy(config))
         torch.manual_seed(seed + 1)
-        model.add_adapter(preference, config)
+        model.add_adapter(preference, copy.deepcopy(config))
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, LoraLayer) and PEFT_DEFAULT_ADAPTER in module.lora_A:
-                for factors in (module.lora_A, module.lora_B):
-                    factors[sft].weight.copy_(factors[PEFT_DEFAULT_ADAPTER].weight)
+        default = adapter_tensors(model, PEFT_DEFAULT_ADAPTER)
+        for name, tensor in adapter_tensors(model, sft).items():
+            tensor.copy_(default[name])
     model.set_adapter(sft)
     model.delete_adapter(PEFT_DEFAULT_ADAPTER)
     model.set_requires_grad([sft, preference], True)
 
 
+def adapter_tensors(model: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+    """Every tensor `adapter` owns, by a name without the adapter's: LoRA A and B
+    (with `lora_bias`), embedding LoRA, DoRA magnitudes, `modules_to_save` copies.
+
+    The set is the one PEFT's own `set_requires_grad(adapter)` walks (each tuner
+    layer's and auxiliary wrapper's `adapter_layer_names`), so clipping, the
+    cross-process average, the optimizer groups and the checkpoints all see the
+    same tensors PEFT trains.
+    """
+    owned: dict[str, torch.Tensor] = {}
+    for module_name, module in model.named_modules():
+        if not isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
+            continue
+        for layer_name in module.adapter_layer_names:
+            container = module
+            for part in layer_name.split("."):
+                container = getattr(container, part, None)
+            if container is None or adapter not in container:
+                continue
+            item = container[adapter]
+            prefix = f"{module_name}.{layer_name}"
+            if isinstance(item, torch.nn.Parameter):
+                owned[prefix] = item
+            else:
+                for name, tensor in item.named_parameters():
+                    owned[f"{prefix}.{name}"] = tensor
+    return owned
+
+
 def adapter_parameters(
     model: torch.nn.Module, adapter: str
 ) -> list[torch.nn.Parameter]:
-    """The trainable tensors of `adapter` (LoRA A and B of every module)."""
-    from axolotl_paft.sparsity import is_lora_parameter
+    """The trainable tensors of `adapter` (see `adapter_tensors`), each once."""
+    unique = {id(p): p for p in adapter_tensors(model, adapter).values()}
+    return list(unique.values())
 
-    return [p for n, p in model.named_parameters() if is_lora_parameter(n, adapter)]
+
+def factor_parameters(model: torch.nn.Module, adapter: str) -> list[torch.nn.Parameter]:
+    """The LoRA factor weights of `adapter` (A and B, embedding A and B): what the
+    L1 penalty acts on. Not DoRA magnitudes (shrinking them scales the base
+    weights' columns towards 0, not the delta), not `lora_bias` (no factor of the
+    low-rank product) and not `modules_to_save` copies (full weights)."""
+    factors = []
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for layer_name in FACTOR_LAYERS:
+            container = getattr(module, layer_name)
+            if adapter in container:
+                item = container[adapter]
+                factors.append(item if isinstance(item, torch.Tensor) else item.weight)
+    return factors
 
 
 @contextmanager
 def active_adapter(model: PeftModel, name: str, trained: list[str]) -> Iterator[None]:
-    """Route forwards through `name`; keep every adapter in `trained` trainable."""
+    """Route forwards through `name`, then back through the adapter active before;
+    keep every adapter in `trained` trainable."""
+    previous = model.active_adapter
     model.set_adapter(name)
     model.set_requires_grad(trained, True)
     try:
         yield
     finally:
+        model.set_adapter(previous)
         model.set_requires_grad(trained, True)
 
 

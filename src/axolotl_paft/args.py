@@ -62,6 +62,23 @@ class PAFTArgs(BaseModel):
             "of an `rl: dpo` config (chatml.*, chat_template.default, llama3.*, ...)."
         ),
     )
+    paft_preference_val_set_size: float = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Parallel mode: preference rows held out for evaluation, as Axolotl's "
+            "`val_set_size` (a fraction below 1, a row count from 1). Evaluated with "
+            "the preference adapter at each evaluation, logged as "
+            "`eval_<adapter>/rewards/accuracies`, ... (TRL's names)."
+        ),
+    )
+    paft_preference_test_datasets: list[dict] | None = Field(
+        default=None,
+        description=(
+            "Parallel mode: held-out preference data instead of a split, entries as "
+            "`paft_preference_datasets` (as `test_datasets` of an `rl: dpo` config)."
+        ),
+    )
     paft_preference_loss: PreferenceLoss = Field(
         default="dpo",
         description="Preference loss: `dpo` (sigmoid), `ipo` or `orpo`, as in TRL.",
@@ -108,7 +125,7 @@ class PAFTArgs(BaseModel):
         ge=0,
         description=(
             "Parallel mode: L1 strength on the preference LoRA too (same mode as the "
-            "SFT one; logged as paft/<preference name>/...). 0: off, as in the paper."
+            "SFT one; logged as <preference name>/...). 0: off, as in the paper."
         ),
     )
     paft_sparsity_threshold: float = Field(
@@ -241,6 +258,8 @@ class PAFTArgs(BaseModel):
             )
         if data.get("paft_parallel"):
             _check_parallel(data)
+        else:
+            _check_parallel_keys_unused(data)
         methods = data.get("paft_merge_methods", DEFAULT_MERGE_METHODS)
         if methods:
             _check_merge_paths(data)
@@ -317,8 +336,7 @@ def _check_parallel(data: dict) -> None:
             "paft_preference_adapter: parallel mode trains its own preference "
             "adapter; remove paft_preference_adapter or paft_parallel"
         )
-    sft = data.get("paft_sft_adapter_name", "sft")
-    preference = data.get("paft_preference_adapter_name", "dpo")
+    sft, preference = _names(data)
     names = {sft, preference}
     if (
         len(names) == 1
@@ -342,22 +360,145 @@ def _check_parallel(data: dict) -> None:
                 f"{key}: Axolotl's fused LoRA kernels read only the first active "
                 "adapter; set it to false for parallel mode"
             )
-    from axolotl_paft.data import check_preference_entries
+    for key in MODEL_PARALLEL_KEYS:
+        if (data.get(key) or 1) > 1:
+            raise ValueError(
+                f"{key}: parallel mode splits no model or sequence across processes "
+                "(its two adapters' gradients are averaged over data-parallel "
+                f"processes only); set {key}: 1 or train the adapters separately"
+            )
+    if data.get("lora_modules_to_save"):
+        raise ValueError(
+            "lora_modules_to_save: a trainable full copy of a module is no low-rank "
+            "delta: the L1 penalty, the sparsity report and the mergekit configs "
+            "would not see it. Parallel mode trains LoRA (and DoRA) deltas only; "
+            "remove lora_modules_to_save (and any new tokens that need it)"
+        )
+    if data.get("lr_scheduler") == "one_cycle":
+        raise ValueError(
+            "lr_scheduler: one_cycle sets every optimizer group to the same peak "
+            "rate (OneCycleLR's max_lr = learning_rate), which would train the "
+            "preference adapter at the SFT rate; use cosine, linear or constant"
+        )
+    if data.get("lr_scheduler") == "rex" and data.get("cosine_min_lr_ratio"):
+        raise ValueError(
+            "cosine_min_lr_ratio: with lr_scheduler: rex it is one absolute floor "
+            "for every optimizer group, the preference adapter's too; unset it or "
+            "use lr_scheduler: cosine"
+        )
+    from axolotl_paft.data import TEST_KEY, check_preference_entries
 
     check_preference_entries(entries)
-    _check_output_dir_is_ours(data, [sft, preference])
+    held_out = data.get("paft_preference_val_set_size") or data.get(TEST_KEY)
+    if data.get("paft_preference_val_set_size") and data.get(TEST_KEY):
+        raise ValueError(
+            f"{TEST_KEY}: set either paft_preference_val_set_size (a split of "
+            f"paft_preference_datasets) or {TEST_KEY}, not both"
+        )
+    if held_out and not (data.get("val_set_size") or data.get("test_datasets")):
+        raise ValueError(
+            "paft_preference_val_set_size: held-out preference rows are evaluated "
+            "at Axolotl's evaluations, and this config has none: set val_set_size "
+            "or test_datasets (and eval_steps) for the SFT side too"
+        )
+    if data.get(TEST_KEY):
+        check_preference_entries(data[TEST_KEY], key=TEST_KEY)
+    if data.get("merge_lora"):
+        check_adapter_choice(data, _names(data), command="axolotl merge-lora")
+        merged = Path(data.get("output_dir") or DEFAULT_OUTPUT_DIR) / "merged"
+        if (merged / "config.json").exists():
+            raise ValueError(
+                f"output_dir: axolotl merge-lora writes {merged}, which already "
+                "holds a merged model; pass another --output-dir"
+            )
 
 
-def _check_output_dir_is_ours(data: dict, adapters: list[str]) -> None:
-    """Never let a new run silently overwrite another run's adapters."""
-    output_dir = Path(data.get("output_dir") or "./model-out")
-    resuming = data.get("resume_from_checkpoint") or (
-        data.get("auto_resume_from_checkpoints")
-        and any(output_dir.glob("checkpoint-*"))
+# Axolotl keys that shard the model or the sequence across processes.
+MODEL_PARALLEL_KEYS = (
+    "context_parallel_size",
+    "tensor_parallel_size",
+    "expert_parallel_size",
+)
+DEFAULT_OUTPUT_DIR = "./model-out"  # Axolotl's default output_dir
+
+# Keys that only parallel mode reads: set without it, they would be ignored.
+PARALLEL_ONLY_KEYS = (
+    "paft_preference_datasets",
+    "paft_preference_val_set_size",
+    "paft_preference_test_datasets",
+    "paft_preference_loss",
+    "paft_preference_beta",
+    "paft_preference_learning_rate",
+    "paft_preference_micro_batch_size",
+    "paft_sft_adapter_name",
+    "paft_preference_adapter_name",
+    "paft_preference_l1_lambda",
+)
+
+
+def _check_parallel_keys_unused(data: dict) -> None:
+    """Outside parallel mode, a parallel-only key is a mistake, not a no-op."""
+    for key in PARALLEL_ONLY_KEYS:
+        default = PAFTArgs.model_fields[key].default
+        if data.get(key) not in (None, default):
+            raise ValueError(
+                f"{key}: only parallel mode reads this key; set paft_parallel: true "
+                "or remove it"
+            )
+
+
+def _names(data) -> tuple[str, str]:
+    """(SFT adapter name, preference adapter name) of a raw or validated config."""
+    fields = PAFTArgs.model_fields
+    return (
+        data.get("paft_sft_adapter_name") or fields["paft_sft_adapter_name"].default,
+        data.get("paft_preference_adapter_name")
+        or fields["paft_preference_adapter_name"].default,
+    )
+
+
+def check_adapter_choice(cfg, names: tuple[str, str], command: str) -> str:
+    """A command that uses a trained adapter (merge-lora, inference, evaluate) on a
+    parallel-mode config: `lora_model_dir` must name one adapter folder, as a
+    parallel run saves none in output_dir itself (Axolotl's default there would
+    load nothing, or a stale adapter of an earlier run). Returns what is loaded."""
+    output_dir = Path(cfg.get("output_dir") or DEFAULT_OUTPUT_DIR)
+    folders = {"SFT": output_dir / names[0], "preference": output_dir / names[1]}
+    hint = (
+        f"pass --lora-model-dir {folders['SFT']} (the SFT adapter) or "
+        f"--lora-model-dir {folders['preference']} (the preference adapter); a "
+        f"merged model (mergekit-yaml's {output_dir / 'merged' / '<method>'}) loads "
+        "as base_model in a config without the PAFT plugin"
+    )
+    chosen = cfg.get("lora_model_dir")
+    if not chosen or Path(chosen).resolve() == output_dir.resolve():
+        raise ValueError(
+            f"lora_model_dir: this parallel-mode config trains two adapters, saved "
+            f"in {folders['SFT']} and {folders['preference']}, none in output_dir; "
+            f"{command} needs one of them: {hint}"
+        )
+    if not (Path(chosen) / "adapter_config.json").is_file():
+        raise ValueError(
+            f"lora_model_dir: {chosen!r} is not a PEFT adapter folder (no "
+            f"adapter_config.json); {hint}"
+        )
+    role = next(
+        (r for r, f in folders.items() if f.resolve() == Path(chosen).resolve()), None
+    )
+    what = f"the {role} adapter" if role else "an adapter from outside output_dir"
+    return f"loading {what} {chosen} as a plain LoRA"
+
+
+def check_output_dir_is_ours(cfg, args: PAFTArgs) -> None:
+    """At the start of a training run (not in the commands that use its outputs):
+    never let a new run silently overwrite another run's adapters."""
+    output_dir = Path(cfg.get("output_dir") or DEFAULT_OUTPUT_DIR)
+    resuming = cfg.get("resume_from_checkpoint") or (
+        cfg.get("auto_resume_from_checkpoints") and any(output_dir.glob("checkpoint-*"))
     )
     existing = [
         str(output_dir / a)
-        for a in adapters
+        for a in (args.paft_sft_adapter_name, args.paft_preference_adapter_name)
         if (output_dir / a / "adapter_model.safetensors").exists()
     ]
     if existing and not resuming:

@@ -41,7 +41,8 @@ TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 _OPTIONAL_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 _FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow", ".txt")
-_KEY = "paft_preference_datasets"
+TRAIN_KEY = "paft_preference_datasets"
+TEST_KEY = "paft_preference_test_datasets"
 
 
 @contextmanager
@@ -60,44 +61,62 @@ class PreferenceDataError(ValueError):
     """Preference data that cannot be used; the message names the dataset."""
 
 
-def preference_cfg(cfg: DictDefault, entries: Sequence[Mapping]) -> DictDefault:
+def preference_cfg(
+    cfg: DictDefault,
+    entries: Sequence[Mapping],
+    val_set_size: float = 0,
+    test_entries: Sequence[Mapping] | None = None,
+) -> DictDefault:
     """A deep copy of `cfg` as a `rl: dpo` run on `entries`, cached in a subfolder.
 
-    No eval split (`val_set_size: 0`, no `test_datasets`) and no hub push: the
-    preference rows all go to training and the SFT cache is left alone.
+    The held-out part is the preference one (`val_set_size` of the rows, or
+    `test_entries`), never the SFT run's; no hub push: the SFT cache is left alone.
     """
     pref = copy.deepcopy(cfg)
     pref.rl = RLType.DPO
     pref.datasets = [DictDefault(copy.deepcopy(dict(e))) for e in entries]
-    pref.test_datasets = None
-    pref.val_set_size = 0
+    pref.test_datasets = (
+        [DictDefault(copy.deepcopy(dict(e))) for e in test_entries]
+        if test_entries
+        else None
+    )
+    pref.val_set_size = val_set_size
     pref.push_dataset_to_hub = None
     base = cfg.dataset_prepared_path or DEFAULT_DATASET_PREPARED_PATH
     pref.dataset_prepared_path = str(Path(base) / PREFERENCE_SUBDIR)
     return pref
 
 
-def load_preference_dataset(
-    cfg: DictDefault, tokenizer: PreTrainedTokenizerBase, entries: Sequence[Mapping]
-) -> Dataset:
-    """Load, transform, length-filter and tokenise the preference datasets.
+def load_preference_datasets(
+    cfg: DictDefault,
+    tokenizer: PreTrainedTokenizerBase,
+    entries: Sequence[Mapping],
+    *,
+    val_set_size: float = 0,
+    test_entries: Sequence[Mapping] | None = None,
+) -> tuple[Dataset, Dataset | None]:
+    """Load, transform, length-filter and tokenise the preference datasets: the
+    training rows and the held-out rows (`None` without `val_set_size` or
+    `test_entries`).
 
-    Returns rows with `prompt_ids`, `chosen_ids` and `rejected_ids` (lists of ints).
+    Rows have `prompt_ids`, `chosen_ids` and `rejected_ids` (lists of ints).
     `cfg` (a validated, normalised Axolotl config) is not modified.
     """
     check_preference_entries(entries)
-    pref = preference_cfg(cfg, entries)
+    if test_entries:
+        check_preference_entries(test_entries, key=TEST_KEY)
+    pref = preference_cfg(cfg, entries, val_set_size, test_entries)
     names = ", ".join(_label(i, e) for i, e in enumerate(entries))
     Path(pref.dataset_prepared_path).mkdir(parents=True, exist_ok=True)
     try:
-        dataset, _ = prepare_preference_datasets(pref, tokenizer)
+        train, held_out = prepare_preference_datasets(pref, tokenizer)
     except Exception as exc:
         raise PreferenceDataError(
             f"{names}: Axolotl's DPO data loading failed: {exc}"
         ) from exc
-    if {"image", "images"} & set(dataset.column_names):
+    if {"image", "images"} & set(train.column_names):
         raise PreferenceDataError(f"{names}: image preference data is not supported")
-    if len(dataset) == 0:
+    if len(train) == 0:
         # Axolotl cached the empty result under a hash that ignores
         # excess_length_strategy: drop it so a corrected config is not served it
         digest = generate_dataset_hash_from_config(
@@ -109,15 +128,21 @@ def load_preference_dataset(
             f"sequence_len={cfg.sequence_len} (see excess_length_strategy) or the "
             "data are empty"
         )
-    dataset = tokenize_preference_dataset(
-        dataset, tokenizer, max_length=cfg.sequence_len, num_proc=cfg.dataset_num_proc
-    )
-    if len(dataset) == 0:
-        raise PreferenceDataError(
-            f"{names}: every prompt fills sequence_len={cfg.sequence_len}; no "
-            "completion token would be trained"
+    splits = []
+    for split, rows in (("training", train), ("held-out", held_out)):
+        if rows is None:
+            splits.append(None)
+            continue
+        rows = tokenize_preference_dataset(
+            rows, tokenizer, max_length=cfg.sequence_len, num_proc=cfg.dataset_num_proc
         )
-    return dataset
+        if len(rows) == 0:
+            raise PreferenceDataError(
+                f"{names}: no {split} preference row left: every prompt fills "
+                f"sequence_len={cfg.sequence_len}, or the split is empty"
+            )
+        splits.append(rows)
+    return splits[0], splits[1]
 
 
 def tokenize_preference_dataset(
@@ -138,7 +163,7 @@ def tokenize_preference_dataset(
         dataset_num_proc=num_proc, max_length=max_length, truncation_mode="keep_start"
     )
     stub = SimpleNamespace(_tokenizer=tokenizer)
-    dataset = DPOTrainer._prepare_dataset(stub, dataset, tokenizer, args, _KEY)
+    dataset = DPOTrainer._prepare_dataset(stub, dataset, tokenizer, args, TRAIN_KEY)
     keep = [c for c in (*TOKEN_COLUMNS, *_OPTIONAL_COLUMNS) if c in dataset.features]
     dataset = dataset.select_columns(keep)
     bos = tokenizer.bos_token_id
@@ -169,7 +194,9 @@ def preference_collator(
     )
 
 
-def check_preference_entries(entries: Sequence[Mapping] | None) -> None:
+def check_preference_entries(
+    entries: Sequence[Mapping] | None, key: str = TRAIN_KEY
+) -> None:
     """Cheap checks before any model load (raises `PreferenceDataError`).
 
     Every local file must exist, be readable and non-empty. Local JSON/JSONL files
@@ -178,18 +205,18 @@ def check_preference_entries(entries: Sequence[Mapping] | None) -> None:
     Hub and remote datasets are left to Axolotl's loader.
     """
     if not entries:
-        raise PreferenceDataError(f"{_KEY}: no preference datasets given")
+        raise PreferenceDataError(f"{key}: no preference datasets given")
     for index, entry in enumerate(entries):
         if not isinstance(entry, Mapping) or not entry.get("path"):
-            raise PreferenceDataError(f"{_KEY}[{index}]: each entry needs a `path`")
-        label = _label(index, entry)
+            raise PreferenceDataError(f"{key}[{index}]: each entry needs a `path`")
+        label = _label(index, entry, key)
         for path in _local_files(entry, label):
             if _is_json(path, entry):
                 _check_json_rows(path, label, _pair_fields(entry))
 
 
-def _label(index: int, entry: Mapping) -> str:
-    return f"{_KEY}[{index}] ({entry.get('path')})"
+def _label(index: int, entry: Mapping, key: str = TRAIN_KEY) -> str:
+    return f"{key}[{index}] ({entry.get('path')})"
 
 
 def _local_files(entry: Mapping, label: str) -> list[Path]:

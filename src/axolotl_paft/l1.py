@@ -14,6 +14,10 @@ Both modes act on the LoRA factors A and B of one adapter (not on the dense delt
   decoupled from the optimizer like AdamW's weight decay. An Adam step moves a
   weight by about `lr`, so `lambda` is the fraction of a step taken back each time:
   entries whose updates do not push consistently away from 0 end exactly at 0.
+  A step the optimizer skipped (fp16 loss-scale overflow) is not shrunk either.
+
+Only the LoRA factors are penalised (`adapters.factor_parameters` says why not
+DoRA magnitudes, `lora_bias` or `modules_to_save` copies).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import time
 import torch
 from transformers import Trainer, TrainerCallback
 
-from axolotl_paft.adapters import adapter_parameters
+from axolotl_paft.adapters import factor_parameters
 from axolotl_paft.sparsity import (
+    SUMMARY_MEASURES,
     live_lora_factors,
     measure,
     summarize,
@@ -32,7 +37,8 @@ from axolotl_paft.sparsity import (
 
 
 class L1SparsityCallback(TrainerCallback):
-    """Applies the L1 step to `adapter` and logs `paft/...` metrics each log step."""
+    """Applies the L1 step to `adapter` and logs `<prefix>/...` metrics (the
+    sparsity measures and `l1_penalty`) each log step."""
 
     def __init__(
         self,
@@ -41,7 +47,7 @@ class L1SparsityCallback(TrainerCallback):
         l1_lambda: float,
         mode: str,
         threshold: float,
-        prefix: str = "paft",
+        prefix: str,
     ):
         self.trainer = trainer
         self.adapter = adapter
@@ -55,7 +61,7 @@ class L1SparsityCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.started_at = time.time()
-        self._params = adapter_parameters(model, self.adapter)
+        self._params = factor_parameters(model, self.adapter)
         if not self._params:
             raise RuntimeError(
                 f"paft: no LoRA weights of adapter {self.adapter!r} found in the model"
@@ -76,6 +82,8 @@ class L1SparsityCallback(TrainerCallback):
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if self.mode != "proximal" or self.l1_lambda == 0:
             return
+        if self.trainer.accelerator.optimizer_step_was_skipped:
+            return
         ours = {id(p) for p in self._params}
         for group in optimizer.param_groups:
             shrink = group["lr"] * self.l1_lambda
@@ -91,10 +99,6 @@ class L1SparsityCallback(TrainerCallback):
         """Current L1 norm and sparsity of the adapter, as `<prefix>/...` keys."""
         factors = live_lora_factors(model, self.adapter)
         summary = summarize(measure(factors, self.threshold))
-        return {
-            f"{self.prefix}/l1_norm": summary["l1_norm"],
-            f"{self.prefix}/l1_penalty": self.l1_lambda * summary["l1_norm"],
-            f"{self.prefix}/sparsity": summary["sparsity"],
-            f"{self.prefix}/delta_exact_zeros": summary["delta_exact_zeros"],
-            f"{self.prefix}/lora_exact_zeros": summary["lora_exact_zeros"],
-        }
+        metrics = {f"{self.prefix}/{key}": summary[key] for key in SUMMARY_MEASURES}
+        metrics[f"{self.prefix}/l1_penalty"] = self.l1_lambda * summary["l1_norm"]
+        return metrics

@@ -36,12 +36,13 @@ def write_run_outputs(
         )
         emitted = write_merge_configs(output_dir / MERGEKIT_DIR, deltas, args)
         written += emitted.written.values()
-        first = next(iter(emitted.written.values()), None)
+        first = next(iter(emitted.written), None)
         merge = {
             "written": {m: str(p) for m, p in emitted.written.items()},
             "skipped": emitted.skipped,
             "cache_dir": str(emitted.cache_dir),
-            "command": f"mergekit-yaml {first} {output_dir.resolve() / 'merged'} "
+            "command": f"mergekit-yaml {emitted.written[first]} "
+            f"{output_dir.resolve() / 'merged' / first} "
             f"--lora-merge-cache {emitted.cache_dir}"
             if first
             else "",
@@ -65,4 +66,33 @@ def write_run_outputs(
                 100 * overall["delta_exact_zeros"],
                 100 * overall["lora_exact_zeros"],
             )
+    LOG.info(results_and_next_steps(output_dir, base_model, adapters, written, merge))
     return written
+
+
+def results_and_next_steps(
+    output_dir: Path,
+    base_model: str,
+    adapters: dict[str, Path],
+    written: list[Path],
+    merge: dict | None,
+) -> str:
+    """Where each result of the run is, and the commands a user runs next."""
+    lines = ["paft: results of this run"]
+    lines += [f"  {role} adapter: {folder}" for role, folder in adapters.items()]
+    lines += [f"  {path.name}: {path}" for path in written]
+    lines.append("paft: next")
+    if merge and merge["command"]:
+        lines.append(f"  build the merged model: {merge['command']}")
+    evaluate = " ".join(f"--candidate {r}={f}" for r, f in adapters.items())
+    lines.append(
+        f"  compare candidates: axolotl-paft-eval --base {base_model} {evaluate} ..."
+        " (add merged model folders as more candidates)"
+    )
+    if "preference" in adapters and adapters["sft"].parent == output_dir:
+        lines.append(
+            "  one adapter alone: axolotl merge-lora CONFIG --lora-model-dir "
+            f"{adapters['sft']} (or {adapters['preference']}); inference and "
+            "evaluate take the same --lora-model-dir"
+        )
+    return "\n".join(lines)

@@ -8,12 +8,20 @@ from pathlib import Path
 from axolotl.integrations.base import BasePlugin
 from axolotl.utils.distributed import is_main_process
 
-from axolotl_paft.args import LORA_KERNELS, PAFTArgs
+from axolotl_paft.args import (
+    LORA_KERNELS,
+    PAFTArgs,
+    check_adapter_choice,
+    check_output_dir_is_ours,
+)
 from axolotl_paft.const import PEFT_DEFAULT_ADAPTER, run_seed
 from axolotl_paft.l1 import L1SparsityCallback
 from axolotl_paft.outputs import write_run_outputs
 
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
+
+# The metric prefix of the SFT LoRA when it is the only adapter (SFT-only mode).
+SFT_ROLE = "sft"
 
 
 def paft_args(cfg) -> PAFTArgs:
@@ -38,12 +46,20 @@ def adapter_folders(cfg, args: PAFTArgs) -> dict[str, Path]:
 
 class PAFTPlugin(BasePlugin):
     """PAFT for Axolotl: sparse SFT LoRA, parallel SFT + preference LoRAs, report
-    and mergekit configs."""
+    and mergekit configs.
+
+    Parallel mode acts only in `axolotl train`, recognised by Axolotl calling
+    `load_datasets` (train and preprocess do, before the model; evaluate,
+    inference and merge-lora do not). In the commands that use a trained adapter,
+    the same YAML loads the one adapter named by `lora_model_dir` as a plain LoRA,
+    or stops and names the folders to pass.
+    """
 
     def __init__(self):
         super().__init__()
         self._callback: L1SparsityCallback | None = None
-        self._preference_dataset = None
+        self._preference = None
+        self._training = False
         self._outputs_written = False
 
     def register(self, cfg) -> None:
@@ -58,19 +74,41 @@ class PAFTPlugin(BasePlugin):
         return "axolotl_paft.args.PAFTArgs"
 
     def load_datasets(self, cfg, preprocess: bool = False):
-        """Parallel mode: load the preference data before the model (SFT data stay
-        Axolotl's: returning None keeps its own loading)."""
-        if paft_args(cfg).paft_parallel:
-            self._preference_dataset = self._load_preference(cfg)
+        """Parallel mode: load (and cache) the preference data before the model;
+        in a training run, first make sure output_dir holds no other run's
+        adapters. SFT data stay Axolotl's: returning None keeps its own loading."""
+        args = paft_args(cfg)
+        if not args.paft_parallel:
+            return None
+        if not preprocess:
+            self._training = True
+            check_output_dir_is_ours(cfg, args)
+        self._preference = self._load_preference(cfg, args)
         return None
 
+    def pre_model_load(self, cfg) -> None:
+        """Parallel mode outside training (evaluate, inference, merge-lora):
+        `lora_model_dir` must name one of the run's adapters (checked here, before
+        the model loads); it is then loaded as a plain LoRA."""
+        args = paft_args(cfg)
+        if args.paft_parallel and not self._training:
+            LOG.info(
+                "paft: parallel-mode config outside `axolotl train`: %s",
+                check_adapter_choice(
+                    cfg,
+                    (args.paft_sft_adapter_name, args.paft_preference_adapter_name),
+                    command="this command (training runs through `axolotl train`, "
+                    "where Axolotl loads the datasets through the plugin)",
+                ),
+            )
+
     def post_model_load(self, cfg, model) -> None:
-        """Parallel mode: split Axolotl's LoRA into the two named adapters. Not in
-        post_lora_load: Axolotl >= 0.21 re-draws every LoRA A from the seed and the
-        adapter's name right after it, and the SFT adapter must keep the draw a
+        """Parallel training: split Axolotl's LoRA into the two named adapters. Not
+        in post_lora_load: Axolotl >= 0.21 re-draws every LoRA A from the seed and
+        the adapter's name right after it, and the SFT adapter must keep the draw a
         plain SFT run makes."""
         args = paft_args(cfg)
-        if args.paft_parallel:
+        if args.paft_parallel and self._training:
             from axolotl_paft.adapters import add_parallel_adapters
 
             add_parallel_adapters(
@@ -81,7 +119,7 @@ class PAFTPlugin(BasePlugin):
             )
 
     def get_trainer_cls(self, cfg):
-        if paft_args(cfg).paft_parallel:
+        if paft_args(cfg).paft_parallel and self._training:
             from axolotl_paft.trainer import PAFTParallelTrainer
 
             return PAFTParallelTrainer
@@ -89,13 +127,12 @@ class PAFTPlugin(BasePlugin):
 
     def post_trainer_create(self, cfg, trainer) -> None:
         args = paft_args(cfg)
-        if not args.paft_parallel:
+        if not (args.paft_parallel and self._training):
             return
         from axolotl_paft.data import preference_collator
         from axolotl_paft.trainer import ParallelSettings, PreferenceStream
 
-        if self._preference_dataset is None:  # training driven without the CLI
-            self._preference_dataset = self._load_preference(cfg)
+        train, held_out = self._preference
         settings = ParallelSettings(
             sft_adapter=args.paft_sft_adapter_name,
             preference_adapter=args.paft_preference_adapter_name,
@@ -107,24 +144,27 @@ class PAFTPlugin(BasePlugin):
             seed=run_seed(cfg),
         )
         stream = PreferenceStream(
-            self._preference_dataset,
+            train,
             preference_collator(trainer.processing_class, cfg),
             settings.micro_batch_size,
             settings.seed,
         )
-        trainer.attach(settings, stream)
+        trainer.attach(settings, stream, held_out)
 
     def add_callbacks_post_trainer(self, cfg, trainer) -> list:
         args = paft_args(cfg)
-        adapter = PEFT_DEFAULT_ADAPTER
+        if args.paft_parallel and not self._training:
+            return []
+        adapter, prefix = PEFT_DEFAULT_ADAPTER, SFT_ROLE
         if args.paft_parallel:
-            adapter = args.paft_sft_adapter_name
+            adapter = prefix = args.paft_sft_adapter_name
         self._callback = L1SparsityCallback(
             trainer,
             adapter=adapter,
             l1_lambda=args.resolved_l1_lambda(),
             mode=args.paft_l1_mode,
             threshold=args.paft_sparsity_threshold,
+            prefix=prefix,
         )
         self._outputs_written = False
         LOG.info(
@@ -143,7 +183,7 @@ class PAFTPlugin(BasePlugin):
                     l1_lambda=args.paft_preference_l1_lambda,
                     mode=args.paft_l1_mode,
                     threshold=args.paft_sparsity_threshold,
-                    prefix=f"paft/{preference}",
+                    prefix=preference,
                 )
             )
         return callbacks
@@ -155,16 +195,21 @@ class PAFTPlugin(BasePlugin):
         self._write_outputs(cfg)
 
     @staticmethod
-    def _load_preference(cfg):
-        """Load the preference data without moving the random streams, which stay
-        those of a plain SFT run (the LoRA init draws from them afterwards)."""
+    def _load_preference(cfg, args: PAFTArgs):
+        """Training and held-out preference rows, loaded without moving the random
+        streams, which stay those of a plain SFT run (the LoRA init draws from
+        them afterwards)."""
         from axolotl.loaders import load_tokenizer
 
-        from axolotl_paft.data import load_preference_dataset, preserved_random_state
+        from axolotl_paft.data import load_preference_datasets, preserved_random_state
 
         with preserved_random_state():
-            return load_preference_dataset(
-                cfg, load_tokenizer(cfg), cfg.paft_preference_datasets
+            return load_preference_datasets(
+                cfg,
+                load_tokenizer(cfg),
+                args.paft_preference_datasets,
+                val_set_size=args.paft_preference_val_set_size,
+                test_entries=args.paft_preference_test_datasets,
             )
 
     def _write_outputs(self, cfg) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from axolotl_paft.sparsity import (
+    SUMMARY_MEASURES,
     LoraFactors,
     as_records,
     grouped,
@@ -129,18 +130,19 @@ def _pct(x: float) -> str:
 
 
 def _table(title: str, groups: dict[str, dict], label: str) -> list[str]:
+    columns = [label, *(m.label for m in SUMMARY_MEASURES.values())]
     lines = [
         f"#### {title}",
         "",
-        f"| {label} | sparsity | exact zeros (delta) | exact zeros (A, B) "
-        "| L1(A)+L1(B) |",
-        "|---|---|---|---|---|",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
     ]
     for key, s in groups.items():
-        lines.append(
-            f"| {key} | {_pct(s['sparsity'])} | {_pct(s['delta_exact_zeros'])} "
-            f"| {_pct(s['lora_exact_zeros'])} | {s['l1_norm']:.4g} |"
-        )
+        cells = [
+            _pct(s[name]) if measure.fraction else f"{s[name]:.4g}"
+            for name, measure in SUMMARY_MEASURES.items()
+        ]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 

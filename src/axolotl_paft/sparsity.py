@@ -25,6 +25,37 @@ import torch
 
 _PEFT_PREFIX = "base_model.model."
 _LAYER_RE = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
+_FACTOR_A = re.compile(r"\.lora_(?:embedding_)?A(?=\.weight$|$)")
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One summary measure of a delta: its report column and what it means."""
+
+    label: str
+    description: str
+    fraction: bool = True
+
+
+# The summary measures of a delta: in the training logs (`<adapter>/<key>`, each
+# log step), the report's tables and its JSON. One place for their names; a new
+# measure is one entry here plus its count in `summarize`.
+SUMMARY_MEASURES: dict[str, Measure] = {
+    "sparsity": Measure(
+        "sparsity",
+        "fraction of delta entries with |d| <= threshold * max|d| of their module "
+        "(threshold: paft_sparsity_threshold)",
+    ),
+    "delta_exact_zeros": Measure(
+        "exact zeros (delta)", "fraction of delta entries exactly 0"
+    ),
+    "lora_exact_zeros": Measure(
+        "exact zeros (A, B)", "fraction of LoRA factor entries exactly 0"
+    ),
+    "l1_norm": Measure(
+        "L1(A)+L1(B)", "sum|A| + sum|B|, what the L1 penalty acts on", False
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -60,7 +91,7 @@ class ModuleSparsity:
 def module_name(parameter_or_module: str) -> str:
     """Strip PEFT's wrapper prefix and the LoRA suffix from a state-dict name."""
     name = parameter_or_module.removeprefix(_PEFT_PREFIX)
-    return re.sub(r"\.lora_[AB](\.[^.]+)?(\.weight)?$", "", name)
+    return re.sub(r"\.lora_(?:embedding_)?[AB](\.[^.]+)?(\.weight)?$", "", name)
 
 
 def layer_index(name: str) -> int | None:
@@ -69,23 +100,25 @@ def layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def is_lora_parameter(name: str, adapter: str) -> bool:
-    """True for the A/B weights of `adapter` in a PEFT model's named_parameters."""
-    return bool(re.search(rf"\.lora_(?:A|B)\.{re.escape(adapter)}\.weight$", name))
-
-
 def live_lora_factors(model: torch.nn.Module, adapter: str) -> Iterator[LoraFactors]:
     """LoRA factors of `adapter` in a live PEFT model (no copies)."""
     from peft.tuners.lora import LoraLayer
 
     for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and adapter in module.lora_A:
-            yield LoraFactors(
-                name=module_name(name),
-                lora_a=module.lora_A[adapter].weight.detach(),
-                lora_b=module.lora_B[adapter].weight.detach(),
-                scaling=float(module.scaling[adapter]),
-            )
+        if not isinstance(module, LoraLayer):
+            continue
+        if adapter in module.lora_A:
+            a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        elif adapter in module.lora_embedding_A:  # delta = (B @ A).T: same counts
+            a, b = module.lora_embedding_A[adapter], module.lora_embedding_B[adapter]
+        else:
+            continue
+        yield LoraFactors(
+            name=module_name(name),
+            lora_a=a.detach(),
+            lora_b=b.detach(),
+            scaling=float(module.scaling[adapter]),
+        )
 
 
 def saved_lora_factors(adapter_dir: str | Path) -> Iterator[LoraFactors]:
@@ -97,9 +130,10 @@ def saved_lora_factors(adapter_dir: str | Path) -> Iterator[LoraFactors]:
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     tensors = load_file(adapter_dir / "adapter_model.safetensors")
     alpha_pattern = config.get("alpha_pattern") or {}
-    for key in sorted(k for k in tensors if ".lora_A." in k):
+    for key in sorted(k for k in tensors if _FACTOR_A.search(k)):
         name = module_name(key)
-        lora_a, lora_b = tensors[key], tensors[key.replace(".lora_A.", ".lora_B.")]
+        lora_a = tensors[key]
+        lora_b = tensors[_FACTOR_A.sub(lambda m: m.group(0)[:-1] + "B", key)]
         rank = lora_a.shape[0]
         alpha = config["lora_alpha"]
         if alpha_pattern:
@@ -139,9 +173,7 @@ def summarize(modules: list[ModuleSparsity]) -> dict:
     """Aggregate counts over all modules (entry-weighted fractions)."""
     numel = sum(m.numel for m in modules)
     factor_numel = sum(m.factor_numel for m in modules)
-    return {
-        "modules": len(modules),
-        "delta_entries": numel,
+    measures = {
         "sparsity": _fraction(sum(m.near_zero for m in modules), numel),
         "delta_exact_zeros": _fraction(sum(m.delta_zeros for m in modules), numel),
         "lora_exact_zeros": _fraction(
@@ -149,6 +181,7 @@ def summarize(modules: list[ModuleSparsity]) -> dict:
         ),
         "l1_norm": sum(m.l1 for m in modules),
     }
+    return {"modules": len(modules), "delta_entries": numel, **measures}
 
 
 def grouped(modules: list[ModuleSparsity], key: str) -> dict[str, dict]:

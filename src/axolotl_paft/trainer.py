@@ -4,10 +4,18 @@ Every SFT micro-batch of Axolotl's usual loop is followed by one preference
 micro-batch. The SFT loss (plus the L1 callback's penalty) reaches only the SFT
 adapter and the preference loss only the preference adapter: each backward runs
 while its adapter is the active one (so gradient checkpointing recomputes the right
-forward), each adapter has its own optimizer parameter groups and learning rate,
-and gradients are clipped per adapter. Optimizer state is per parameter anyway, and
+forward), each adapter has its own optimizer parameter groups (Axolotl's groups,
+LoRA+ and `lr_groups` included, each rate scaled for the preference adapter) and
+gradients are clipped per adapter. The preference step draws its dropout masks from
+a random stream of its own, so the SFT side consumes exactly the random numbers of
+a plain SFT run at any `lora_dropout`. Optimizer state is per parameter anyway, and
 both adapters follow the same schedule shape, so a parallel run computes what two
 independent runs would.
+
+The SFT adapter is the active one outside the preference step: evaluation,
+prediction and every eval callback see the SFT adapter, as in a plain SFT run. A
+held-out preference split is evaluated with the preference adapter at each
+evaluation and reported with TRL's names (`eval_<adapter>/rewards/accuracies`...).
 
 Steps and epochs count SFT data, as in any Axolotl run; the preference data cycle,
 reshuffled on every pass. Forwards run on the unwrapped PEFT model and gradients of
@@ -18,14 +26,29 @@ micro-batch through two different adapters).
 
 from __future__ import annotations
 
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from axolotl.core.trainers.base import AxolotlTrainer
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
 
 from axolotl_paft.adapters import active_adapter, adapter_parameters, base_only
 from axolotl_paft.losses import batch_preference_loss
+
+LOG = logging.getLogger(f"axolotl.{__name__}")
+
+# Seed offsets from the run's seed: the preference adapter's initialisation (+1,
+# adapters.py) and the preference step's dropout stream (+2).
+PREFERENCE_STREAM_SEED_OFFSET = 2
+STATE_FILE = "paft_state_{rank}.pth"
 
 
 @dataclass(frozen=True)
@@ -45,17 +68,22 @@ class ParallelSettings:
         return [self.sft_adapter, self.preference_adapter]
 
 
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class PreferenceStream:
     """Endless, deterministic preference micro-batches.
 
     Micro-batch `k` is a pure function of `k`: pass `k // per_pass` shuffles the
     data with seed `seed + pass`, and each process takes its slice of the global
-    batch. Resuming at step `s` therefore just restarts the count at `s * GA`.
+    batch. The trainer keeps `k` in its checkpoints.
     """
 
     def __init__(self, dataset, collator, micro_batch_size: int, seed: int):
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.rank, world = _rank_and_world()
         self.dataset, self.collator = dataset, collator
         self.micro_batch_size = micro_batch_size
         self.global_batch = micro_batch_size * world
@@ -74,24 +102,90 @@ class PreferenceStream:
         return self.collator([self.dataset[i] for i in rows])
 
 
+def _accelerator_devices() -> list[int]:
+    return [torch.cuda.current_device()] if torch.cuda.is_available() else []
+
+
+def _random_state() -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_random_state(state: dict[str, torch.Tensor]) -> None:
+    torch.random.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seeded_random_state(seed: int) -> dict[str, torch.Tensor]:
+    """The torch random state (CPU and current GPU) right after `manual_seed`."""
+    with torch.random.fork_rng(devices=_accelerator_devices()):
+        torch.manual_seed(seed)
+        return _random_state()
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average gradients across processes in one all-reduce of a fixed layout:
+    every tensor in order (a missing gradient as zeros, so it averages as zero and
+    no process waits on a differently sized buffer), plus per tensor the number of
+    processes that had a gradient (none anywhere: it stays None)."""
+    _, world = _rank_and_world()
+    if world == 1:
+        return
+    present = [p.grad is not None for p in params]
+    flat = torch.cat(
+        [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+            for p in params
+        ]
+        + [torch.tensor(present, dtype=torch.float32, device=params[0].device)]
+    )
+    dist.all_reduce(flat)
+    counts = flat[-len(params) :].tolist()
+    offset = 0
+    for p, count in zip(params, counts, strict=True):
+        average = flat[offset : offset + p.numel()].view_as(p) / world
+        offset += p.numel()
+        if count == 0:
+            continue
+        if p.grad is None:
+            p.grad = average.to(p.dtype)
+        else:
+            p.grad.copy_(average)
+
+
 class PAFTParallelTrainer(AxolotlTrainer):
     """Axolotl's trainer, stepping an SFT and a preference adapter together."""
 
     paft: ParallelSettings
     preference: PreferenceStream
 
-    def attach(self, settings: ParallelSettings, stream: PreferenceStream) -> None:
-        """Hand over the preference side (called from the plugin after creation)."""
+    def attach(
+        self, settings: ParallelSettings, stream: PreferenceStream, held_out=None
+    ) -> None:
+        """Hand over the preference side (called from the plugin after creation):
+        its settings, its training stream and its held-out rows (or None)."""
         self.paft, self.preference = settings, stream
+        self.preference_held_out = held_out
         self._preference_index: int | None = None
+        self._preference_random = seeded_random_state(
+            settings.seed + PREFERENCE_STREAM_SEED_OFFSET
+        )
+        self._pending: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    # --- optimizer -------------------------------------------------------------
 
     def create_optimizer(self, model=None):
-        """Axolotl's optimizer, the preference adapter in groups of its own LR."""
+        """Axolotl's optimizer; each of its groups split in two, the preference
+        adapter's copy at the group's rate scaled by preference LR / LR."""
         self.model.set_requires_grad(self.paft.adapters, True)  # also after resume
         self._adapter_parameters = {
             a: adapter_parameters(self.model, a) for a in self.paft.adapters
         }
         optimizer = super().create_optimizer(model)
+        scale = self.paft.learning_rate / self.args.learning_rate
         ours = {id(p) for p in self._adapter_parameters[self.paft.preference_adapter]}
         for group in list(optimizer.param_groups):
             preference = [p for p in group["params"] if id(p) in ours]
@@ -99,30 +193,43 @@ class PAFTParallelTrainer(AxolotlTrainer):
                 continue
             group["params"] = [p for p in group["params"] if id(p) not in ours]
             optimizer.add_param_group(
-                {**group, "params": preference, "lr": self.paft.learning_rate}
+                {**group, "params": preference, "lr": group["lr"] * scale}
             )
         optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
         return optimizer
 
+    # --- training --------------------------------------------------------------
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         peft = self.model
-        with active_adapter(peft, self.paft.sft_adapter, self.paft.adapters):
-            sft_loss = super().training_step(peft, inputs, num_items_in_batch)
-        if self._preference_index is None:  # first step, or first after a resume
+        sft_loss = super().training_step(peft, inputs, num_items_in_batch)
+        if self._preference_index is None:  # first step, or a checkpoint without it
             accumulation = self.args.gradient_accumulation_steps
             self._preference_index = self.state.global_step * accumulation
         batch = self._prepare_inputs(self.preference.batch(self._preference_index))
         self._preference_index += 1
-        with active_adapter(peft, self.paft.preference_adapter, self.paft.adapters):
+        with (
+            self._preference_random_stream(),
+            active_adapter(peft, self.paft.preference_adapter, self.paft.adapters),
+        ):
             loss, metrics = self.preference_loss(peft, batch)
             self.accelerator.backward(loss / self.current_gradient_accumulation_steps)
         if self.accelerator.sync_gradients:
-            self._average_gradients_across_processes()
-        prefix = self.paft.preference_adapter
-        metrics = {"loss": loss, **metrics}
-        self.store_metrics({f"{prefix}/{k}": float(v) for k, v in metrics.items()})
-        self.store_metrics({f"{self.paft.sft_adapter}/loss": float(sft_loss)})
+            average_gradients(
+                [p for ps in self._adapter_parameters.values() for p in ps]
+            )
+        for name, value in {"loss": loss, **metrics}.items():
+            self._pending[name].append(value.detach())
         return sft_loss
+
+    @contextmanager
+    def _preference_random_stream(self) -> Iterator[None]:
+        """Run the preference step on its own random stream (dropout masks), so
+        the SFT step's stream is a plain SFT run's."""
+        with torch.random.fork_rng(devices=_accelerator_devices()):
+            _set_random_state(self._preference_random)
+            yield
+            self._preference_random = _random_state()
 
     def preference_loss(self, peft, batch: dict) -> tuple[torch.Tensor, dict]:
         """Loss and TRL-named metrics of one collated preference micro-batch; the
@@ -135,23 +242,6 @@ class PAFTParallelTrainer(AxolotlTrainer):
             reference_context=lambda: base_only(peft, self.paft.adapters),
         )
 
-    def _average_gradients_across_processes(self) -> None:
-        if not dist.is_initialized() or dist.get_world_size() == 1:
-            return
-        grads = [
-            p.grad
-            for params in self._adapter_parameters.values()
-            for p in params
-            if p.grad is not None
-        ]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= dist.get_world_size()
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-
     def _clip_grad_norm(self, model):
         """Clip each adapter's gradients on its own; report the SFT norm."""
         self.accelerator.unscale_gradients()
@@ -159,6 +249,146 @@ class PAFTParallelTrainer(AxolotlTrainer):
             adapter: torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
             for adapter, params in self._adapter_parameters.items()
         }
-        prefix = self.paft.preference_adapter
-        self.store_metrics({f"{prefix}/grad_norm": float(norms[prefix])})
+        self._pending["grad_norm"].append(norms[self.paft.preference_adapter])
         return norms[self.paft.sft_adapter]
+
+    # --- logs ------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Training logs gain `<sft>/loss`, `<sft>/grad_norm` (the values of
+        `loss` and `grad_norm`: the SFT adapter's) and the preference adapter's
+        metrics, averaged over the micro-batches since the last log and across
+        processes."""
+        if "loss" in logs:
+            sft = self.paft.sft_adapter
+            for name in ("loss", "grad_norm"):
+                if name in logs:
+                    logs[f"{sft}/{name}"] = logs[name]
+            logs.update(self._reduced_pending_metrics())
+        return super().log(logs, start_time)
+
+    def _reduced_pending_metrics(self) -> dict[str, float]:
+        names = sorted(self._pending)
+        if not names:
+            return {}
+        means = torch.stack(
+            [torch.stack(self._pending[n]).float().mean() for n in names]
+        )
+        self._pending.clear()
+        _, world = _rank_and_world()
+        if world > 1:
+            dist.all_reduce(means)
+            means /= world
+        prefix = self.paft.preference_adapter
+        return {f"{prefix}/{n}": v for n, v in zip(names, means.tolist(), strict=True)}
+
+    # --- evaluation ------------------------------------------------------------
+
+    def evaluate(self, *args, **kwargs):
+        with active_adapter(self.model, self.paft.sft_adapter, self.paft.adapters):
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with active_adapter(self.model, self.paft.sft_adapter, self.paft.adapters):
+            return super().predict(*args, **kwargs)
+
+    def evaluation_loop(
+        self,
+        dataloader,
+        description,
+        prediction_loss_only=None,
+        ignore_keys=None,
+        metric_key_prefix="eval",
+    ):
+        """Axolotl's evaluation (SFT adapter), plus the preference adapter on the
+        held-out preference rows, in the same metrics (so logs, early stopping and
+        `metric_for_best_model` see both)."""
+        output = super().evaluation_loop(
+            dataloader,
+            description,
+            prediction_loss_only,
+            ignore_keys,
+            metric_key_prefix,
+        )
+        if self.preference_held_out is not None and metric_key_prefix == "eval":
+            output.metrics.update(self.evaluate_preference(metric_key_prefix))
+        return output
+
+    @torch.no_grad()
+    def evaluate_preference(self, prefix: str = "eval") -> dict[str, float]:
+        """TRL-named preference metrics of the held-out rows: each process takes
+        every world-th row; sums over pairs are reduced across processes, so the
+        result is the mean over all held-out pairs."""
+        rows = self.preference_held_out
+        rank, world = _rank_and_world()
+        mine = list(range(rank, len(rows), world))
+        weight = 1.0
+        if not mine:  # fewer rows than processes: take part with weight 0
+            mine, weight = [0], 0.0
+        size = self.args.per_device_eval_batch_size
+        peft = self.model
+        peft.eval()
+        sums: dict[str, torch.Tensor] = defaultdict(float)
+        pairs = 0.0
+        with active_adapter(peft, self.paft.preference_adapter, self.paft.adapters):
+            for start in range(0, len(mine), size):
+                chunk = [rows[i] for i in mine[start : start + size]]
+                batch = self._prepare_inputs(self.preference.collator(chunk))
+                loss, metrics = self.preference_loss(peft, batch)
+                for name, value in {"loss": loss, **metrics}.items():
+                    sums[name] = sums[name] + value.float() * len(chunk) * weight
+                pairs += len(chunk) * weight
+        names = sorted(sums)
+        device = sums[names[0]].device
+        totals = torch.stack(
+            [sums[n] for n in names] + [torch.tensor(pairs, device=device)]
+        )
+        if world > 1:
+            dist.all_reduce(totals)
+        means = (totals[:-1] / totals[-1]).tolist()
+        adapter = self.paft.preference_adapter
+        return {f"{prefix}_{adapter}/{n}": v for n, v in zip(names, means, strict=True)}
+
+    def _load_best_model(self):
+        """Both adapters from the best checkpoint's `<adapter>/` folders (the
+        Trainer's own loader looks for a single adapter at the top level)."""
+        best = Path(self.state.best_model_checkpoint)
+        LOG.info(
+            "paft: loading both adapters of the best checkpoint %s (%s = %s)",
+            best,
+            self.args.metric_for_best_model,
+            self.state.best_metric,
+        )
+        for adapter in self.paft.adapters:
+            weights = load_file(best / adapter / "adapter_model.safetensors")
+            set_peft_model_state_dict(self.model, weights, adapter_name=adapter)
+
+    # --- checkpoints -----------------------------------------------------------
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """The Trainer's random states, plus the preference stream's position and
+        random state (one file per process, as the Trainer's)."""
+        super()._save_rng_state(output_dir)
+        rank, _ = _rank_and_world()
+        torch.save(
+            {"index": self._preference_index, "random": self._preference_random},
+            os.path.join(output_dir, STATE_FILE.format(rank=rank)),
+        )
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        rank, _ = _rank_and_world()
+        path = Path(checkpoint) / STATE_FILE.format(rank=rank)
+        if not path.is_file():
+            LOG.warning(
+                "paft: %s has no %s; the preference stream restarts at step x "
+                "accumulation, with a fresh random stream",
+                checkpoint,
+                path.name,
+            )
+            return
+        state = torch.load(path, weights_only=True)
+        self._preference_index = state["index"]
+        self._preference_random = state["random"]
