@@ -185,18 +185,19 @@ def test_merge_settings_carry_every_merge_key():
     """Each `paft_merge_*` key (but `paft_merge_run`) reaches the settings, and the
     settings' defaults are the keys' defaults."""
     assert PAFTArgs().merge_settings() == MergeSettings()
-    changed = PAFTArgs(
-        paft_merge_methods=["ties"],
-        paft_merge_sft_weight=0.7,
-        paft_merge_preference_weight=0.4,
-        paft_merge_density=0.3,
-        paft_merge_epsilon=0.05,
-        paft_merge_gamma=0.02,
-        paft_merge_lambda=0.9,
-        paft_merge_normalize=False,
-        paft_merge_slerp_t=0.2,
-        paft_merge_dtype="float32",
-    ).merge_settings()
+    keys = {
+        "paft_merge_methods": ["ties"],
+        "paft_merge_sft_weight": 0.7,
+        "paft_merge_preference_weight": 0.4,
+        "paft_merge_density": 0.3,
+        "paft_merge_epsilon": 0.05,
+        "paft_merge_gamma": 0.02,
+        "paft_merge_lambda": 0.9,
+        "paft_merge_normalize": False,
+        "paft_merge_slerp_t": 0.2,
+        "paft_merge_dtype": "float32",
+    }
+    changed = PAFTArgs(**keys).merge_settings()
     defaults = MergeSettings()
     same = [f for f in vars(defaults) if getattr(changed, f) == getattr(defaults, f)]
     assert not same
