@@ -56,7 +56,7 @@ class ParallelArgs(BaseModel):
     )
     paft_preference_loss: PreferenceLoss = Field(
         default="dpo",
-        description="Preference loss: `dpo` (sigmoid), `ipo` or `orpo`, as in TRL.",
+        description="Preference loss, as TRL computes it (`dpo` is the sigmoid loss).",
     )
     paft_preference_beta: float = Field(
         default=0.1, gt=0, description="beta of the preference loss (TRL's `beta`)."
