@@ -94,12 +94,12 @@ METHOD_LAYOUTS: dict[str, MethodLayout] = {
 }
 SUPPORTED_MERGE_METHODS = tuple(METHOD_LAYOUTS)
 DEFAULT_MERGE_METHODS = tuple(m for m, lay in METHOD_LAYOUTS.items() if lay.default)
-DELLA_METHODS = ("della", "della_linear")
 
 
 def check_della_bounds(methods, density: float, epsilon: float) -> None:
-    """mergekit only finds a bad DELLA epsilon while merging; find it before."""
-    della = set(DELLA_METHODS) & set(methods)
+    """mergekit only finds a bad DELLA epsilon while merging; find it before. (The
+    DELLA family: the methods whose layout takes `epsilon`.)"""
+    della = [m for m in methods if "epsilon" in METHOD_LAYOUTS[m].per_model]
     if della and not (density - epsilon > 0 and density + epsilon < 1):
         raise ValueError(
             "paft_merge_epsilon: DELLA needs 0 < density - epsilon and "
