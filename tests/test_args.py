@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from pathlib import Path
 
 import pytest
 from conftest import validate
@@ -140,7 +139,30 @@ def test_bad_preference_rows_are_named(llama_world, tmp_path, rows, message):
     assert "bad.jsonl" in str(error.value)
 
 
-def test_readme_documents_every_key():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    missing = [k for k in PAFTArgs.model_fields if f"| `{k}` |" not in readme]
-    assert not missing
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        ("paft_merge_mehtods", "paft_merge_methods"),
+        ("paft_l1_lamda", "paft_l1_lambda"),
+        ("paft_preference_dataset", "paft_preference_datasets"),
+    ],
+)
+def test_misspelt_key_is_refused_with_a_suggestion(
+    llama_world, tmp_path, key, suggestion
+):
+    """pydantic would drop the key silently and keep the default in force."""
+    config = parallel_config(llama_world, tmp_path / "out", **{key: "x"})
+    with pytest.raises(Exception, match=rf"{key}.*did you mean '{suggestion}'"):
+        validate(config)
+    with pytest.raises(ValueError, match=key):
+        PAFTArgs(**{key: "x"})
+
+
+def test_keys_are_grouped_by_concern_and_stay_flat():
+    from axolotl_paft.args import L1Args, MergeArgs, ParallelArgs, ReportArgs
+
+    groups = (ParallelArgs, L1Args, ReportArgs, MergeArgs)
+    assert PAFTArgs.__bases__ == groups
+    owned = [k for g in groups for k in g.model_fields]
+    assert sorted(owned) == sorted(PAFTArgs.model_fields)
+    assert len(set(owned)) == len(owned)

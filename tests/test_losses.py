@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from axolotl_paft.losses import (
+    LOSS_SPECS,
     PREFERENCE_LOSSES,
+    LossSpec,
     batch_preference_loss,
     completion_logps,
     preference_loss,
@@ -253,17 +255,13 @@ def test_matches_trl_orpo_trainer(toy, tmp_path):
     assert max(diff.values()) < TOL
 
 
-def test_reference_defaults_to_the_base_and_can_be_given(toy):
-    """The default reference is the base with adapters disabled: passing its
-    log-probs gives the same loss, and the base as policy gives loss log 2."""
-    from peft import get_peft_model
+def preference_batch(tokenizer, dataset) -> dict[str, torch.Tensor]:
+    """The toy pairs as one `DataCollatorForPreference` batch."""
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    world, tokenizer, dataset = toy
-    model = get_peft_model(base_model(world), lora_config())
     collate = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)
     eos = tokenizer.eos_token
-    batch = collate(
+    return collate(
         [
             {
                 "prompt_ids": tokenizer(row["prompt"])["input_ids"],
@@ -273,6 +271,16 @@ def test_reference_defaults_to_the_base_and_can_be_given(toy):
             for row in dataset
         ]
     )
+
+
+def test_reference_defaults_to_the_base_and_can_be_given(toy):
+    """The default reference is the base with adapters disabled: passing its
+    log-probs gives the same loss, and the base as policy gives loss log 2."""
+    from peft import get_peft_model
+
+    world, tokenizer, dataset = toy
+    model = get_peft_model(base_model(world), lora_config())
+    batch = preference_batch(tokenizer, dataset)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
     with torch.no_grad():
         loss, metrics = batch_preference_loss(model, batch, "dpo", 0.1)
@@ -291,3 +299,39 @@ def test_reference_defaults_to_the_base_and_can_be_given(toy):
     assert float(given) == float(loss)
     assert float(base_loss) == pytest.approx(math.log(2), abs=1e-6)
     assert float(base_metrics["rewards/margins"]) == 0.0
+
+
+def test_a_loss_added_to_the_registry_trains(toy, monkeypatch):
+    """docs/architecture.md's recipe: one `LOSS_SPECS` entry is the whole loss. Its
+    spec asks for a reference, the batch loss makes the base's forward for it, and
+    one optimizer step moves only the LoRA weights."""
+    from peft import get_peft_model
+
+    def hinge(pairs, beta):  # SLiC-style hinge on the reference-relative margin
+        chosen_logratios, rejected_logratios = pairs.logratios()
+        margin = beta * (chosen_logratios - rejected_logratios)
+        return torch.relu(1 - margin).mean(), {"rewards/margins": margin.mean()}
+
+    spec = LossSpec(hinge, "https://arxiv.org/abs/2305.10425")
+    monkeypatch.setitem(LOSS_SPECS, "hinge", spec)
+    one = t(-1.0)
+    with pytest.raises(ValueError, match="reference"):
+        preference_loss("hinge", one, one, None, None, 0.1)
+
+    world, tokenizer, dataset = toy
+    model = get_peft_model(base_model(world), lora_config())
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in trained.items()}
+    optimizer = torch.optim.SGD(trained.values(), lr=0.1)
+
+    loss, metrics = batch_preference_loss(
+        model, preference_batch(tokenizer, dataset), "hinge", 0.1
+    )
+    loss.backward()
+    optimizer.step()
+
+    assert math.isfinite(float(loss)) and float(loss) > 0
+    assert float(metrics["rewards/margins"]) != 0.0  # the base was the reference
+    assert trained and all("lora_" in n for n in trained)
+    moved = [n for n, p in trained.items() if not torch.equal(p, before[n])]
+    assert moved

@@ -16,14 +16,16 @@ from axolotl_paft.args import DEFAULT_MERGE_METHODS, SUPPORTED_MERGE_METHODS, PA
 from axolotl_paft.const import OFFLINE_ENV
 from axolotl_paft.evaluate import load_model
 from axolotl_paft.merge import (
+    METHOD_LAYOUTS,
     MergeDeltas,
+    MergeSettings,
     build_config,
     model_reference,
     validate_config,
     write_merge_configs,
 )
 
-ALL = PAFTArgs(paft_merge_methods=list(SUPPORTED_MERGE_METHODS))
+ALL = MergeSettings(methods=SUPPORTED_MERGE_METHODS)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def test_one_delta_skips_two_endpoint_methods_with_a_reason(deltas, tmp_path):
 
 
 def test_slerp_endpoints_are_sft_and_preference(deltas):
-    config = build_config("slerp", deltas, PAFTArgs(paft_merge_slerp_t=0.3))
+    config = build_config("slerp", deltas, MergeSettings(slerp_t=0.3))
     assert config["base_model"] == model_reference(
         deltas.base_model, deltas.sft_adapter
     )
@@ -65,7 +67,7 @@ def test_slerp_endpoints_are_sft_and_preference(deltas):
 
 def test_linear_has_no_base_and_ties_keeps_method_params_on_top(deltas):
     assert "base_model" not in build_config("linear", deltas, ALL)
-    ties = build_config("ties", deltas, PAFTArgs(paft_merge_normalize=False))
+    ties = build_config("ties", deltas, MergeSettings(normalize=False))
     assert ties["base_model"] == deltas.base_model
     assert ties["parameters"] == {"lambda": 1.0, "normalize": False}
     assert ties["models"][0]["parameters"] == {"weight": 1.0, "density": 0.5}
@@ -101,13 +103,13 @@ def mergekit_yaml(config_path: Path, out: Path, cache: Path) -> None:
 def merged(llama_world, deltas, tmp_path_factory) -> dict[str, Path]:
     """ties, dare_ties and task_arithmetic really run through `mergekit-yaml`."""
     root = tmp_path_factory.mktemp("merged")
-    args = PAFTArgs(
-        paft_merge_methods=["ties", "dare_ties", "task_arithmetic"],
-        paft_merge_dtype="float32",
-        paft_merge_sft_weight=0.7,
-        paft_merge_preference_weight=0.4,
+    settings = MergeSettings(
+        methods=("ties", "dare_ties", "task_arithmetic"),
+        dtype="float32",
+        sft_weight=0.7,
+        preference_weight=0.4,
     )
-    emitted = write_merge_configs(root / "mergekit", deltas, args)
+    emitted = write_merge_configs(root / "mergekit", deltas, settings)
     out = {}
     for method, path in emitted.written.items():
         mergekit_yaml(path, root / method, emitted.cache_dir)
@@ -168,3 +170,47 @@ def test_every_run_gets_a_fresh_lora_cache(deltas, tmp_path):
     assert first != second
     assert first.parent == second.parent == tmp_path / "lora-cache"
     assert str(second) in (tmp_path / "ties.yml").read_text()
+
+
+def test_methods_come_from_one_table_with_their_papers():
+    """args.py's allowed values and defaults are read from merge.py's table."""
+    assert tuple(METHOD_LAYOUTS) == SUPPORTED_MERGE_METHODS
+    assert set(DEFAULT_MERGE_METHODS) <= set(METHOD_LAYOUTS)
+    assert all(
+        layout.reference.startswith("https://") for layout in METHOD_LAYOUTS.values()
+    )
+
+
+def test_merge_settings_carry_every_merge_key():
+    """Each `paft_merge_*` key (but `paft_merge_run`) reaches the settings, and the
+    settings' defaults are the keys' defaults."""
+    assert PAFTArgs().merge_settings() == MergeSettings()
+    keys = {
+        "paft_merge_methods": ["ties"],
+        "paft_merge_sft_weight": 0.7,
+        "paft_merge_preference_weight": 0.4,
+        "paft_merge_density": 0.3,
+        "paft_merge_epsilon": 0.05,
+        "paft_merge_gamma": 0.02,
+        "paft_merge_lambda": 0.9,
+        "paft_merge_normalize": False,
+        "paft_merge_slerp_t": 0.2,
+        "paft_merge_dtype": "float32",
+    }
+    changed = PAFTArgs(**keys).merge_settings()
+    defaults = MergeSettings()
+    same = [f for f in vars(defaults) if getattr(changed, f) == getattr(defaults, f)]
+    assert not same
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"density": 0}, "paft_merge_density"),
+        ({"methods": ("della",), "density": 0.95}, "paft_merge_epsilon"),
+        ({"methods": ("tiez",)}, "tiez"),
+    ],
+)
+def test_merge_settings_refuse_what_the_keys_refuse(settings, message):
+    with pytest.raises(ValueError, match=message):
+        MergeSettings(**settings)

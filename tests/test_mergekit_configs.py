@@ -22,7 +22,7 @@ def test_reference_config_is_valid_and_matches_the_emitter(path):
     deltas = MergeDeltas(
         BASE, "./outputs/paft-mistral/sft", "./outputs/paft-mistral/dpo"
     )
-    emitted = build_config(config["merge_method"], deltas, PAFTArgs())
+    emitted = build_config(config["merge_method"], deltas, PAFTArgs().merge_settings())
     expected_shared = {**emitted.get("parameters", {}), **config.get("parameters", {})}
     assert config.get("parameters", {}) == expected_shared
     assert config["models"] == emitted["models"]

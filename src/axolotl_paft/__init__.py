@@ -3,7 +3,7 @@
 Enable with `plugins: [axolotl_paft.PAFTPlugin]` in an Axolotl LoRA/QLoRA config.
 The plugin only wires Axolotl's hooks to the modules beside it:
 
-- `l1`: L1 sparsity of the SFT LoRA and `paft/...` metrics in the trainer's logs;
+- `l1`: L1 sparsity of the SFT LoRA and `<adapter>/...` metrics in the trainer's logs;
 - `adapters`, `data`, `trainer`, `losses`: parallel mode (`paft_parallel: true`),
   an SFT and a preference LoRA trained together on one base;
 - `outputs` (`report`, `merge`): after training, the sparsity report and one

@@ -2,10 +2,17 @@
 
 Axolotl merges this model into its own config schema, so every check here runs in
 `axolotl train`'s config validation, before any model or data set is loaded.
+
+The keys are grouped by concern, one parent class each (parallel mode, L1 and
+sparsity, report, merging); `PAFTArgs` joins them, so the YAML keys stay flat.
+`docs/config.md` is generated from these classes (`python -m axolotl_paft.configdoc`).
+Allowed values come from the registries: preference losses from
+`losses.LOSS_SPECS`, merge methods from `merge.METHOD_LAYOUTS`.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 from typing import Literal
@@ -13,40 +20,25 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from axolotl_paft.const import PEFT_DEFAULT_ADAPTER
+from axolotl_paft.losses import PREFERENCE_LOSSES
+from axolotl_paft.merge import (
+    DEFAULT_MERGE_METHODS,
+    MERGE_DEFAULTS,
+    SUPPORTED_MERGE_METHODS,
+    MergeSettings,
+    check_della_bounds,
+)
 
 L1Mode = Literal["loss", "proximal"]
-PreferenceLoss = Literal["dpo", "ipo", "orpo"]
+PreferenceLoss = Literal[PREFERENCE_LOSSES]
 MergeDtype = Literal["float32", "bfloat16", "float16"]
 
 DEFAULT_L1_LAMBDA: dict[str, float] = {"loss": 1e-3, "proximal": 0.5}
-SUPPORTED_MERGE_METHODS = (
-    "ties",
-    "dare_ties",
-    "dare_linear",
-    "task_arithmetic",
-    "linear",
-    "slerp",
-    "nuslerp",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-    "della",
-    "della_linear",
-)
-DEFAULT_MERGE_METHODS = (
-    "ties",
-    "dare_ties",
-    "dare_linear",
-    "task_arithmetic",
-    "linear",
-    "slerp",
-    "breadcrumbs_ties",
-    "della",
-)
 LORA_ADAPTERS = ("lora", "qlora")
 
 
-class PAFTArgs(BaseModel):
-    """Config keys of `axolotl_paft.PAFTPlugin`."""
+class ParallelArgs(BaseModel):
+    """Parallel mode: an SFT and a preference LoRA trained together on one base."""
 
     paft_parallel: bool = Field(
         default=False,
@@ -81,7 +73,7 @@ class PAFTArgs(BaseModel):
     )
     paft_preference_loss: PreferenceLoss = Field(
         default="dpo",
-        description="Preference loss: `dpo` (sigmoid), `ipo` or `orpo`, as in TRL.",
+        description="Preference loss, as TRL computes it (`dpo` is the sigmoid loss).",
     )
     paft_preference_beta: float = Field(
         default=0.1, gt=0, description="beta of the preference loss (TRL's `beta`)."
@@ -104,6 +96,11 @@ class PAFTArgs(BaseModel):
         default="dpo",
         description="Parallel mode: name (and subfolder) of the preference LoRA.",
     )
+
+
+class L1Args(BaseModel):
+    """L1 and sparsity: the penalty on the SFT LoRA and how its delta is measured."""
+
     paft_l1_lambda: float | None = Field(
         default=None,
         ge=0,
@@ -137,10 +134,26 @@ class PAFTArgs(BaseModel):
             "is at most this fraction of the largest magnitude in that delta."
         ),
     )
+
+    def resolved_l1_lambda(self) -> float:
+        """The L1 strength in force: the explicit key, or the mode's default."""
+        if self.paft_l1_lambda is not None:
+            return self.paft_l1_lambda
+        return DEFAULT_L1_LAMBDA[self.paft_l1_mode]
+
+
+class ReportArgs(BaseModel):
+    """Report: the sparsity report written after training."""
+
     paft_report: bool = Field(
         default=True,
         description="Write paft_report.{json,md,png} into output_dir after training.",
     )
+
+
+class MergeArgs(BaseModel):
+    """Merging: the mergekit configs written (and optionally run) after training."""
+
     paft_preference_adapter: str | None = Field(
         default=None,
         description=(
@@ -160,45 +173,48 @@ class PAFTArgs(BaseModel):
         ),
     )
     paft_merge_sft_weight: float = Field(
-        default=1.0, description="mergekit `weight` of the SFT delta."
+        default=MERGE_DEFAULTS.sft_weight,
+        description="mergekit `weight` of the SFT delta.",
     )
     paft_merge_preference_weight: float = Field(
-        default=1.0, description="mergekit `weight` of the preference delta."
+        default=MERGE_DEFAULTS.preference_weight,
+        description="mergekit `weight` of the preference delta.",
     )
     paft_merge_density: float = Field(
-        default=0.5,
+        default=MERGE_DEFAULTS.density,
         gt=0,
         le=1,
         description="Fraction of each delta kept by ties/dare/breadcrumbs/della.",
     )
     paft_merge_epsilon: float = Field(
-        default=0.1,
+        default=MERGE_DEFAULTS.epsilon,
         gt=0,
         lt=1,
         description="DELLA's spread of keep-probabilities around `density`.",
     )
     paft_merge_gamma: float = Field(
-        default=0.01,
+        default=MERGE_DEFAULTS.gamma,
         ge=0,
         lt=1,
         description="Breadcrumbs: fraction of largest-magnitude outliers removed.",
     )
     paft_merge_lambda: float = Field(
-        default=1.0,
+        default=MERGE_DEFAULTS.lambda_,
         description="Scale of the merged delta (task-arithmetic family).",
     )
     paft_merge_normalize: bool | None = Field(
-        default=None,
+        default=MERGE_DEFAULTS.normalize,
         description="Divide by the sum of weights; unset keeps each method's default.",
     )
     paft_merge_slerp_t: float = Field(
-        default=0.5,
+        default=MERGE_DEFAULTS.slerp_t,
         ge=0,
         le=1,
         description="SLERP position: 0 = the SFT model, 1 = the preference model.",
     )
     paft_merge_dtype: MergeDtype = Field(
-        default="bfloat16", description="dtype mergekit computes the merge in."
+        default=MERGE_DEFAULTS.dtype,
+        description="dtype mergekit computes the merge in.",
     )
 
     @field_validator("paft_merge_methods")
@@ -233,6 +249,56 @@ class PAFTArgs(BaseModel):
             )
         return path
 
+    @model_validator(mode="after")
+    def _merge_run_is_emitted(self):
+        run = self.paft_merge_run
+        if run is not None and run not in self.paft_merge_methods:
+            raise ValueError(
+                f"paft_merge_run: {run!r} is not among paft_merge_methods "
+                f"{self.paft_merge_methods}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _della_bounds(self):
+        """mergekit only finds a bad DELLA epsilon while merging; find it here."""
+        check_della_bounds(
+            self.paft_merge_methods, self.paft_merge_density, self.paft_merge_epsilon
+        )
+        return self
+
+    def merge_settings(self) -> MergeSettings:
+        """These keys as `axolotl_paft.merge` takes them."""
+        return MergeSettings(
+            methods=tuple(self.paft_merge_methods),
+            sft_weight=self.paft_merge_sft_weight,
+            preference_weight=self.paft_merge_preference_weight,
+            density=self.paft_merge_density,
+            epsilon=self.paft_merge_epsilon,
+            gamma=self.paft_merge_gamma,
+            lambda_=self.paft_merge_lambda,
+            normalize=self.paft_merge_normalize,
+            slerp_t=self.paft_merge_slerp_t,
+            dtype=self.paft_merge_dtype,
+        )
+
+
+class PAFTArgs(ParallelArgs, L1Args, ReportArgs, MergeArgs):
+    """Config keys of `axolotl_paft.PAFTPlugin`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_keys(cls, data: dict) -> dict:
+        """pydantic drops unknown keys silently, so a misspelt `paft_` key would
+        leave its default in force without a word: refuse it, naming the key."""
+        if not isinstance(data, dict):
+            return data
+        known = list(PAFTArgs.model_fields)
+        unknown = [k for k in data if str(k).startswith("paft_") and k not in known]
+        if unknown:
+            raise ValueError("; ".join(_unknown_key_message(k, known) for k in unknown))
+        return data
+
     @model_validator(mode="before")
     @classmethod
     def _check_against_run(cls, data: dict) -> dict:
@@ -265,33 +331,11 @@ class PAFTArgs(BaseModel):
             _check_merge_paths(data)
         return data
 
-    @model_validator(mode="after")
-    def _merge_run_is_emitted(self):
-        run = self.paft_merge_run
-        if run is not None and run not in self.paft_merge_methods:
-            raise ValueError(
-                f"paft_merge_run: {run!r} is not among paft_merge_methods "
-                f"{self.paft_merge_methods}"
-            )
-        return self
 
-    @model_validator(mode="after")
-    def _della_bounds(self):
-        """mergekit only finds a bad DELLA epsilon while merging; find it here."""
-        density, epsilon = self.paft_merge_density, self.paft_merge_epsilon
-        della = {"della", "della_linear"} & set(self.paft_merge_methods)
-        if della and not (density - epsilon > 0 and density + epsilon < 1):
-            raise ValueError(
-                "paft_merge_epsilon: DELLA needs 0 < density - epsilon and "
-                f"density + epsilon < 1 (density {density}, epsilon {epsilon})"
-            )
-        return self
-
-    def resolved_l1_lambda(self) -> float:
-        """The L1 strength in force: the explicit key, or the mode's default."""
-        if self.paft_l1_lambda is not None:
-            return self.paft_l1_lambda
-        return DEFAULT_L1_LAMBDA[self.paft_l1_mode]
+def _unknown_key_message(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{key}: not a key of the PAFT plugin{hint}"
 
 
 def _plugin_enabled(data: dict) -> bool:
@@ -421,24 +465,12 @@ MODEL_PARALLEL_KEYS = (
 )
 DEFAULT_OUTPUT_DIR = "./model-out"  # Axolotl's default output_dir
 
-# Keys that only parallel mode reads: set without it, they would be ignored.
-PARALLEL_ONLY_KEYS = (
-    "paft_preference_datasets",
-    "paft_preference_val_set_size",
-    "paft_preference_test_datasets",
-    "paft_preference_loss",
-    "paft_preference_beta",
-    "paft_preference_learning_rate",
-    "paft_preference_micro_batch_size",
-    "paft_sft_adapter_name",
-    "paft_preference_adapter_name",
-    "paft_preference_l1_lambda",
-)
-
 
 def _check_parallel_keys_unused(data: dict) -> None:
-    """Outside parallel mode, a parallel-only key is a mistake, not a no-op."""
-    for key in PARALLEL_ONLY_KEYS:
+    """Outside parallel mode, a parallel-only key (every ParallelArgs key and the
+    preference adapter's L1) is a mistake, not a no-op."""
+    parallel_only = [k for k in ParallelArgs.model_fields if k != "paft_parallel"]
+    for key in [*parallel_only, "paft_preference_l1_lambda"]:
         default = PAFTArgs.model_fields[key].default
         if data.get(key) not in (None, default):
             raise ValueError(

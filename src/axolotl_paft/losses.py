@@ -14,19 +14,25 @@ Pure tensor functions, checked against TRL 1.14 in `tests/test_losses.py`:
 Sequence log-probs are summed over completion tokens, shifted like TRL (the logit
 at position t scores token t + 1). DPO and IPO take the reference from the base
 model with every adapter disabled, as TRL does when it wraps a `peft_config`.
+
+`LOSS_SPECS` is the one table of losses: each entry says what its loss needs (a
+reference, which completion lengths, the chosen rows' NLL) and computes it;
+`preference_loss` and `batch_preference_loss` read these specs, never names, and
+`paft_preference_loss` accepts exactly its keys. Adding a loss is adding an entry
+(docs/architecture.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from trl.trainer.utils import selective_log_softmax
-
-PREFERENCE_LOSSES = ("dpo", "ipo", "orpo")
 
 
 def completion_logps(
@@ -71,6 +77,107 @@ def _reward_metrics(
     }
 
 
+@dataclass(frozen=True)
+class PairLogps:
+    """A loss's inputs, per pair (`[B]`): policy (and reference) log-probs summed
+    over completion tokens, completion lengths, and the chosen rows' NLL (0-d)."""
+
+    chosen: Tensor
+    rejected: Tensor
+    ref_chosen: Tensor | None = None
+    ref_rejected: Tensor | None = None
+    chosen_lengths: Tensor | None = None
+    rejected_lengths: Tensor | None = None
+    chosen_nll: Tensor | None = None
+
+    def logratios(self) -> tuple[Tensor, Tensor]:
+        """Policy minus reference log-probs of chosen and rejected."""
+        return self.chosen - self.ref_chosen, self.rejected - self.ref_rejected
+
+
+LossFn = Callable[[PairLogps, float], tuple[Tensor, dict[str, Tensor]]]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One preference loss: what it needs and how it is computed.
+
+    `lengths` says which completion lengths the loss normalises by: None (not
+    length-normalised), `completion_mask` (unshifted mask sum, TRL's IPO) or
+    `scored` (tokens that `completion_logps` scored, TRL's ORPO).
+    """
+
+    compute: LossFn  # (pairs, beta) -> (mean loss, TRL-named metrics)
+    paper: str
+    needs_reference: bool = True
+    lengths: Literal["completion_mask", "scored"] | None = None
+    needs_chosen_nll: bool = False
+
+
+def _reference_metrics(pairs: PairLogps, beta: float) -> dict[str, Tensor]:
+    chosen_logratios, rejected_logratios = pairs.logratios()
+    return _reward_metrics(
+        beta * chosen_logratios, beta * rejected_logratios, pairs.chosen, pairs.rejected
+    )
+
+
+def _dpo(pairs: PairLogps, beta: float) -> tuple[Tensor, dict[str, Tensor]]:
+    chosen_logratios, rejected_logratios = pairs.logratios()
+    losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
+    return losses.mean(), _reference_metrics(pairs, beta)
+
+
+def _ipo(pairs: PairLogps, beta: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """TRL averages the log-ratios per completion token; rewards stay summed."""
+    chosen_logratios, rejected_logratios = pairs.logratios()
+    delta = chosen_logratios / pairs.chosen_lengths.clamp(min=1) - (
+        rejected_logratios / pairs.rejected_lengths.clamp(min=1)
+    )
+    losses = (delta - 1 / (2 * beta)) ** 2
+    return losses.mean(), _reference_metrics(pairs, beta)
+
+
+def _orpo(pairs: PairLogps, beta: float) -> tuple[Tensor, dict[str, Tensor]]:
+    chosen_avg = (pairs.chosen / pairs.chosen_lengths.clamp(min=1)).float()
+    rejected_avg = (pairs.rejected / pairs.rejected_lengths.clamp(min=1)).float()
+    log_odds = (chosen_avg - rejected_avg) - (
+        _log1mexp(chosen_avg) - _log1mexp(rejected_avg)
+    )
+    ratio = F.logsigmoid(log_odds)
+    loss = pairs.chosen_nll - (beta * ratio).mean()
+    metrics = _reward_metrics(
+        beta * chosen_avg, beta * rejected_avg, chosen_avg, rejected_avg
+    )
+    metrics["nll_loss"] = pairs.chosen_nll.detach()
+    metrics["log_odds_ratio"] = ratio.detach().mean()
+    metrics["log_odds_chosen"] = log_odds.detach().mean()
+    return loss, metrics
+
+
+# The one table of preference losses (`paft_preference_loss` accepts its keys).
+LOSS_SPECS: dict[str, LossSpec] = {
+    "dpo": LossSpec(_dpo, "https://arxiv.org/abs/2305.18290"),
+    "ipo": LossSpec(
+        _ipo, "https://arxiv.org/abs/2310.12036", lengths="completion_mask"
+    ),
+    "orpo": LossSpec(
+        _orpo,
+        "https://arxiv.org/abs/2403.07691",
+        needs_reference=False,
+        lengths="scored",
+        needs_chosen_nll=True,
+    ),
+}
+PREFERENCE_LOSSES = tuple(LOSS_SPECS)
+
+
+def loss_spec(kind: str) -> LossSpec:
+    """The spec of `kind`, or a ValueError listing the known losses."""
+    if kind not in LOSS_SPECS:
+        raise ValueError(f"unknown preference loss {kind!r}; use {tuple(LOSS_SPECS)}")
+    return LOSS_SPECS[kind]
+
+
 def preference_loss(
     kind: str,
     chosen_logps: Tensor,
@@ -93,44 +200,44 @@ def preference_loss(
     ratio) and `log_odds_chosen` (mean log odds ratio), TRL's names. As in TRL,
     ORPO's rewards and `logps/*` use the average per-token log-probs.
     """
-    if kind not in PREFERENCE_LOSSES:
-        raise ValueError(f"unknown preference loss {kind!r}; use {PREFERENCE_LOSSES}")
-    if kind in ("ipo", "orpo") and (chosen_lengths is None or rejected_lengths is None):
+    spec = loss_spec(kind)
+    if spec.lengths and (chosen_lengths is None or rejected_lengths is None):
         raise ValueError(f"{kind} needs chosen_lengths and rejected_lengths")
-
-    if kind == "orpo":
-        if chosen_nll is None:
-            raise ValueError("orpo needs chosen_nll (NLL of the chosen sequences)")
-        chosen_avg = (chosen_logps / chosen_lengths.clamp(min=1)).float()
-        rejected_avg = (rejected_logps / rejected_lengths.clamp(min=1)).float()
-        log_odds = (chosen_avg - rejected_avg) - (
-            _log1mexp(chosen_avg) - _log1mexp(rejected_avg)
-        )
-        ratio = F.logsigmoid(log_odds)
-        loss = chosen_nll - (beta * ratio).mean()
-        metrics = _reward_metrics(
-            beta * chosen_avg, beta * rejected_avg, chosen_avg, rejected_avg
-        )
-        metrics["nll_loss"] = chosen_nll.detach()
-        metrics["log_odds_ratio"] = ratio.detach().mean()
-        metrics["log_odds_chosen"] = log_odds.detach().mean()
-        return loss, metrics
-
-    if ref_chosen_logps is None or ref_rejected_logps is None:
+    if spec.needs_chosen_nll and chosen_nll is None:
+        raise ValueError(f"{kind} needs chosen_nll (NLL of the chosen sequences)")
+    if spec.needs_reference and (
+        ref_chosen_logps is None or ref_rejected_logps is None
+    ):
         raise ValueError(f"{kind} needs the reference log-probs")
-    chosen_logratios = chosen_logps - ref_chosen_logps
-    rejected_logratios = rejected_logps - ref_rejected_logps
-    if kind == "dpo":
-        losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
-    else:  # ipo: TRL averages the log-ratios per completion token
-        delta = chosen_logratios / chosen_lengths.clamp(min=1) - (
-            rejected_logratios / rejected_lengths.clamp(min=1)
-        )
-        losses = (delta - 1 / (2 * beta)) ** 2
-    metrics = _reward_metrics(
-        beta * chosen_logratios, beta * rejected_logratios, chosen_logps, rejected_logps
+    pairs = PairLogps(
+        chosen_logps,
+        rejected_logps,
+        ref_chosen_logps,
+        ref_rejected_logps,
+        chosen_lengths,
+        rejected_lengths,
+        chosen_nll,
     )
-    return losses.mean(), metrics
+    return spec.compute(pairs, beta)
+
+
+def _reference_logps(
+    model: torch.nn.Module,
+    batch: dict[str, Tensor],
+    given: tuple[Tensor, Tensor] | None,
+    context: Callable[[], AbstractContextManager] | None,
+) -> tuple[Tensor, Tensor]:
+    """Given, else the batch's, else a no-grad forward inside `context()`."""
+    if given is not None:
+        return given
+    if "ref_chosen_logps" in batch:
+        return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+    input_ids = batch["input_ids"]
+    inputs = {"input_ids": input_ids, "attention_mask": batch["attention_mask"]}
+    with torch.no_grad(), (context or model.disable_adapter)():
+        ref_logits = model(**inputs, use_cache=False).logits
+        ref_logps, _ = completion_logps(ref_logits, input_ids, batch["completion_mask"])
+    return ref_logps.chunk(2)
 
 
 def batch_preference_loss(
@@ -145,41 +252,33 @@ def batch_preference_loss(
     """One forward of a `DataCollatorForPreference` batch (chosen rows, then
     rejected): the loss and metrics of `preference_loss`.
 
-    DPO/IPO reference log-probs come from `reference_logps`, else from the batch's
-    `ref_chosen_logps`/`ref_rejected_logps`, else from a `torch.no_grad()` forward
-    inside `reference_context()` (default: `model.disable_adapter()`, the base).
+    Reference log-probs (for losses whose spec needs them) come from
+    `reference_logps`, else from the batch's `ref_chosen_logps`/`ref_rejected_logps`,
+    else from a `torch.no_grad()` forward inside `reference_context()` (default:
+    `model.disable_adapter()`, the base).
     """
-    if kind not in PREFERENCE_LOSSES:
-        raise ValueError(f"unknown preference loss {kind!r}; use {PREFERENCE_LOSSES}")
+    spec = loss_spec(kind)
     input_ids, completion_mask = batch["input_ids"], batch["completion_mask"]
     inputs = {"input_ids": input_ids, "attention_mask": batch["attention_mask"]}
     logits = model(**inputs, use_cache=False).logits
     logps, counts = completion_logps(logits, input_ids, completion_mask)
     chosen_logps, rejected_logps = logps.chunk(2)
     # TRL's IPO counts the unshifted completion mask; ORPO counts scored tokens.
-    lengths = completion_mask.sum(dim=-1) if kind == "ipo" else counts
+    mask_lengths = spec.lengths == "completion_mask"
+    lengths = completion_mask.sum(dim=-1) if mask_lengths else counts
     chosen_lengths, rejected_lengths = lengths.chunk(2)
 
     chosen_nll = ref_chosen = ref_rejected = None
-    if kind == "orpo":  # NLL over prompt + completion of the chosen rows
+    if spec.needs_chosen_nll:  # NLL over prompt + completion of the chosen rows
         n = len(chosen_logps)
         sums, tokens = completion_logps(
             logits[:n], input_ids[:n], batch["attention_mask"][:n]
         )
         chosen_nll = -sums.sum() / tokens.sum()
-    elif reference_logps is not None:
-        ref_chosen, ref_rejected = reference_logps
-    elif "ref_chosen_logps" in batch:
-        ref_chosen, ref_rejected = (
-            batch["ref_chosen_logps"],
-            batch["ref_rejected_logps"],
+    if spec.needs_reference:
+        ref_chosen, ref_rejected = _reference_logps(
+            model, batch, reference_logps, reference_context
         )
-    else:
-        context = reference_context or model.disable_adapter
-        with torch.no_grad(), context():
-            ref_logits = model(**inputs, use_cache=False).logits
-            ref_logps, _ = completion_logps(ref_logits, input_ids, completion_mask)
-        ref_chosen, ref_rejected = ref_logps.chunk(2)
 
     return preference_loss(
         kind,

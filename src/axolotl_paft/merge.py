@@ -24,8 +24,6 @@ from pathlib import Path
 
 import yaml
 
-from axolotl_paft.args import PAFTArgs
-
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 
 
@@ -36,36 +34,106 @@ class MethodLayout:
     base: str  # "pretrained", "sft" (SLERP endpoint) or "none"
     per_model: tuple[str, ...]
     shared: tuple[str, ...]
+    reference: str  # the method's paper (mergekit's `reference_url`)
+    default: bool = True  # in `paft_merge_methods` unless the user picks
     min_deltas: int = 1
     why_two: str = ""
 
 
 _TASK_VECTOR = ("weight", "density")
+_SCALED = ("lambda", "normalize")
+_TIES = "https://arxiv.org/abs/2306.01708"
+_DARE = "https://arxiv.org/abs/2311.03099"
+_BREADCRUMBS = "https://arxiv.org/abs/2312.06795"
+_DELLA = "https://arxiv.org/abs/2406.11617"
+
+# The merge methods we emit configs for: the one place to add one (args.py's
+# allowed values and defaults read this table; see docs/architecture.md).
 METHOD_LAYOUTS: dict[str, MethodLayout] = {
-    "task_arithmetic": MethodLayout("pretrained", ("weight",), ("lambda", "normalize")),
-    "ties": MethodLayout("pretrained", _TASK_VECTOR, ("lambda", "normalize")),
-    "dare_ties": MethodLayout("pretrained", _TASK_VECTOR, ("lambda", "normalize")),
-    "dare_linear": MethodLayout("pretrained", _TASK_VECTOR, ("lambda", "normalize")),
-    "breadcrumbs": MethodLayout(
-        "pretrained", (*_TASK_VECTOR, "gamma"), ("lambda", "normalize")
-    ),
-    "breadcrumbs_ties": MethodLayout(
-        "pretrained", (*_TASK_VECTOR, "gamma"), ("lambda", "normalize")
-    ),
-    "della": MethodLayout(
-        "pretrained", (*_TASK_VECTOR, "epsilon"), ("lambda", "normalize")
-    ),
-    "della_linear": MethodLayout(
-        "pretrained", (*_TASK_VECTOR, "epsilon"), ("lambda", "normalize")
+    "ties": MethodLayout("pretrained", _TASK_VECTOR, _SCALED, _TIES),
+    "dare_ties": MethodLayout("pretrained", _TASK_VECTOR, _SCALED, _DARE),
+    "dare_linear": MethodLayout("pretrained", _TASK_VECTOR, _SCALED, _DARE),
+    "task_arithmetic": MethodLayout(
+        "pretrained", ("weight",), _SCALED, "https://arxiv.org/abs/2212.04089"
     ),
     "linear": MethodLayout(
-        "none", ("weight",), ("normalize",), 2, "averages whole models"
+        "none",
+        ("weight",),
+        ("normalize",),
+        "https://arxiv.org/abs/2203.05482",
+        min_deltas=2,
+        why_two="averages whole models",
     ),
-    "slerp": MethodLayout("sft", (), ("t",), 2, "interpolates between two endpoints"),
+    "slerp": MethodLayout(
+        "sft",
+        (),
+        ("t",),
+        "https://en.wikipedia.org/wiki/Slerp",
+        min_deltas=2,
+        why_two="interpolates between two endpoints",
+    ),
     "nuslerp": MethodLayout(
-        "pretrained", ("weight",), (), 2, "interpolates between two task vectors"
+        "pretrained",
+        ("weight",),
+        (),
+        "https://github.com/arcee-ai/mergekit/blob/main/docs/merge_methods.md",
+        default=False,
+        min_deltas=2,
+        why_two="interpolates between two task vectors",
+    ),
+    "breadcrumbs": MethodLayout(
+        "pretrained", (*_TASK_VECTOR, "gamma"), _SCALED, _BREADCRUMBS, default=False
+    ),
+    "breadcrumbs_ties": MethodLayout(
+        "pretrained", (*_TASK_VECTOR, "gamma"), _SCALED, _BREADCRUMBS
+    ),
+    "della": MethodLayout("pretrained", (*_TASK_VECTOR, "epsilon"), _SCALED, _DELLA),
+    "della_linear": MethodLayout(
+        "pretrained", (*_TASK_VECTOR, "epsilon"), _SCALED, _DELLA, default=False
     ),
 }
+SUPPORTED_MERGE_METHODS = tuple(METHOD_LAYOUTS)
+DEFAULT_MERGE_METHODS = tuple(m for m, lay in METHOD_LAYOUTS.items() if lay.default)
+
+
+def check_della_bounds(methods, density: float, epsilon: float) -> None:
+    """mergekit only finds a bad DELLA epsilon while merging; find it before. (The
+    DELLA family: the methods whose layout takes `epsilon`.)"""
+    della = [m for m in methods if "epsilon" in METHOD_LAYOUTS[m].per_model]
+    if della and not (density - epsilon > 0 and density + epsilon < 1):
+        raise ValueError(
+            "paft_merge_epsilon: DELLA needs 0 < density - epsilon and "
+            f"density + epsilon < 1 (density {density}, epsilon {epsilon})"
+        )
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    """What the merge configs need: the `paft_merge_*` keys without the plugin
+    (`PAFTArgs.merge_settings()` builds one from a config; the defaults here are
+    the keys' defaults)."""
+
+    methods: tuple[str, ...] = DEFAULT_MERGE_METHODS
+    sft_weight: float = 1.0
+    preference_weight: float = 1.0
+    density: float = 0.5
+    epsilon: float = 0.1
+    gamma: float = 0.01
+    lambda_: float = 1.0  # mergekit's `lambda` (a Python keyword)
+    normalize: bool | None = None  # None keeps each method's own default
+    slerp_t: float = 0.5
+    dtype: str = "bfloat16"
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHOD_LAYOUTS]
+        if unknown:
+            raise ValueError(f"unknown merge method(s) {unknown}")
+        if not 0 < self.density <= 1:
+            raise ValueError(f"paft_merge_density: {self.density} not in (0, 1]")
+        check_della_bounds(self.methods, self.density, self.epsilon)
+
+
+MERGE_DEFAULTS = MergeSettings()
 
 
 @dataclass(frozen=True)
@@ -91,20 +159,22 @@ def model_reference(base_model: str, adapter: Path | str) -> str:
     return f"{base_model}+{adapter}"
 
 
-def _parameter_values(args: PAFTArgs) -> dict:
+def _parameter_values(settings: MergeSettings) -> dict:
     values = {
-        "density": args.paft_merge_density,
-        "gamma": args.paft_merge_gamma,
-        "epsilon": args.paft_merge_epsilon,
-        "lambda": args.paft_merge_lambda,
-        "t": args.paft_merge_slerp_t,
+        "density": settings.density,
+        "gamma": settings.gamma,
+        "epsilon": settings.epsilon,
+        "lambda": settings.lambda_,
+        "t": settings.slerp_t,
     }
-    if args.paft_merge_normalize is not None:
-        values["normalize"] = args.paft_merge_normalize
+    if settings.normalize is not None:
+        values["normalize"] = settings.normalize
     return values
 
 
-def build_config(method: str, deltas: MergeDeltas, args: PAFTArgs) -> dict | str:
+def build_config(
+    method: str, deltas: MergeDeltas, settings: MergeSettings
+) -> dict | str:
     """The mergekit config dict for `method`, or the reason it does not fit."""
     layout = METHOD_LAYOUTS[method]
     n_deltas = 1 + (deltas.preference_adapter is not None)
@@ -114,11 +184,11 @@ def build_config(method: str, deltas: MergeDeltas, args: PAFTArgs) -> dict | str
             "paft_preference_adapter (or use parallel mode) to merge SFT with a "
             "preference adapter"
         )
-    values = _parameter_values(args)
-    roles = [("sft", deltas.sft_adapter, args.paft_merge_sft_weight)]
+    values = _parameter_values(settings)
+    roles = [("sft", deltas.sft_adapter, settings.sft_weight)]
     if deltas.preference_adapter is not None:
         roles.append(
-            ("preference", deltas.preference_adapter, args.paft_merge_preference_weight)
+            ("preference", deltas.preference_adapter, settings.preference_weight)
         )
     models = []
     for _, adapter, weight in roles:
@@ -136,7 +206,7 @@ def build_config(method: str, deltas: MergeDeltas, args: PAFTArgs) -> dict | str
     shared = {k: values[k] for k in layout.shared if k in values}
     if shared:
         config["parameters"] = shared
-    config["dtype"] = args.paft_merge_dtype
+    config["dtype"] = settings.dtype
     return config
 
 
@@ -190,15 +260,15 @@ def validate_config(config: dict) -> None:
 
 
 def write_merge_configs(
-    out_dir: Path, deltas: MergeDeltas, args: PAFTArgs
+    out_dir: Path, deltas: MergeDeltas, settings: MergeSettings
 ) -> EmittedConfigs:
     """Write one `<method>.yml` per fitting method into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     cache_dir = out_dir / "lora-cache" / f"run-{run_id}"
     written, skipped = {}, {}
-    for method in args.paft_merge_methods:
-        config = build_config(method, deltas, args)
+    for method in settings.methods:
+        config = build_config(method, deltas, settings)
         if isinstance(config, str):
             skipped[method] = config
             LOG.info("paft: no %s config: %s", method, config)

@@ -34,7 +34,9 @@ def write_run_outputs(
             if "preference" in adapters
             else None,
         )
-        emitted = write_merge_configs(output_dir / MERGEKIT_DIR, deltas, args)
+        emitted = write_merge_configs(
+            output_dir / MERGEKIT_DIR, deltas, args.merge_settings()
+        )
         written += emitted.written.values()
         first = next(iter(emitted.written), None)
         merge = {

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
-from axolotl_paft.args import PAFTArgs
 from axolotl_paft.evaluate import add_data_arguments, evaluate_and_report
 from axolotl_paft.merge import (
     METHOD_LAYOUTS,
     MergeDeltas,
+    MergeSettings,
     build_config,
     run_merge_config,
     validate_config,
@@ -37,13 +38,10 @@ def sweep_configs(
     configs = {}
     for method in methods:
         uses_density = "density" in METHOD_LAYOUTS[method].per_model
+        base = MergeSettings(methods=(method,), dtype="float32")
         for density in densities if uses_density else [None]:
-            args = PAFTArgs(
-                paft_merge_methods=[method],
-                paft_merge_density=density or 0.5,
-                paft_merge_dtype="float32",
-            )
-            config = build_config(method, deltas, args)
+            settings = base if density is None else replace(base, density=density)
+            config = build_config(method, deltas, settings)
             if isinstance(config, str):
                 raise SystemExit(f"{method}: {config}")
             validate_config(config)
