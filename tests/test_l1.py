@@ -77,15 +77,25 @@ def test_proximal_mode_soft_thresholds_to_exact_zeros(llama_world, tmp_path):
     assert zeros > 0
 
 
-def tensorboard_scalars(output_dir: Path) -> dict[str, list[float]]:
+def scalars_per_writer(output_dir: Path) -> list[dict[str, list[float]]]:
+    """TensorBoard scalars of each event file under `output_dir` (one per process
+    that logged)."""
     from tensorboard.backend.event_processing.event_accumulator import (
         EventAccumulator,
     )
 
-    (events_dir,) = {p.parent for p in output_dir.rglob("events.out.tfevents.*")}
-    acc = EventAccumulator(str(events_dir))
-    acc.Reload()
-    return {t: [e.value for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+    writers = []
+    for events in sorted(output_dir.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        scalars = acc.Tags()["scalars"]
+        writers.append({t: [e.value for e in acc.Scalars(t)] for t in scalars})
+    return writers
+
+
+def tensorboard_scalars(output_dir: Path) -> dict[str, list[float]]:
+    (scalars,) = scalars_per_writer(output_dir)
+    return scalars
 
 
 @pytest.fixture(scope="module")

@@ -75,27 +75,33 @@ def test_adapters_do_not_influence_each_other(llama_world, parallel_run, tmp_pat
     assert max_gap(weights(parallel_run / "dpo"), weights(pref_changed / "dpo")) > 1e-4
 
 
-def test_resume_reproduces_the_uninterrupted_run(llama_world, tmp_path):
-    checkpoints = {"save_strategy": "steps", "save_steps": 6, **STEPS}
-    full = tmp_path / "full"
-    run_axolotl_train(parallel_config(llama_world, full, **checkpoints))
-    assert (full / "checkpoint-6" / "dpo" / "adapter_model.safetensors").exists()
-    assert (full / "checkpoint-6" / "optimizer.pt").exists()
-    resumed = tmp_path / "resumed"
+def resume_gaps(world, root: Path, config: dict, checkpoint: str) -> dict:
+    """Train `config` uninterrupted (in root/full), then again from a copy of its
+    `checkpoint` (in root/resumed): each adapter's max |diff| between the two."""
+    full, resumed = root / "full", root / "resumed"
+    run_axolotl_train(parallel_config(world, full, **config))
     resumed.mkdir()
-    shutil.copytree(full / "checkpoint-6", resumed / "checkpoint-6")
+    shutil.copytree(full / checkpoint, resumed / checkpoint)
     run_axolotl_train(
         parallel_config(
-            llama_world,
+            world,
             resumed,
-            resume_from_checkpoint=str(resumed / "checkpoint-6"),
-            **checkpoints,
+            resume_from_checkpoint=str(resumed / checkpoint),
+            **config,
         )
     )
-    for name in ("sft", "dpo"):
-        gap = max_gap(weights(full / name), weights(resumed / name))
-        print(f"{name}: resumed vs uninterrupted max |diff| = {gap:.3g}")
-        assert gap < 1e-5
+    gaps = {n: max_gap(weights(full / n), weights(resumed / n)) for n in ("sft", "dpo")}
+    print(f"resumed from {checkpoint} vs uninterrupted, max |diff|: {gaps}")
+    return gaps
+
+
+def test_resume_reproduces_the_uninterrupted_run(llama_world, tmp_path):
+    checkpoints = {"save_strategy": "steps", "save_steps": 6, **STEPS}
+    gaps = resume_gaps(llama_world, tmp_path, checkpoints, "checkpoint-6")
+    checkpoint = tmp_path / "full" / "checkpoint-6"
+    assert (checkpoint / "dpo" / "adapter_model.safetensors").exists()
+    assert (checkpoint / "optimizer.pt").exists()
+    assert max(gaps.values()) < 1e-5
 
 
 def test_qlora_parallel_run_learns_both_skills(mistral_world, tmp_path):

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from test_trainer import max_gap, weights
+from test_trainer import max_gap, resume_gaps, weights
 
 from axolotl_paft.toy import axolotl_config, parallel_config, run_axolotl_train
 
@@ -46,12 +45,12 @@ def by_step(history: list[dict], key: str) -> dict[int, float]:
 def group_rates(trainer, adapter: str) -> dict[str, float]:
     """The optimizer's rate of every tensor of `adapter`, named without it."""
     names = {id(p): n for n, p in trainer.model.named_parameters()}
-    tag = f".{adapter}."
+    pattern = re.compile(rf"\.{adapter}(?=\.|$)")  # embedding LoRA ends in it
     return {
-        names[id(p)].replace(tag, ".<adapter>."): group["lr"]
+        pattern.sub(".<adapter>", names[id(p)]): group["lr"]
         for group in trainer.optimizer.param_groups
         for p in group["params"]
-        if tag in names[id(p)]
+        if pattern.search(names[id(p)])
     }
 
 
@@ -80,10 +79,11 @@ def evaluated(llama_world, tmp_path_factory) -> dict:
             save_strategy="steps",
             save_steps=10,
             load_best_model_at_end=True,
-            # (on this toy the margins peak at step 10: the best is not the last
-            # checkpoint, so loading it is visible)
+            # a preference metric picks the checkpoint of the pair; the margins
+            # grow, so smallest-is-best picks the earlier one and loading it is
+            # visible (Axolotl alone would drop `greater_is_better: false`)
             metric_for_best_model="eval_dpo/rewards/margins",
-            greater_is_better=True,
+            greater_is_better=False,
             **EVAL,
         )
     )
@@ -132,10 +132,13 @@ def test_preference_eval_matches_an_independent_recomputation(llama_world, evalu
 
 
 def test_best_checkpoint_loads_both_adapters(evaluated):
+    """The best checkpoint by a preference metric (smaller is better, as the
+    config says) is reloaded at the end, both adapters of it, not the last
+    step's."""
     run = evaluated["parallel"]
     out = run["out"]
     margins = by_step(run["history"], "eval_dpo/rewards/margins")
-    best = max(margins, key=margins.get)
+    best = min((s for s in margins if s), key=margins.get)
     print(f"eval_dpo/rewards/margins by step {margins}: best checkpoint-{best}")
     assert Path(run["best"]).name == f"checkpoint-{best}" == "checkpoint-10"
     for name in ("sft", "dpo"):
@@ -298,24 +301,9 @@ def test_resume_after_an_epoch_boundary_continues_both_streams(llama_world, tmp_
     """2 epochs of 6 optimizer steps, the last of each with one micro-batch: the
     preference stream's position is not step x GA after it, so checkpoints keep
     it (and the preference dropout stream) and a resumed run is the same run."""
-    full = tmp_path / "full"
-    run_axolotl_train(parallel_config(llama_world, full, **EPOCHS))
-    assert (full / "checkpoint-8" / "paft_state_0.pth").exists()
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(full / "checkpoint-8", resumed / "checkpoint-8")
-    run_axolotl_train(
-        parallel_config(
-            llama_world,
-            resumed,
-            resume_from_checkpoint=str(resumed / "checkpoint-8"),
-            **EPOCHS,
-        )
-    )
-    for name in ("sft", "dpo"):
-        gap = max_gap(weights(full / name), weights(resumed / name))
-        print(f"{name}: resumed after the epoch boundary vs uninterrupted {gap:.3g}")
-        assert gap < 1e-6
+    gaps = resume_gaps(llama_world, tmp_path, EPOCHS, "checkpoint-8")
+    assert (tmp_path / "full" / "checkpoint-8" / "paft_state_0.pth").exists()
+    assert max(gaps.values()) < 1e-6
 
 
 # --- after training: the same YAML keeps working ---------------------------------
@@ -348,7 +336,11 @@ def trained(llama_world, tmp_path_factory) -> dict:
     fresh_command()
     do_preprocess(load_cfg(str(path), is_preprocess=True), PreprocessCliArgs())
     cache = out / "prepared" / "paft_preference"
-    after_preprocess = sorted(p.name for p in cache.iterdir())
+
+    def prepared():  # one folder per prepared dataset (beside a lock file)
+        return sorted(p.name for p in cache.iterdir() if p.is_dir())
+
+    after_preprocess = prepared()
     messages = []
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())
@@ -363,7 +355,7 @@ def trained(llama_world, tmp_path_factory) -> dict:
         "messages": messages,
         "out": out,
         "path": path,
-        "cache": (after_preprocess, sorted(p.name for p in cache.iterdir())),
+        "cache": (after_preprocess, prepared()),
         "eval_loss": logged(history, "eval_loss")[-1],
     }
 
@@ -504,8 +496,9 @@ def test_preference_step_and_measures_in_bf16(llama_world):
             reference_context=lambda m=model: base_only(m, ["sft", "dpo"]),
         )
         loss.backward()
-        grads = [p.grad for p in factor_parameters(model, "dpo")]
-        assert all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
+        assert model.base_model.model.lm_head.weight.dtype == dtype
+        for p in factor_parameters(model, "dpo"):  # PEFT keeps LoRA in fp32
+            assert p.grad.dtype == p.dtype and torch.isfinite(p.grad).all()
         summary = summarize(measure(live_lora_factors(model, "sft"), 0.01))
         results.append((float(loss), float(metrics["logps/chosen"]), summary))
     (loss32, logp32, s32), (loss16, logp16, s16) = results

@@ -118,6 +118,15 @@ class PAFTPlugin(BasePlugin):
                 seed=run_seed(cfg),
             )
 
+    def get_training_args(self, cfg) -> dict | None:
+        """Axolotl forwards `greater_is_better` only when true, so `false` is
+        dropped and the Trainer's default (larger is better unless the name ends
+        in "loss") picks the best checkpoint by the wrong end of, say,
+        `eval_dpo/rewards/margins`: pass it on as written."""
+        if cfg.get("greater_is_better") is False:
+            return {"greater_is_better": False}
+        return None
+
     def get_trainer_cls(self, cfg):
         if paft_args(cfg).paft_parallel and self._training:
             from axolotl_paft.trainer import PAFTParallelTrainer
