@@ -44,6 +44,18 @@ def validate(config: dict):
     return load_cfg(DictDefault(config))
 
 
+def last_trainer():
+    """The trainer of the last in-process `axolotl train` (the plugin's L1
+    callback holds it)."""
+    from axolotl.integrations.base import PluginManager
+
+    from axolotl_paft.plugin import PAFTPlugin
+
+    plugins = PluginManager.get_instance().plugins.values()
+    (plugin,) = [p for p in plugins if isinstance(p, PAFTPlugin)]
+    return plugin._callback.trainer
+
+
 def make_adapter(base_dir: Path, out_dir: Path, seed: int, zero_fraction=0.0) -> Path:
     """A saved PEFT LoRA with non-zero A and B (LoRA's B starts at 0 otherwise),
     optionally with a fraction of A and B entries set exactly to 0."""

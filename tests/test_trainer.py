@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import last_trainer
 from safetensors.torch import load_file
 
 from axolotl_paft.toy import axolotl_config, parallel_config, run_axolotl_train
@@ -162,3 +163,26 @@ def test_optional_l1_on_the_preference_adapter(llama_world, parallel_run, tmp_pa
     plain = json.loads((parallel_run / "paft_report.json").read_text())["adapters"]
     assert zeros["preference"]["overall"]["lora_exact_zeros"] > 0.05
     assert plain["preference"]["overall"]["lora_exact_zeros"] == 0
+
+
+def test_reference_cache_changes_nothing_and_skips_later_passes(llama_world, tmp_path):
+    """64 pairs at micro-batch 4 are 16 micro-batches a pass; 40 steps make 2.5
+    passes. Reusing each row's reference log-probs from its first use trains the
+    preference adapter exactly as recomputing them every time does, and skips the
+    reference forward on every micro-batch after the first pass."""
+    config = {**STEPS, "max_steps": 40}
+    run_axolotl_train(
+        parallel_config(
+            llama_world,
+            tmp_path / "recomputed",
+            paft_preference_cache_reference=False,
+            **config,
+        )
+    )
+    run_axolotl_train(parallel_config(llama_world, tmp_path / "cached", **config))
+    cache = last_trainer().reference_cache
+    cached, recomputed = (tmp_path / n / "dpo" for n in ("cached", "recomputed"))
+    gap = max_gap(weights(cached), weights(recomputed))
+    print(f"reference cache: {cache.hits} of 40 micro-batches served, gap {gap:.3g}")
+    assert cache.hits == 40 - 16
+    assert gap == 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import last_trainer
 from test_trainer import max_gap, resume_gaps, weights
 
 from axolotl_paft.toy import axolotl_config, parallel_config, run_axolotl_train
@@ -21,17 +22,6 @@ pytestmark = pytest.mark.slow
 
 DOCS = Path(__file__).parents[1] / "docs"
 QUIET = {"paft_merge_methods": [], "paft_report": False}
-
-
-def last_trainer():
-    """The trainer of the last in-process run (the plugin's L1 callback holds it)."""
-    from axolotl.integrations.base import PluginManager
-
-    from axolotl_paft.plugin import PAFTPlugin
-
-    plugins = PluginManager.get_instance().plugins.values()
-    (plugin,) = [p for p in plugins if isinstance(p, PAFTPlugin)]
-    return plugin._callback.trainer
 
 
 def logged(history: list[dict], key: str) -> list[float]:

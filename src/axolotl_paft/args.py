@@ -88,6 +88,15 @@ class ParallelArgs(BaseModel):
         ge=1,
         description="Preference pairs per micro-batch; unset: `micro_batch_size`.",
     )
+    paft_preference_cache_reference: bool = Field(
+        default=True,
+        description=(
+            "Keep each preference row's reference log-probs (DPO, IPO) from its "
+            "first use and reuse them on later passes over the data: they depend "
+            "only on the frozen base and the row. false: one reference forward per "
+            "micro-batch, every time (a base with dropout, say)."
+        ),
+    )
     paft_sft_adapter_name: str = Field(
         default="sft",
         description="Parallel mode: name (and output_dir subfolder) of the SFT LoRA.",

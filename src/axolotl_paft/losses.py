@@ -35,6 +35,19 @@ from torch import Tensor
 from trl.trainer.utils import selective_log_softmax
 
 
+def token_logps(logits: Tensor, input_ids: Tensor) -> Tensor:
+    """Log-prob of each token given the ones before (`[N, L - 1]`): token `t` is
+    scored by the logits at `t - 1`."""
+    return selective_log_softmax(logits[:, :-1], input_ids[:, 1:])
+
+
+def masked_sums(per_token: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-row sum of `token_logps` over the tokens `mask` (`[N, L]`) selects, and
+    how many were scored (a mask entry at position 0 never is)."""
+    mask = mask[:, 1:]
+    return per_token.masked_fill(mask == 0, 0.0).sum(dim=-1), mask.sum(dim=-1)
+
+
 def completion_logps(
     logits: Tensor, input_ids: Tensor, completion_mask: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -44,10 +57,7 @@ def completion_logps(
     `t` is scored by the logits at `t - 1`, so a mask entry at position 0 is never
     counted. Returns `(logps [N], counts [N])`.
     """
-    mask = completion_mask[:, 1:]
-    per_token = selective_log_softmax(logits[:, :-1], input_ids[:, 1:])
-    per_token = per_token.masked_fill(mask == 0, 0.0)
-    return per_token.sum(dim=-1), mask.sum(dim=-1)
+    return masked_sums(token_logps(logits, input_ids), completion_mask)
 
 
 def _log1mexp(x: Tensor) -> Tensor:
@@ -221,15 +231,14 @@ def preference_loss(
     return spec.compute(pairs, beta)
 
 
-def _reference_logps(
+def reference_pair_logps(
     model: torch.nn.Module,
     batch: dict[str, Tensor],
-    given: tuple[Tensor, Tensor] | None,
-    context: Callable[[], AbstractContextManager] | None,
+    context: Callable[[], AbstractContextManager] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Given, else the batch's, else a no-grad forward inside `context()`."""
-    if given is not None:
-        return given
+    """Reference log-probs of a preference batch's chosen and rejected
+    completions: the batch's own, else a no-grad forward inside `context()`
+    (default `model.disable_adapter()`, the base)."""
     if "ref_chosen_logps" in batch:
         return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
     input_ids = batch["input_ids"]
@@ -258,27 +267,28 @@ def batch_preference_loss(
     `model.disable_adapter()`, the base).
     """
     spec = loss_spec(kind)
+    ref_chosen = ref_rejected = None
+    if spec.needs_reference:  # before the policy forward: its graph is not alive yet
+        ref_chosen, ref_rejected = reference_logps or reference_pair_logps(
+            model, batch, reference_context
+        )
     input_ids, completion_mask = batch["input_ids"], batch["completion_mask"]
     inputs = {"input_ids": input_ids, "attention_mask": batch["attention_mask"]}
     logits = model(**inputs, use_cache=False).logits
-    logps, counts = completion_logps(logits, input_ids, completion_mask)
+    per_token = token_logps(logits, input_ids)
+    del logits  # only the per-token log-probs are needed from here
+    logps, counts = masked_sums(per_token, completion_mask)
     chosen_logps, rejected_logps = logps.chunk(2)
     # TRL's IPO counts the unshifted completion mask; ORPO counts scored tokens.
     mask_lengths = spec.lengths == "completion_mask"
     lengths = completion_mask.sum(dim=-1) if mask_lengths else counts
     chosen_lengths, rejected_lengths = lengths.chunk(2)
 
-    chosen_nll = ref_chosen = ref_rejected = None
+    chosen_nll = None
     if spec.needs_chosen_nll:  # NLL over prompt + completion of the chosen rows
         n = len(chosen_logps)
-        sums, tokens = completion_logps(
-            logits[:n], input_ids[:n], batch["attention_mask"][:n]
-        )
+        sums, tokens = masked_sums(per_token[:n], batch["attention_mask"][:n])
         chosen_nll = -sums.sum() / tokens.sum()
-    if spec.needs_reference:
-        ref_chosen, ref_rejected = _reference_logps(
-            model, batch, reference_logps, reference_context
-        )
 
     return preference_loss(
         kind,

@@ -151,6 +151,7 @@ class PAFTPlugin(BasePlugin):
             micro_batch_size=args.paft_preference_micro_batch_size
             or cfg.micro_batch_size,
             seed=run_seed(cfg),
+            cache_reference=args.paft_preference_cache_reference,
         )
         stream = PreferenceStream(
             train,

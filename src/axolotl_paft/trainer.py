@@ -41,7 +41,11 @@ from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from axolotl_paft.adapters import active_adapter, adapter_parameters, base_only
-from axolotl_paft.losses import batch_preference_loss
+from axolotl_paft.losses import (
+    batch_preference_loss,
+    loss_spec,
+    reference_pair_logps,
+)
 
 LOG = logging.getLogger(f"axolotl.{__name__}")
 
@@ -62,6 +66,7 @@ class ParallelSettings:
     learning_rate: float
     micro_batch_size: int
     seed: int
+    cache_reference: bool = True
 
     @property
     def adapters(self) -> list[str]:
@@ -91,15 +96,45 @@ class PreferenceStream:
         self.seed = seed
         self._order: tuple[int, torch.Tensor] | None = None
 
-    def batch(self, index: int) -> dict:
+    def rows(self, index: int) -> list[int]:
+        """The dataset rows of micro-batch `index` on this process."""
         pass_, position = divmod(index, self.per_pass)
         if self._order is None or self._order[0] != pass_:
             generator = torch.Generator().manual_seed(self.seed + pass_)
             order = torch.randperm(len(self.dataset), generator=generator)
             self._order = (pass_, order.repeat(-(-self.global_batch // len(order))))
         start = position * self.global_batch + self.rank * self.micro_batch_size
-        rows = self._order[1][start : start + self.micro_batch_size].tolist()
+        return self._order[1][start : start + self.micro_batch_size].tolist()
+
+    def collate(self, rows: list[int]) -> dict:
         return self.collator([self.dataset[i] for i in rows])
+
+
+class ReferenceCache:
+    """Reference log-probs (chosen, rejected) of each preference row, kept from
+    its first use: a pure function of the frozen base and the row, so later
+    passes over the data skip the reference forward. Not checkpointed: a resumed
+    run recomputes what it lacks."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.values: torch.Tensor | None = None  # [size, 2], NaN: not computed
+        self.hits = 0
+
+    def get(self, rows: list[int], device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.values is None:
+            return None
+        values = self.values[rows]
+        if torch.isnan(values).any():
+            return None
+        self.hits += 1
+        values = values.to(device)
+        return values[:, 0], values[:, 1]
+
+    def put(self, rows: list[int], chosen: torch.Tensor, rejected: torch.Tensor):
+        if self.values is None:
+            self.values = torch.full((self.size, 2), float("nan"), dtype=chosen.dtype)
+        self.values[rows] = torch.stack([chosen, rejected], dim=1).detach().cpu()
 
 
 def _accelerator_devices() -> list[int]:
@@ -174,6 +209,12 @@ class PAFTParallelTrainer(AxolotlTrainer):
             settings.seed + PREFERENCE_STREAM_SEED_OFFSET
         )
         self._pending: dict[str, list[torch.Tensor]] = defaultdict(list)
+        needs_reference = loss_spec(settings.loss).needs_reference
+        self.reference_cache = (
+            ReferenceCache(len(stream.dataset))
+            if settings.cache_reference and needs_reference
+            else None
+        )
 
     # --- optimizer -------------------------------------------------------------
 
@@ -206,13 +247,15 @@ class PAFTParallelTrainer(AxolotlTrainer):
         if self._preference_index is None:  # first step, or a checkpoint without it
             accumulation = self.args.gradient_accumulation_steps
             self._preference_index = self.state.global_step * accumulation
-        batch = self._prepare_inputs(self.preference.batch(self._preference_index))
+        rows = self.preference.rows(self._preference_index)
+        batch = self._prepare_inputs(self.preference.collate(rows))
         self._preference_index += 1
         with (
             self._preference_random_stream(),
             active_adapter(peft, self.paft.preference_adapter, self.paft.adapters),
         ):
-            loss, metrics = self.preference_loss(peft, batch)
+            reference = self._cached_reference(peft, rows, batch)
+            loss, metrics = self.preference_loss(peft, batch, reference)
             self.accelerator.backward(loss / self.current_gradient_accumulation_steps)
         if self.accelerator.sync_gradients:
             average_gradients(
@@ -231,14 +274,32 @@ class PAFTParallelTrainer(AxolotlTrainer):
             yield
             self._preference_random = _random_state()
 
-    def preference_loss(self, peft, batch: dict) -> tuple[torch.Tensor, dict]:
+    def _cached_reference(self, peft, rows: list[int], batch: dict):
+        """The rows' reference log-probs from the cache, computed and kept on a
+        row's first use (None without a cache: the loss computes them)."""
+        cache = self.reference_cache
+        if cache is None:
+            return None
+        cached = cache.get(rows, batch["input_ids"].device)
+        if cached is None:
+            cached = reference_pair_logps(
+                peft, batch, lambda: base_only(peft, self.paft.adapters)
+            )
+            cache.put(rows, *cached)
+        return cached
+
+    def preference_loss(
+        self, peft, batch: dict, reference=None
+    ) -> tuple[torch.Tensor, dict]:
         """Loss and TRL-named metrics of one collated preference micro-batch; the
-        reference (DPO, IPO) is the base with every adapter disabled."""
+        reference (DPO, IPO), unless given, is the base with every adapter
+        disabled."""
         return batch_preference_loss(
             peft,
             batch,
             self.paft.loss,
             self.paft.beta,
+            reference_logps=reference,
             reference_context=lambda: base_only(peft, self.paft.adapters),
         )
 
