@@ -129,9 +129,18 @@ def build_tokenizer(out_dir: Path, texts: list[str], vocab_size: int = 400):
 
 
 def build_model(
-    out_dir: Path, tokenizer, arch: str = "llama", seed: int = 0, pretrain_steps=300
+    out_dir: Path,
+    tokenizer,
+    arch: str = "llama",
+    seed: int = 0,
+    pretrain_steps=300,
+    dims: dict | None = None,
+    pretrain_rows: list[dict] | None = None,
 ) -> Path:
-    """Save a tiny causal LM of `arch`, briefly pre-trained, next to the tokenizer."""
+    """Save a tiny causal LM of `arch`, briefly pre-trained, next to the tokenizer.
+
+    `dims` overrides the config's sizes (hidden_size, num_hidden_layers, ...);
+    `pretrain_rows` replaces the bare-number sums the base learns by default."""
     import torch
     from transformers import (
         AutoModelForCausalLM,
@@ -143,23 +152,28 @@ def build_model(
     config_cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
     if arch not in config_cls:
         raise ValueError(f"unknown toy architecture {arch!r}; use {ARCHITECTURES}")
+    sizes = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        **(dims or {}),
+    }
     config = config_cls[arch](
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        **sizes,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     if pretrain_steps:
-        _pretrain(model, tokenizer, pretraining_rows(512), pretrain_steps)
+        rows = pretraining_rows(512) if pretrain_rows is None else pretrain_rows
+        _pretrain(model, tokenizer, rows, pretrain_steps)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
