@@ -51,6 +51,8 @@ def test_every_key_documented():
         ({"adapter": None}, "adapter"),
         ({"rl": "dpo"}, "rl"),
         ({"deepspeed": "zero2.json"}, "paft_l1_lambda"),
+        ({"paft_merge_search": True}, "paft_merge_search"),
+        ({"paft_merge_search_budget": 0}, "paft_merge_search_budget"),
     ],
 )
 def test_bad_config_names_the_key(llama_world, tmp_path, overrides, key):
@@ -88,6 +90,11 @@ def test_plain_axolotl_config_has_no_paft_keys(llama_world, tmp_path):
         ({"lora_qkv_kernel": True}, "lora_qkv_kernel"),
         ({"fsdp_config": {"fsdp_version": 2}}, "fsdp_config"),
         ({"paft_preference_loss": "kto"}, "paft_preference_loss"),
+        ({"paft_merge_search": True}, "paft_merge_search_sft_data"),
+        (
+            {"paft_merge_search": True, "paft_merge_search_methods": ["nuslerp"]},
+            "paft_merge_search_methods",
+        ),
     ],
 )
 def test_bad_parallel_config_names_the_key(llama_world, tmp_path, overrides, message):

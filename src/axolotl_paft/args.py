@@ -42,6 +42,15 @@ DEFAULT_MERGE_METHODS = (
     "breadcrumbs_ties",
     "della",
 )
+DEFAULT_SEARCH_METHODS = (
+    "ties",
+    "dare_ties",
+    "task_arithmetic",
+    "linear",
+    "slerp",
+    "breadcrumbs_ties",
+    "della",
+)
 LORA_ADAPTERS = ("lora", "qlora")
 
 
@@ -183,6 +192,44 @@ class PAFTArgs(BaseModel):
     paft_merge_dtype: MergeDtype = Field(
         default="bfloat16", description="dtype mergekit computes the merge in."
     )
+    paft_merge_search: bool = Field(
+        default=False,
+        description=(
+            "After training with two deltas (parallel mode or "
+            "paft_preference_adapter), search merge method, both weights and "
+            "density on held-out data within paft_merge_search_budget merges, each "
+            "built by mergekit; writes mergekit/best.yml, search/leaderboard."
+            "{json,md}, search/search.png and the winner in search/merged/best."
+        ),
+    )
+    paft_merge_search_budget: int = Field(
+        default=24,
+        ge=1,
+        description="paft_merge_search: most merge candidates built and scored.",
+    )
+    paft_merge_search_methods: list[str] = Field(
+        default=list(DEFAULT_SEARCH_METHODS),
+        description="paft_merge_search: the mergekit methods searched.",
+    )
+    paft_merge_search_sft_data: str | None = Field(
+        default=None,
+        description=(
+            "paft_merge_search: held-out SFT rows (JSONL, `messages`); the skill "
+            "score is the greedy exact match of their last answer."
+        ),
+    )
+    paft_merge_search_preference_data: str | None = Field(
+        default=None,
+        description=(
+            "paft_merge_search: held-out preference rows (JSONL: question, chosen, "
+            "rejected); scored by implicit-reward accuracy against the base."
+        ),
+    )
+    paft_merge_search_rows: int = Field(
+        default=64,
+        ge=1,
+        description="paft_merge_search: rows read from each held-out file.",
+    )
 
     @field_validator("paft_merge_methods")
     @classmethod
@@ -241,6 +288,12 @@ class PAFTArgs(BaseModel):
             )
         if data.get("paft_parallel"):
             _check_parallel(data)
+        two_deltas = data.get("paft_parallel") or data.get("paft_preference_adapter")
+        if data.get("paft_merge_search") and not two_deltas:
+            raise ValueError(
+                "paft_merge_search: searches merges of two deltas; set paft_parallel "
+                "(with paft_preference_datasets) or paft_preference_adapter"
+            )
         methods = data.get("paft_merge_methods", DEFAULT_MERGE_METHODS)
         if methods:
             _check_merge_paths(data)
@@ -254,6 +307,27 @@ class PAFTArgs(BaseModel):
                 f"paft_merge_run: {run!r} is not among paft_merge_methods "
                 f"{self.paft_merge_methods}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _search_inputs(self):
+        if not self.paft_merge_search:
+            return self
+        unfit = [
+            m for m in self.paft_merge_search_methods if m not in DEFAULT_SEARCH_METHODS
+        ]
+        if unfit or not self.paft_merge_search_methods:
+            raise ValueError(
+                f"paft_merge_search_methods: {unfit or 'empty'}; searchable: "
+                f"{list(DEFAULT_SEARCH_METHODS)}"
+            )
+        for key in ("paft_merge_search_sft_data", "paft_merge_search_preference_data"):
+            path = getattr(self, key)
+            if path is None or not Path(path).is_file():
+                raise ValueError(
+                    f"{key}: paft_merge_search needs held-out data in a JSONL file "
+                    f"(got {path!r})"
+                )
         return self
 
     @model_validator(mode="after")
