@@ -1,7 +1,9 @@
 """Does L1 sparsity make the PAFT merge better? The grid on the miniature world.
 
-    python benchmarks/evidence.py OUT [--size full|small] [--seeds 0,1,2]
-        [--steps 300] [--ratios 1,10,40] [--grid-ratio 10] [--search-budget 24]
+    python benchmarks/evidence.py OUT [--world DIR] [--size full|small]
+        [--seeds 0,1,2] [--steps 300] [--preference-steps 200] [--ratios 1,10,40]
+        [--grid-ratio 10] [--search-budget 14]
+    python benchmarks/evidence.py OUT --report [--publish]
 
 World: `axolotl_paft.world` (3 SFT skills; a preference for a polite style on the
 same prompts whose rejected answer is the terse SFT format). Per seed:
@@ -15,18 +17,21 @@ same prompts whose rejected answer is the terse SFT format). Per seed:
   merged into the base, DPO on top, reference = the SFT model), one mixed-loss
   adapter (DPO + TRL's SFT term on the chosen answers);
 - merges: every SFT setting x every method at the product's default parameters
-  (weights 1/1, density 0.5) with the `--grid-ratio` preference adapter, and every
-  method at lambda 0 for the other ratios, each built by mergekit's engine;
-- the merge search (`axolotl_paft.search`) on a validation split, reported on the
-  test split like everything else.
+  (weights 1/1, density 0.5, SLERP t 0.5) with the `--grid-ratio` preference
+  adapter, and task arithmetic + TIES at lambda 0 for the other ratios, each built
+  by mergekit's engine;
+- the merge search (`axolotl_paft.search`) at lambda 0 and at `--search-l1`, on a
+  validation split, reported on the test split like everything else.
 
 Metrics on held-out rows (`axolotl_paft.world.heldout_rows`): skill = greedy exact
 match of the SFT sentence (`evaluate.forced_exact_match`), preference accuracy =
 implicit reward against the base > 0, score = their mean. Preconditions (lambda 0):
 alignment tax = share of the SFT-only skill gain that sequential loses (>= 20%);
 interference = share of one side's gain that task arithmetic 1:1 loses (>= 10%).
-Writes OUT/evidence.json (all numbers + provenance) and, with --publish, the
-Markdown tables and the figure into benchmarks/.
+One process runs the given seeds one after the other and writes OUT/seed<N>.json
+after every phase (lambda 0 first, then the L1 grid setting by setting); run one
+process per seed to use several cores. `--report` aggregates the seed files
+(`evidence_report.py`) into OUT, `--publish` into benchmarks/results_evidence.*.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ METHODS = (
     "breadcrumbs_ties",
     "della",
 )
+OTHER_RATIO_METHODS = ("task_arithmetic", "ties")
 SFT_RATE = 1e-3
 HERE = Path(__file__).resolve().parent
 
@@ -81,7 +87,8 @@ def baseline_runs(world, out: Path, seed: int, opts) -> dict:
         )
     }
     for ratio in sorted(opts.ratios, key=lambda r: r != opts.grid_ratio):
-        kw = {"seed": seed, "steps": opts.steps, "learning_rate": SFT_RATE / ratio}
+        kw = {"seed": seed, "steps": opts.preference_steps}
+        kw["learning_rate"] = SFT_RATE / ratio
         path = out / f"s{seed}-pref-r{ratio:g}"
         runs[f"pref/r{ratio:g}"] = train(preference_config(world, path, **kw), path)
         path = out / f"s{seed}-seq-r{ratio:g}"
@@ -159,8 +166,8 @@ def run_seed(world, scorer, search_rows, out: Path, seed: int, opts, save) -> No
     scores.update({name: scorer(path) for name, path in runs.items()})
     result = {"scores": scores, "sparsity": {}, "searches": {}, "phase": "baselines"}
 
-    def merge_all(ratio: str, tag: str) -> None:
-        for method in METHODS:
+    def merge_all(ratio: str, tag: str, methods=METHODS) -> None:
+        for method in methods:
             scores[f"merge/{ratio}/{tag}/{method}"] = merge_and_score(
                 scorer, world, runs[f"sft/{tag}"], runs[f"pref/{ratio}"], method,
                 out / "merged" / f"s{seed}-{ratio}-{tag}-{method}", cache,
@@ -181,8 +188,10 @@ def run_seed(world, scorer, search_rows, out: Path, seed: int, opts, save) -> No
             "evaluated": len(found["leaderboard"]),
         }
 
-    for ratio in [g] + [r for r in ratios if r != g]:
-        merge_all(ratio, "l0")
+    merge_all(g, "l0")
+    for ratio in ratios:
+        if ratio != g:
+            merge_all(ratio, "l0", OTHER_RATIO_METHODS)
     result["preconditions"] = {r: seed_preconditions(scores, r) for r in ratios}
     run_search("l0")
     save(result | {"phase": "lambda 0 done"})
@@ -206,10 +215,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="full", choices=("full", "small"))
     parser.add_argument("--world", type=Path, help="world root (default OUT/world)")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=300, help="SFT steps")
+    parser.add_argument("--preference-steps", type=int, default=200)
     parser.add_argument("--ratios", default="1,10,40")
     parser.add_argument("--grid-ratio", type=float, default=10)
-    parser.add_argument("--search-budget", type=int, default=20)
+    parser.add_argument("--search-budget", type=int, default=14)
     parser.add_argument("--search-l1", default="proximal0.3")
     parser.add_argument("--eval-rows", type=int, default=48)
     parser.add_argument(

@@ -136,6 +136,7 @@ def build_model(
     pretrain_steps=300,
     dims: dict | None = None,
     pretrain_rows: list[dict] | None = None,
+    pretrain_lr: float = 3e-3,
 ) -> Path:
     """Save a tiny causal LM of `arch`, briefly pre-trained, next to the tokenizer.
 
@@ -173,20 +174,20 @@ def build_model(
     model = AutoModelForCausalLM.from_config(config)
     if pretrain_steps:
         rows = pretraining_rows(512) if pretrain_rows is None else pretrain_rows
-        _pretrain(model, tokenizer, rows, pretrain_steps)
+        _pretrain(model, tokenizer, rows, pretrain_steps, pretrain_lr)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
 
-def _pretrain(model, tokenizer, rows: list[dict], steps: int) -> None:
+def _pretrain(model, tokenizer, rows: list[dict], steps: int, lr: float) -> None:
     """A few hundred full-model AdamW steps so adapters start from a real base."""
     import torch
 
     texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
     batch = tokenizer(texts, return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(0)
     model.train()
     for _ in range(steps):

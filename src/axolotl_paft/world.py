@@ -56,7 +56,7 @@ FORMATS = {  # the bare answer first: the same token the base already knows
 MAX_TERM = 12
 POLITE = ("Sure! ", " Glad to help.")
 
-# name -> (model sizes, pre-training steps, SFT rows, preference rows)
+# name -> (model sizes, pre-training steps and rate, SFT rows, preference rows)
 SIZES = {
     "full": (
         {
@@ -67,6 +67,7 @@ SIZES = {
             "num_key_value_heads": 4,
         },
         800,
+        1e-3,  # 3e-3 diverges at this size (loss 0.89 -> 1.06 from step 100 to 300)
         512,
         512,
     ),
@@ -79,6 +80,7 @@ SIZES = {
             "num_key_value_heads": 4,
         },
         500,
+        3e-3,
         256,
         256,
     ),
@@ -174,7 +176,7 @@ def heldout_rows(n: int) -> tuple[list[dict], list[dict]]:
 def build_world(root: Path, size: str = "full") -> ToySetup:
     """Tokenizer, pre-trained base and both data sets under `root/<size>`;
     reused when already built (the base is what takes minutes)."""
-    dims, steps, n_sft, n_preference = SIZES[size]
+    dims, steps, lr, n_sft, n_preference = SIZES[size]
     root = Path(root) / size
     model_dir = root / "base"
     sft = skill_rows(n_sft)
@@ -187,6 +189,7 @@ def build_world(root: Path, size: str = "full") -> ToySetup:
             model_dir,
             tokenizer,
             pretrain_steps=steps,
+            pretrain_lr=lr,
             dims=dims,
             pretrain_rows=pretrain,
         )
