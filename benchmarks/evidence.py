@@ -69,7 +69,12 @@ HERE = Path(__file__).resolve().parent
 
 
 def sft_settings() -> list[tuple[str, float]]:
-    return [("loss", 0.0)] + [(m, lam) for m, lams in LAMBDAS.items() for lam in lams]
+    """Lambda 0, then both modes in turn from the middle of their ranges out (so
+    that a run cut short still covers both modes)."""
+    order = (2, 1, 0, 3)
+    return [("loss", 0.0)] + [
+        (mode, LAMBDAS[mode][i]) for i in order for mode in ("loss", "proximal")
+    ]
 
 
 def sft_tag(mode: str, lam: float) -> str:
