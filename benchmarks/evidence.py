@@ -29,7 +29,8 @@ implicit reward against the base > 0, score = their mean. Preconditions (lambda 
 alignment tax = share of the SFT-only skill gain that sequential loses (>= 20%);
 interference = share of one side's gain that task arithmetic 1:1 loses (>= 10%).
 One process runs the given seeds one after the other and writes OUT/seed<N>.json
-after every phase (lambda 0 first, then the L1 grid setting by setting); run one
+after every phase (the grid ratio at lambda 0 first, then the L1 grid setting by
+setting, then the other ratios, then the search on an L1 adapter); run one
 process per seed to use several cores. `--report` aggregates the seed files
 (`evidence_report.py`) into OUT, `--publish` into benchmarks/results_evidence.*.
 """
@@ -81,27 +82,24 @@ def sft_tag(mode: str, lam: float) -> str:
     return "l0" if lam == 0 else f"{mode}{lam:g}"
 
 
-def baseline_runs(world, out: Path, seed: int, opts) -> dict:
-    """Lambda-0 SFT and, per ratio, preference only, sequential (and the mixed
-    adapter at the grid ratio); returns name -> adapter or model folder."""
+def baseline_runs(world, out: Path, seed: int, opts, ratio: float) -> dict:
+    """At one SFT : preference rate ratio: preference only and sequential (plus
+    the lambda-0 SFT, and the mixed adapter at the grid ratio); returns name ->
+    adapter or model folder."""
     from axolotl_paft.world import preference_config, sequential, train
 
-    runs = {
-        "sft/l0": train(
-            sft_run(world, out, seed, opts, "loss", 0.0), sft_dir(out, seed, "l0")
-        )
-    }
-    for ratio in sorted(opts.ratios, key=lambda r: r != opts.grid_ratio):
-        kw = {"seed": seed, "steps": opts.preference_steps}
-        kw["learning_rate"] = SFT_RATE / ratio
-        path = out / f"s{seed}-pref-r{ratio:g}"
-        runs[f"pref/r{ratio:g}"] = train(preference_config(world, path, **kw), path)
-        path = out / f"s{seed}-seq-r{ratio:g}"
-        runs[f"seq/r{ratio:g}"] = sequential(world, runs["sft/l0"], path, **kw)
-        if ratio == opts.grid_ratio:
-            path = out / f"s{seed}-mixed-r{ratio:g}"
-            config = preference_config(world, path, mixed=True, **kw)
-            runs[f"mixed/r{ratio:g}"] = train(config, path)
+    sft = train(sft_run(world, out, seed, opts, "loss", 0.0), sft_dir(out, seed, "l0"))
+    runs = {"sft/l0": sft}
+    kw = {"seed": seed, "steps": opts.preference_steps}
+    kw["learning_rate"] = SFT_RATE / ratio
+    path = out / f"s{seed}-pref-r{ratio:g}"
+    runs[f"pref/r{ratio:g}"] = train(preference_config(world, path, **kw), path)
+    path = out / f"s{seed}-seq-r{ratio:g}"
+    runs[f"seq/r{ratio:g}"] = sequential(world, sft, path, **kw)
+    if ratio == opts.grid_ratio:
+        path = out / f"s{seed}-mixed-r{ratio:g}"
+        config = preference_config(world, path, mixed=True, **kw)
+        runs[f"mixed/r{ratio:g}"] = train(config, path)
     return runs
 
 
@@ -164,9 +162,8 @@ def run_seed(world, scorer, search_rows, out: Path, seed: int, opts, save) -> No
     from axolotl_paft.world import train
 
     g = f"r{opts.grid_ratio:g}"
-    ratios = [f"r{r:g}" for r in opts.ratios]
     cache = out / "lora-cache" / f"seed{seed}"
-    runs = baseline_runs(world, out / "runs", seed, opts)
+    runs = baseline_runs(world, out / "runs", seed, opts, opts.grid_ratio)
     scores = {"base": scorer(None)}
     scores.update({name: scorer(path) for name, path in runs.items()})
     result = {"scores": scores, "sparsity": {}, "searches": {}, "phase": "baselines"}
@@ -194,10 +191,7 @@ def run_seed(world, scorer, search_rows, out: Path, seed: int, opts, save) -> No
         }
 
     merge_all(g, "l0")
-    for ratio in ratios:
-        if ratio != g:
-            merge_all(ratio, "l0", OTHER_RATIO_METHODS)
-    result["preconditions"] = {r: seed_preconditions(scores, r) for r in ratios}
+    result["preconditions"] = {g: seed_preconditions(scores, g)}
     run_search("l0")
     save(result | {"phase": "lambda 0 done"})
     for mode, lam in sft_settings()[1:]:
@@ -209,6 +203,17 @@ def run_seed(world, scorer, search_rows, out: Path, seed: int, opts, save) -> No
         scores[f"sft/{tag}"] = scorer(runs[f"sft/{tag}"])
         merge_all(g, tag)
         save(result | {"phase": f"L1 grid up to {tag}"})
+    for ratio in opts.ratios:
+        if ratio == opts.grid_ratio:
+            continue
+        more = baseline_runs(world, out / "runs", seed, opts, ratio)
+        runs.update(more)
+        scores.update({n: scorer(p) for n, p in more.items() if n not in scores})
+        merge_all(f"r{ratio:g}", "l0", OTHER_RATIO_METHODS)
+        result["preconditions"][f"r{ratio:g}"] = seed_preconditions(
+            scores, f"r{ratio:g}"
+        )
+        save(result | {"phase": f"ratio {ratio:g} done"})
     run_search(opts.search_l1)
     save(result | {"phase": "complete"})
 

@@ -66,13 +66,21 @@ def paired_delta(seeds: list[dict], key: str, reference: str) -> tuple[float, fl
     )
 
 
+def tag_order(tag: str) -> tuple:
+    """l0, then loss mode by lambda, then proximal mode by lambda."""
+    if tag == "l0":
+        return (0, 0.0)
+    mode = "loss" if tag.startswith("loss") else "proximal"
+    return (1 + (mode == "proximal"), float(tag.removeprefix(mode)))
+
+
 def report(out: Path, dest: Path) -> None:
     seeds = [json.loads(p.read_text()) for p in sorted(out.glob("seed*.json"))]
     if not seeds:
         raise SystemExit(f"no seed*.json in {out}")
     opts = seeds[0]["options"]
     g = f"r{opts['grid_ratio']:g}"
-    tags = list(dict.fromkeys(t for s in seeds for t in s["sparsity"]))
+    tags = sorted({t for s in seeds for t in s["sparsity"]}, key=tag_order)
     methods = sorted({k.split("/")[3] for k in seeds[0]["scores"] if k.count("/") == 3})
     ratios = [f"r{r:g}" for r in opts["ratios"]]
     lines = [
@@ -89,7 +97,9 @@ def report(out: Path, dest: Path) -> None:
         "|---|---|---|---|",
     ]
     for ratio in ratios:
-        pre = [s["preconditions"][ratio] for s in seeds]
+        pre = [s["preconditions"][ratio] for s in seeds if ratio in s["preconditions"]]
+        if not pre:
+            continue
         cells = [
             fmt(interval([p[k] for p in pre]), percent=True)
             for k in ("alignment_tax", "ta_skill_lost", "ta_preference_lost")
