@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         **DEMO_RECIPE,
         paft_preference_learning_rate=DEMO_RECIPE["learning_rate"] / 10,
         paft_merge_search=True,
-        paft_merge_search_budget=10,
+        paft_merge_search_budget=16,
         paft_merge_search_sft_data=str(search_sft),
         paft_merge_search_preference_data=str(search_pref),
     )
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             "sequential SFT->DPO": seq,
             "PAFT merged (searched)": run_dir / "search" / "merged" / "best",
         },
-        "What is 12 plus 7?",
+        "What is the opposite of hot?",
     )
     print(table)
     (out / "side_by_side.md").write_text(table + "\n")
