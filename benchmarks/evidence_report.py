@@ -155,6 +155,21 @@ def report(out: Path, dest: Path) -> None:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += [
         "",
+        "The same merges as skill kept / preference accuracy (means over seeds): the "
+        "score alone hides a merge that collapses to one side (0% / 1.00 scores 0.5).",
+        "",
+        "| method | " + " | ".join(tags) + " |",
+        "|---" * (len(tags) + 1) + "|",
+    ]
+    for method in methods:
+        cells = []
+        for tag in tags:
+            agg = aggregate(seeds, f"merge/{g}/{tag}/{method}")
+            kept, acc = agg["skill_kept"][0], agg["preference_accuracy"][0]
+            cells.append(f"{100 * kept:.0f}% / {acc:.2f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
         "## SFT delta sparsity (share of delta entries <= 1% of the module's max)",
         "",
         "| setting | " + " | ".join(tags) + " |",
@@ -222,7 +237,7 @@ def plot(seeds, methods, tags, g, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     modes = ("loss", "proximal")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharey=True)
     for ax, mode in zip(axes, modes, strict=True):
         settings = ["l0"] + [t for t in tags if t.startswith(mode)]
         xs = range(len(settings))
@@ -246,7 +261,7 @@ def plot(seeds, methods, tags, g, path: Path) -> None:
         ax.set_xlabel(f"lambda ({mode} mode)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("score = (skill + preference accuracy) / 2")
-    axes[1].legend(fontsize=7, loc="lower left")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.suptitle(f"PAFT merges against L1 strength ({len(seeds)} seeds, 95% intervals)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
