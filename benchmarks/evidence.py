@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     start = time.time()
+    started = provenance(argv)  # the commit the grid's code came from
     world = build_world(opts.world or out / "world", opts.size)
     scorer = Scorer(world.model_dir, *heldout_rows(opts.eval_rows))
     search_rows = (
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in (int(s) for s in opts.seeds.split(",")):
 
         def save(result: dict, seed: int = seed) -> None:
-            result["provenance"] = provenance(argv)
+            result["provenance"] = {**started, "date": provenance(argv)["date"]}
             result["options"] = {**vars(opts), "out": str(out), "seed": seed}
             result["minutes"] = (time.time() - start) / 60
             path = out / f"seed{seed}.json"
