@@ -48,6 +48,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from axolotl_paft.args import DEFAULT_SEARCH_METHODS
 from axolotl_paft.const import OFFLINE_ENV
 
 os.environ.update(OFFLINE_ENV)
@@ -55,15 +56,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per process: run seeds
 # side by side (two threads per process thrash when the cores are shared)
 
 LAMBDAS = {"loss": [1e-4, 3e-4, 1e-3, 3e-3], "proximal": [0.03, 0.1, 0.3, 1.0]}
-METHODS = (
-    "ties",
-    "dare_ties",
-    "task_arithmetic",
-    "linear",
-    "slerp",
-    "breadcrumbs_ties",
-    "della",
-)
+METHODS = DEFAULT_SEARCH_METHODS  # every method the search covers
 OTHER_RATIO_METHODS = ("task_arithmetic", "ties")
 SFT_RATE = 1e-3
 HERE = Path(__file__).resolve().parent
