@@ -22,8 +22,8 @@ def test_defaults_survive_axolotl_validation(llama_world, tmp_path):
     assert cfg.paft_l1_mode == "loss"
     assert cfg.paft_merge_methods == list(DEFAULT_MERGE_METHODS)
     assert cfg.paft_sparsity_threshold == 0.01
-    assert PAFTArgs(paft_l1_mode="loss").resolved_l1_lambda() == 1e-3
-    assert PAFTArgs(paft_l1_mode="proximal").resolved_l1_lambda() == 0.5
+    assert cfg.paft_l1_lambda == 0  # off: docs/evidence.md
+    assert PAFTArgs(paft_l1_mode="proximal").paft_l1_lambda == 0
 
 
 def test_every_key_documented():
@@ -49,11 +49,13 @@ def test_every_key_documented():
         ({"paft_preference_adapter": "/no/such/adapter"}, "paft_preference_adapter"),
         ({"adapter": None}, "adapter"),
         ({"rl": "dpo"}, "rl"),
-        ({"deepspeed": "zero2.json"}, "paft_l1_lambda"),
+        ({"deepspeed": "zero2.json", "paft_l1_lambda": 1e-3}, "paft_l1_lambda"),
         # parallel-only keys without parallel mode would be silently ignored
         ({"paft_preference_l1_lambda": 0.5}, "paft_preference_l1_lambda"),
         ({"paft_preference_val_set_size": 0.1}, "paft_preference_val_set_size"),
         ({"paft_preference_beta": 0.5}, "paft_preference_beta"),
+        ({"paft_merge_search": True}, "paft_merge_search"),
+        ({"paft_merge_search_budget": 0}, "paft_merge_search_budget"),
     ],
 )
 def test_bad_config_names_the_key(llama_world, tmp_path, overrides, key):
@@ -107,6 +109,11 @@ def test_plain_axolotl_config_has_no_paft_keys(llama_world, tmp_path):
             "paft_preference_test_datasets",
         ),
         ({"merge_lora": True}, "--lora-model-dir"),
+        ({"paft_merge_search": True}, "paft_merge_search_sft_data"),
+        (
+            {"paft_merge_search": True, "paft_merge_search_methods": ["nuslerp"]},
+            "paft_merge_search_methods",
+        ),
     ],
 )
 def test_bad_parallel_config_names_the_key(llama_world, tmp_path, overrides, message):

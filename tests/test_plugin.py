@@ -23,6 +23,7 @@ def test_qlora_mistral_proximal_run(mistral_world, tmp_path):
             adapter="qlora",
             load_in_4bit=True,
             paft_l1_mode="proximal",
+            paft_l1_lambda=0.5,
             micro_batch_size=2,
             gradient_accumulation_steps=2,
             gradient_checkpointing=True,

@@ -23,6 +23,7 @@ from axolotl_paft.const import PEFT_DEFAULT_ADAPTER
 from axolotl_paft.losses import PREFERENCE_LOSSES
 from axolotl_paft.merge import (
     DEFAULT_MERGE_METHODS,
+    DEFAULT_SEARCH_METHODS,
     MERGE_DEFAULTS,
     SUPPORTED_MERGE_METHODS,
     MergeSettings,
@@ -33,7 +34,6 @@ L1Mode = Literal["loss", "proximal"]
 PreferenceLoss = Literal[PREFERENCE_LOSSES]
 MergeDtype = Literal["float32", "bfloat16", "float16"]
 
-DEFAULT_L1_LAMBDA: dict[str, float] = {"loss": 1e-3, "proximal": 0.5}
 LORA_ADAPTERS = ("lora", "qlora")
 
 
@@ -110,12 +110,14 @@ class ParallelArgs(BaseModel):
 class L1Args(BaseModel):
     """L1 and sparsity: the penalty on the SFT LoRA and how its delta is measured."""
 
-    paft_l1_lambda: float | None = Field(
-        default=None,
+    paft_l1_lambda: float = Field(
+        default=0.0,
         ge=0,
         description=(
-            "Strength of the L1 penalty on the SFT LoRA weights (A and B). "
-            "0 disables it. Unset: 1e-3 in `loss` mode, 0.5 in `proximal` mode."
+            "Strength of the L1 penalty on the SFT LoRA weights (A and B); 0, the "
+            "default, turns it off: on the miniature world (docs/evidence.md) no "
+            "strength made the merges reliably better and `loss` 1e-3 made TIES "
+            "worse. To try it: 1e-3 (`loss`) or 0.3 (`proximal`) keep the SFT skill."
         ),
     )
     paft_l1_mode: L1Mode = Field(
@@ -143,12 +145,6 @@ class L1Args(BaseModel):
             "is at most this fraction of the largest magnitude in that delta."
         ),
     )
-
-    def resolved_l1_lambda(self) -> float:
-        """The L1 strength in force: the explicit key, or the mode's default."""
-        if self.paft_l1_lambda is not None:
-            return self.paft_l1_lambda
-        return DEFAULT_L1_LAMBDA[self.paft_l1_mode]
 
 
 class ReportArgs(BaseModel):
@@ -225,6 +221,44 @@ class MergeArgs(BaseModel):
         default=MERGE_DEFAULTS.dtype,
         description="dtype mergekit computes the merge in.",
     )
+    paft_merge_search: bool = Field(
+        default=False,
+        description=(
+            "After training with two deltas (parallel mode or "
+            "paft_preference_adapter), search merge method, both weights and "
+            "density on held-out data within paft_merge_search_budget merges, each "
+            "built by mergekit; writes mergekit/best.yml, search/leaderboard."
+            "{json,md}, search/search.png and the winner in search/merged/best."
+        ),
+    )
+    paft_merge_search_budget: int = Field(
+        default=24,
+        ge=1,
+        description="paft_merge_search: most merge candidates built and scored.",
+    )
+    paft_merge_search_methods: list[str] = Field(
+        default=list(DEFAULT_SEARCH_METHODS),
+        description="paft_merge_search: the mergekit methods searched.",
+    )
+    paft_merge_search_sft_data: str | None = Field(
+        default=None,
+        description=(
+            "paft_merge_search: held-out SFT rows (JSONL, `messages`); the skill "
+            "score is the greedy exact match of their last answer."
+        ),
+    )
+    paft_merge_search_preference_data: str | None = Field(
+        default=None,
+        description=(
+            "paft_merge_search: held-out preference rows (JSONL: question, chosen, "
+            "rejected); scored by implicit-reward accuracy against the base."
+        ),
+    )
+    paft_merge_search_rows: int = Field(
+        default=64,
+        ge=1,
+        description="paft_merge_search: rows read from each held-out file.",
+    )
 
     @field_validator("paft_merge_methods")
     @classmethod
@@ -266,6 +300,26 @@ class MergeArgs(BaseModel):
                 f"paft_merge_run: {run!r} is not among paft_merge_methods "
                 f"{self.paft_merge_methods}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _search_inputs(self):
+        if not self.paft_merge_search:
+            return self
+        methods = self.paft_merge_search_methods
+        unfit = [m for m in methods if m not in DEFAULT_SEARCH_METHODS]
+        if unfit or not methods:
+            raise ValueError(
+                f"paft_merge_search_methods: {unfit or 'empty'}; searchable: "
+                f"{list(DEFAULT_SEARCH_METHODS)}"
+            )
+        for key in ("paft_merge_search_sft_data", "paft_merge_search_preference_data"):
+            path = getattr(self, key)
+            if path is None or not Path(path).is_file():
+                raise ValueError(
+                    f"{key}: paft_merge_search needs held-out data in a JSONL file "
+                    f"(got {path!r})"
+                )
         return self
 
     @model_validator(mode="after")
@@ -324,7 +378,7 @@ class PAFTArgs(ParallelArgs, L1Args, ReportArgs, MergeArgs):
                 f"paft: `rl: {data['rl']}` is not an SFT run; the L1 sparsity of "
                 "paft_l1_lambda applies to the SFT LoRA. Remove `rl` from this config."
             )
-        l1_on = data.get("paft_l1_lambda") is None or data["paft_l1_lambda"] > 0
+        l1_on = (data.get("paft_l1_lambda") or 0) > 0
         if l1_on and data.get("deepspeed"):
             raise ValueError(
                 "paft_l1_lambda: DeepSpeed keeps gradients and weights in its own "
@@ -335,6 +389,12 @@ class PAFTArgs(ParallelArgs, L1Args, ReportArgs, MergeArgs):
             _check_parallel(data)
         else:
             _check_parallel_keys_unused(data)
+        two_deltas = data.get("paft_parallel") or data.get("paft_preference_adapter")
+        if data.get("paft_merge_search") and not two_deltas:
+            raise ValueError(
+                "paft_merge_search: searches merges of two deltas; set paft_parallel "
+                "(with paft_preference_datasets) or paft_preference_adapter"
+            )
         methods = data.get("paft_merge_methods", DEFAULT_MERGE_METHODS)
         if methods:
             _check_merge_paths(data)

@@ -36,6 +36,7 @@ class MethodLayout:
     shared: tuple[str, ...]
     reference: str  # the method's paper (mergekit's `reference_url`)
     default: bool = True  # in `paft_merge_methods` unless the user picks
+    search: bool = True  # searched by `paft_merge_search` / axolotl-paft-sweep --search
     min_deltas: int = 1
     why_two: str = ""
 
@@ -48,13 +49,18 @@ _BREADCRUMBS = "https://arxiv.org/abs/2312.06795"
 _DELLA = "https://arxiv.org/abs/2406.11617"
 
 # The merge methods we emit configs for: the one place to add one (args.py's
-# allowed values and defaults read this table; see docs/architecture.md).
+# allowed values and defaults read this table; see docs/architecture.md). Order
+# matters: the first default is the method the report's merge command names, task
+# arithmetic, which had the best mean score at default parameters on the miniature
+# world; TIES at the defaults drops the preference delta (docs/evidence.md).
 METHOD_LAYOUTS: dict[str, MethodLayout] = {
-    "ties": MethodLayout("pretrained", _TASK_VECTOR, _SCALED, _TIES),
-    "dare_ties": MethodLayout("pretrained", _TASK_VECTOR, _SCALED, _DARE),
-    "dare_linear": MethodLayout("pretrained", _TASK_VECTOR, _SCALED, _DARE),
     "task_arithmetic": MethodLayout(
         "pretrained", ("weight",), _SCALED, "https://arxiv.org/abs/2212.04089"
+    ),
+    "dare_ties": MethodLayout("pretrained", _TASK_VECTOR, _SCALED, _DARE),
+    "ties": MethodLayout("pretrained", _TASK_VECTOR, _SCALED, _TIES),
+    "dare_linear": MethodLayout(
+        "pretrained", _TASK_VECTOR, _SCALED, _DARE, search=False
     ),
     "linear": MethodLayout(
         "none",
@@ -78,22 +84,34 @@ METHOD_LAYOUTS: dict[str, MethodLayout] = {
         (),
         "https://github.com/arcee-ai/mergekit/blob/main/docs/merge_methods.md",
         default=False,
+        search=False,
         min_deltas=2,
         why_two="interpolates between two task vectors",
     ),
     "breadcrumbs": MethodLayout(
-        "pretrained", (*_TASK_VECTOR, "gamma"), _SCALED, _BREADCRUMBS, default=False
+        "pretrained",
+        (*_TASK_VECTOR, "gamma"),
+        _SCALED,
+        _BREADCRUMBS,
+        default=False,
+        search=False,
     ),
     "breadcrumbs_ties": MethodLayout(
         "pretrained", (*_TASK_VECTOR, "gamma"), _SCALED, _BREADCRUMBS
     ),
     "della": MethodLayout("pretrained", (*_TASK_VECTOR, "epsilon"), _SCALED, _DELLA),
     "della_linear": MethodLayout(
-        "pretrained", (*_TASK_VECTOR, "epsilon"), _SCALED, _DELLA, default=False
+        "pretrained",
+        (*_TASK_VECTOR, "epsilon"),
+        _SCALED,
+        _DELLA,
+        default=False,
+        search=False,
     ),
 }
 SUPPORTED_MERGE_METHODS = tuple(METHOD_LAYOUTS)
 DEFAULT_MERGE_METHODS = tuple(m for m, lay in METHOD_LAYOUTS.items() if lay.default)
+DEFAULT_SEARCH_METHODS = tuple(m for m, lay in METHOD_LAYOUTS.items() if lay.search)
 
 
 def check_della_bounds(methods, density: float, epsilon: float) -> None:

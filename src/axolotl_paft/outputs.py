@@ -56,6 +56,8 @@ def write_run_outputs(
             LOG.info("paft: merging with %s into %s", args.paft_merge_run, merged)
             method_config = emitted.written[args.paft_merge_run]
             written.append(run_merge_config(method_config, merged, emitted.cache_dir))
+    if args.paft_merge_search and "preference" in adapters:
+        written += run_merge_search(output_dir, base_model, adapters, args)
     if args.paft_report:
         report = build_report(adapters, args.paft_sparsity_threshold, merge)
         written += write_report(report, output_dir)
@@ -98,3 +100,30 @@ def results_and_next_steps(
             "evaluate take the same --lora-model-dir"
         )
     return "\n".join(lines)
+
+
+def run_merge_search(
+    output_dir: Path, base_model: str, adapters: dict[str, Path], args: PAFTArgs
+) -> list[Path]:
+    """`paft_merge_search`: search into output_dir/search, the winner's config
+    copied to output_dir/mergekit/best.yml."""
+    from axolotl_paft.evaluate import read_jsonl
+    from axolotl_paft.search import search
+
+    out = output_dir / "search"
+    limit = args.paft_merge_search_rows
+    result = search(
+        Path(base_model_reference(base_model)),
+        adapters["sft"],
+        adapters["preference"],
+        read_jsonl(Path(args.paft_merge_search_sft_data), limit),
+        read_jsonl(Path(args.paft_merge_search_preference_data), limit),
+        out,
+        budget=args.paft_merge_search_budget,
+        methods=tuple(args.paft_merge_search_methods),
+    )
+    best = output_dir / MERGEKIT_DIR / "best.yml"
+    best.parent.mkdir(parents=True, exist_ok=True)
+    best.write_text((out / MERGEKIT_DIR / "best.yml").read_text())
+    LOG.info("paft: merge search best %s, config %s", result["best"], best)
+    return [best, out / "leaderboard.json", out / "leaderboard.md", out / "merged/best"]

@@ -171,7 +171,7 @@ class PAFTPlugin(BasePlugin):
         self._callback = L1SparsityCallback(
             trainer,
             adapter=adapter,
-            l1_lambda=args.resolved_l1_lambda(),
+            l1_lambda=args.paft_l1_lambda,
             mode=args.paft_l1_mode,
             threshold=args.paft_sparsity_threshold,
             prefix=prefix,
@@ -180,7 +180,7 @@ class PAFTPlugin(BasePlugin):
         LOG.info(
             "paft: L1 %s mode, lambda %g on adapter %r",
             args.paft_l1_mode,
-            args.resolved_l1_lambda(),
+            args.paft_l1_lambda,
             adapter,
         )
         callbacks = [self._callback]

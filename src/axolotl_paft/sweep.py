@@ -9,6 +9,10 @@ Each config is built and checked like the ones a training run emits
 (`axolotl_paft.merge`), run through mergekit's Python API into
 `OUT/sweep/merged/<name>`, and every merge plus both adapters is scored by
 `axolotl_paft.evaluate` (table, eval.json, eval.png, best candidate).
+
+With `--search` it runs the merge search of `axolotl_paft.search` instead, over
+`--methods` within `--budget` candidates, and writes `OUT/mergekit/best.yml`,
+`OUT/leaderboard.{json,md}`, `OUT/search.png` and the winner in `OUT/merged/best`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from axolotl_paft.evaluate import add_data_arguments, evaluate_and_report
+from axolotl_paft.evaluate import add_data_arguments, evaluate_and_report, read_jsonl
 from axolotl_paft.merge import (
     METHOD_LAYOUTS,
     MergeDeltas,
@@ -29,6 +33,7 @@ from axolotl_paft.merge import (
     run_merge_config,
     validate_config,
 )
+from axolotl_paft.search import search
 
 
 def sweep_configs(
@@ -69,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preference", required=True, type=Path)
     parser.add_argument("--methods", default="ties,dare_ties,task_arithmetic")
     parser.add_argument("--densities", default="0.3,0.5,0.9")
+    parser.add_argument(
+        "--search", action="store_true", help="search methods, weights and density"
+    )
+    parser.add_argument("--budget", type=int, default=24, help="--search: candidates")
     add_data_arguments(parser, out="paft_sweep")
     opts = parser.parse_args(argv)
     unknown = set(opts.methods.split(",")) - set(METHOD_LAYOUTS)
@@ -77,6 +86,16 @@ def main(argv: list[str] | None = None) -> None:
     deltas = MergeDeltas(
         str(opts.base.resolve()), opts.sft.resolve(), opts.preference.resolve()
     )
+    if opts.search:
+        result = search(
+            opts.base, opts.sft, opts.preference,
+            read_jsonl(opts.sft_data, opts.limit),
+            read_jsonl(opts.preference_data, opts.limit),
+            opts.out, budget=opts.budget, methods=tuple(opts.methods.split(",")),
+        )  # fmt: skip
+        print((opts.out / "leaderboard.md").read_text())
+        print(f"best: {result['best']}; config {opts.out / 'mergekit' / 'best.yml'}")
+        return
     densities = [float(d) for d in opts.densities.split(",")]
     configs = sweep_configs(deltas, opts.methods.split(","), densities)
     merged = run_sweep(deltas, configs, opts.out)

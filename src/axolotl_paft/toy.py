@@ -129,9 +129,19 @@ def build_tokenizer(out_dir: Path, texts: list[str], vocab_size: int = 400):
 
 
 def build_model(
-    out_dir: Path, tokenizer, arch: str = "llama", seed: int = 0, pretrain_steps=300
+    out_dir: Path,
+    tokenizer,
+    arch: str = "llama",
+    seed: int = 0,
+    pretrain_steps=300,
+    dims: dict | None = None,
+    pretrain_rows: list[dict] | None = None,
+    pretrain_lr: float = 3e-3,
 ) -> Path:
-    """Save a tiny causal LM of `arch`, briefly pre-trained, next to the tokenizer."""
+    """Save a tiny causal LM of `arch`, briefly pre-trained, next to the tokenizer.
+
+    `dims` overrides the config's sizes (hidden_size, num_hidden_layers, ...);
+    `pretrain_rows` replaces the bare-number sums the base learns by default."""
     import torch
     from transformers import (
         AutoModelForCausalLM,
@@ -143,36 +153,41 @@ def build_model(
     config_cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
     if arch not in config_cls:
         raise ValueError(f"unknown toy architecture {arch!r}; use {ARCHITECTURES}")
+    sizes = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        **(dims or {}),
+    }
     config = config_cls[arch](
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        **sizes,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     if pretrain_steps:
-        _pretrain(model, tokenizer, pretraining_rows(512), pretrain_steps)
+        rows = pretraining_rows(512) if pretrain_rows is None else pretrain_rows
+        _pretrain(model, tokenizer, rows, pretrain_steps, pretrain_lr)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
 
-def _pretrain(model, tokenizer, rows: list[dict], steps: int) -> None:
+def _pretrain(model, tokenizer, rows: list[dict], steps: int, lr: float) -> None:
     """A few hundred full-model AdamW steps so adapters start from a real base."""
     import torch
 
     texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
     batch = tokenizer(texts, return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(0)
     model.train()
     for _ in range(steps):
