@@ -168,14 +168,18 @@ class PAFTPlugin(BasePlugin):
         adapter, prefix = PEFT_DEFAULT_ADAPTER, SFT_ROLE
         if args.paft_parallel:
             adapter = prefix = args.paft_sft_adapter_name
-        self._callback = L1SparsityCallback(
-            trainer,
-            adapter=adapter,
-            l1_lambda=args.paft_l1_lambda,
-            mode=args.paft_l1_mode,
-            threshold=args.paft_sparsity_threshold,
-            prefix=prefix,
-        )
+
+        def l1_callback(adapter: str, prefix: str, l1_lambda: float):
+            return L1SparsityCallback(
+                trainer,
+                adapter=adapter,
+                l1_lambda=l1_lambda,
+                mode=args.paft_l1_mode,
+                threshold=args.paft_sparsity_threshold,
+                prefix=prefix,
+            )
+
+        self._callback = l1_callback(adapter, prefix, args.paft_l1_lambda)
         self._outputs_written = False
         LOG.info(
             "paft: L1 %s mode, lambda %g on adapter %r",
@@ -187,14 +191,7 @@ class PAFTPlugin(BasePlugin):
         if args.paft_parallel:
             preference = args.paft_preference_adapter_name
             callbacks.append(
-                L1SparsityCallback(
-                    trainer,
-                    adapter=preference,
-                    l1_lambda=args.paft_preference_l1_lambda,
-                    mode=args.paft_l1_mode,
-                    threshold=args.paft_sparsity_threshold,
-                    prefix=preference,
-                )
+                l1_callback(preference, preference, args.paft_preference_l1_lambda)
             )
         return callbacks
 
