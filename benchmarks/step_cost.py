@@ -53,8 +53,15 @@ def _words(rng: random.Random, n: int) -> list[str]:
     return ["".join(rng.choices(letters, k=rng.randint(3, 9))) for _ in range(n)]
 
 
-def build_world(root: Path, n_sft: int, n_preference: int, seed: int = 0):
-    """32k tokenizer, random-init model and ~500-token rows under `root`."""
+def build_world(
+    root: Path,
+    n_sft: int,
+    n_preference: int,
+    seed: int = 0,
+    dims: dict | None = None,
+    field_tokens: int = FIELD_TOKENS,
+):
+    """32k tokenizer, random-init model and rows of 2 * `field_tokens` under `root`."""
     from axolotl_paft.toy import ToySetup, build_model, build_tokenizer, write_jsonl
 
     rng = random.Random(seed)
@@ -63,9 +70,9 @@ def build_world(root: Path, n_sft: int, n_preference: int, seed: int = 0):
     model_dir = root / "model"
     tokenizer = build_tokenizer(model_dir, corpus, vocab_size=VOCAB)
 
-    def text() -> str:  # exactly FIELD_TOKENS tokens of random words
-        ids = tokenizer(" ".join(rng.choices(lexicon, k=FIELD_TOKENS)))["input_ids"]
-        return tokenizer.decode(ids[:FIELD_TOKENS])
+    def text() -> str:  # exactly field_tokens tokens of random words
+        ids = tokenizer(" ".join(rng.choices(lexicon, k=field_tokens)))["input_ids"]
+        return tokenizer.decode(ids[:field_tokens])
 
     sft = [
         {
@@ -80,7 +87,7 @@ def build_world(root: Path, n_sft: int, n_preference: int, seed: int = 0):
         {"system": "", "question": text(), "chosen": text(), "rejected": text()}
         for _ in range(n_preference)
     ]
-    build_model(model_dir, tokenizer, dims=DIMS, pretrain_steps=0)
+    build_model(model_dir, tokenizer, dims=dims or DIMS, pretrain_steps=0)
     return ToySetup(
         model_dir=model_dir,
         sft_path=write_jsonl(root / "data" / "sft.jsonl", sft),
@@ -134,6 +141,87 @@ def step_times(path: Path, warmup: int) -> list[float]:
     return [b - a for a, b in zip(ends[warmup - 1 : -1], ends[warmup:], strict=True)]
 
 
+SCALE_SIZES = {
+    "h128-l2": {
+        **DIMS,
+        "hidden_size": 128,
+        "intermediate_size": 344,
+        "num_hidden_layers": 2,
+    },
+    "h256-l4": DIMS,
+    "h512-l4": {
+        **DIMS,
+        "hidden_size": 512,
+        "intermediate_size": 1376,
+        "num_attention_heads": 8,
+    },
+}
+SCALE_SEQ = (256, 512)
+
+
+def scaling(out: Path, steps: int, warmup: int, micro_batch: int) -> list[dict]:
+    """One parallel-mode run (reference cache on) per model size and sequence length."""
+    rows = []
+    for size, dims in SCALE_SIZES.items():
+        for seq in SCALE_SEQ:
+            root = out / f"scale-{size}-{seq}"
+            world, _ = build_world(
+                root / "world",
+                n_sft=64,
+                n_preference=warmup * micro_batch,
+                dims=dims,
+                field_tokens=(seq - 32) // 2,
+            )
+            config = configs(world, root, steps, micro_batch)["parallel_cache"]
+            config["sequence_len"] = seq
+            times = root / "steps.json"
+            run = timed_run(
+                config,
+                root / "parallel.yml",
+                argv=[
+                    sys.executable,
+                    str(HERE / "step_timer.py"),
+                    str(root / "parallel.yml"),
+                ],
+                env={"PAFT_STEP_TIMES": str(times)},
+            )
+            run["step_s"] = step_times(times, warmup)
+            run["median_step_s"] = statistics.median(run["step_s"])
+            run.update(size=size, sequence_len=seq, parameters=_parameters(world))
+            rows.append(run)
+            print(f"scale {size} seq {seq}: {run}", flush=True)
+    return rows
+
+
+def _parameters(world) -> int:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(world.model_dir)
+    return sum(p.numel() for p in model.parameters())
+
+
+def plot_scaling(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for seq in SCALE_SEQ:
+        sel = [r for r in rows if r["sequence_len"] == seq]
+        x = [r["parameters"] / 1e6 for r in sel]
+        left.plot(x, [r["median_step_s"] for r in sel], "o-", label=f"seq {seq}")
+        right.plot(x, [r["peak_rss_mib"] for r in sel], "o-", label=f"seq {seq}")
+    left.set(xlabel="parameters (M)", ylabel="median step (s)", title="step time")
+    right.set(xlabel="parameters (M)", ylabel="peak RSS (MiB)", title="peak memory")
+    for ax in (left, right):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle("parallel mode (reference cache on), CPU, 2 cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def provenance(command: str) -> dict:
     from importlib.metadata import version
 
@@ -170,15 +258,41 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--micro-batch", type=int, default=1)
     parser.add_argument("--only", nargs="*", help="run only these (a probe)")
+    parser.add_argument(
+        "--preference-rows",
+        type=int,
+        help="preference rows (default: warmup x micro-batch, one pass in warm-up)",
+    )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="instead: parallel mode at 3 model sizes x 2 sequence lengths, 1 run each",
+    )
     opts = parser.parse_args()
     from axolotl_paft.const import OFFLINE_ENV
 
     os.environ.update(OFFLINE_ENV)
     command = "python benchmarks/step_cost.py " + " ".join(sys.argv[1:])
     out = opts.out_dir.resolve()
-    world, vocab = build_world(
-        out / "world", n_sft=64, n_preference=opts.warmup * opts.micro_batch
-    )
+    if opts.scale:
+        rows = scaling(out, opts.steps, opts.warmup, opts.micro_batch)
+        lines = [
+            "| model | params (M) | sequence_len | median step (s) | peak RSS (MiB) |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {r['size']} | {r['parameters'] / 1e6:.1f} | {r['sequence_len']} | "
+                f"{r['median_step_s']:.3f} | {r['peak_rss_mib']:.0f} |"
+                for r in rows
+            ),
+        ]
+        summary = {"scaling": rows, "provenance": provenance(command)}
+        (out / "scaling.json").write_text(json.dumps(summary, indent=2))
+        (out / "scaling.md").write_text("\n".join(lines) + "\n")
+        plot_scaling(rows, out / "scaling.png")
+        print("\n".join(lines))
+        return
+    n_preference = opts.preference_rows or opts.warmup * opts.micro_batch
+    world, vocab = build_world(out / "world", n_sft=64, n_preference=n_preference)
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -232,7 +346,7 @@ def main() -> None:
         "micro_batch_size": opts.micro_batch,
         "steps": opts.steps,
         "warmup_steps": opts.warmup,
-        "preference_rows": opts.warmup * opts.micro_batch,
+        "preference_rows": n_preference,
         "repeats": opts.repeats,
         "runs": results,
         "median": med,
