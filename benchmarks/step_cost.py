@@ -273,6 +273,7 @@ def main() -> None:
 
     os.environ.update(OFFLINE_ENV)
     command = "python benchmarks/step_cost.py " + " ".join(sys.argv[1:])
+    prov = provenance(command)  # at the start: the code and tree that run
     out = opts.out_dir.resolve()
     if opts.scale:
         rows = scaling(out, opts.steps, opts.warmup, opts.micro_batch)
@@ -285,7 +286,7 @@ def main() -> None:
                 for r in rows
             ),
         ]
-        summary = {"scaling": rows, "provenance": provenance(command)}
+        summary = {"scaling": rows, "provenance": prov}
         (out / "scaling.json").write_text(json.dumps(summary, indent=2))
         (out / "scaling.md").write_text("\n".join(lines) + "\n")
         plot_scaling(rows, out / "scaling.png")
@@ -350,7 +351,7 @@ def main() -> None:
         "repeats": opts.repeats,
         "runs": results,
         "median": med,
-        "provenance": provenance(command),
+        "provenance": prov,
     }
     lines = [
         "| run | median step (s) | per-round medians (s) | median peak RSS (MiB) |",
