@@ -49,17 +49,33 @@ def configs(world, out: Path) -> dict[str, dict]:
     }
 
 
-def timed_run(config: dict, path: Path) -> dict:
-    """One `axolotl train` process: wall seconds and the child's peak RSS."""
+def timed_run(
+    config: dict, path: Path, argv: list[str] | None = None, env: dict | None = None
+) -> dict:
+    """One `axolotl train` process: wall seconds and the child's peak RSS.
+
+    `argv` replaces the command (`axolotl train PATH --launcher python`); `env` adds
+    environment variables."""
     import shutil
 
     shutil.rmtree(config["output_dir"], ignore_errors=True)
     path.write_text(yaml.safe_dump(config))
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        **(env or {}),
+    }
+    argv = argv or [
+        str(bin_dir / "axolotl"),
+        "train",
+        str(path),
+        "--launcher",
+        "python",
+    ]
     start = time.perf_counter()
     child = subprocess.Popen(
-        [str(bin_dir / "axolotl"), "train", str(path), "--launcher", "python"],
+        argv,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
