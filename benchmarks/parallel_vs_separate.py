@@ -24,10 +24,11 @@ import yaml
 STEPS = 40
 
 
-def configs(world, out: Path) -> dict[str, dict]:
-    from axolotl_paft.toy import axolotl_config, parallel_config
+def plain_runs(world, out: Path, common: dict) -> tuple[dict, dict]:
+    """The two runs parallel mode replaces: a plain Axolotl SFT LoRA run and a
+    plain `rl: dpo` LoRA run on the preference data (no plugin in either)."""
+    from axolotl_paft.toy import axolotl_config
 
-    common = {"max_steps": STEPS, "paft_merge_methods": [], "paft_report": False}
     sft = axolotl_config(world, out / "sft", **common)
     del sft["plugins"]
     dpo = axolotl_config(
@@ -39,6 +40,14 @@ def configs(world, out: Path) -> dict[str, dict]:
         **common,
     )
     del dpo["plugins"]
+    return sft, dpo
+
+
+def configs(world, out: Path) -> dict[str, dict]:
+    from axolotl_paft.toy import parallel_config
+
+    common = {"max_steps": STEPS, "paft_merge_methods": [], "paft_report": False}
+    sft, dpo = plain_runs(world, out, common)
     return {
         "parallel": parallel_config(world, out / "parallel", **common),
         "parallel_no_l1": parallel_config(

@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from parallel_vs_separate import timed_run  # noqa: E402
+from parallel_vs_separate import plain_runs, timed_run  # noqa: E402
 
 VOCAB = 32768
 DIMS = {
@@ -96,7 +96,7 @@ def build_world(
 
 
 def configs(world, out: Path, steps: int, micro_batch: int) -> dict[str, dict]:
-    from axolotl_paft.toy import axolotl_config, parallel_config
+    from axolotl_paft.toy import parallel_config
 
     common = {
         "max_steps": steps,
@@ -105,17 +105,7 @@ def configs(world, out: Path, steps: int, micro_batch: int) -> dict[str, dict]:
         "paft_merge_methods": [],
         "paft_report": False,
     }
-    sft = axolotl_config(world, out / "sft", **common)
-    del sft["plugins"]
-    dpo = axolotl_config(
-        world,
-        out / "dpo",
-        rl="dpo",
-        rl_beta=0.1,
-        datasets=[{"path": str(world.preference_path), "type": "chatml.intel"}],
-        **common,
-    )
-    del dpo["plugins"]
+    sft, dpo = plain_runs(world, out, common)
     parallel = {"paft_l1_lambda": 0, **common}
     return {
         "parallel_nocache": parallel_config(
