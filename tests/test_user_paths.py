@@ -453,8 +453,8 @@ def test_preference_step_and_measures_in_bf16(llama_world):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from axolotl_paft.adapters import (
+        AdapterRouter,
         add_parallel_adapters,
-        base_only,
         factor_parameters,
     )
     from axolotl_paft.data import preference_collator, tokenize_preference_dataset
@@ -477,14 +477,15 @@ def test_preference_step_and_measures_in_bf16(llama_world):
         torch.manual_seed(0)
         model = get_peft_model(base, lora)
         add_parallel_adapters(model, "sft", "dpo", seed=0)
-        model.set_adapter("dpo")
-        loss, metrics = batch_preference_loss(
-            model,
-            batch,
-            "dpo",
-            0.1,
-            reference_context=lambda m=model: base_only(m, ["sft", "dpo"]),
-        )
+        router = AdapterRouter(model)
+        with router.through("dpo"):
+            loss, metrics = batch_preference_loss(
+                model,
+                batch,
+                "dpo",
+                0.1,
+                reference_context=lambda r=router: r.through(None),
+            )
         loss.backward()
         assert model.base_model.model.lm_head.weight.dtype == dtype
         for p in factor_parameters(model, "dpo"):  # PEFT keeps LoRA in fp32

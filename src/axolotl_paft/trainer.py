@@ -40,7 +40,7 @@ from axolotl.core.trainers.base import AxolotlTrainer
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from axolotl_paft.adapters import active_adapter, adapter_parameters, base_only
+from axolotl_paft.adapters import AdapterRouter, adapter_parameters
 from axolotl_paft.losses import (
     batch_preference_loss,
     loss_spec,
@@ -209,6 +209,7 @@ class PAFTParallelTrainer(AxolotlTrainer):
             settings.seed + PREFERENCE_STREAM_SEED_OFFSET
         )
         self._pending: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.router = AdapterRouter(self.model)
         needs_reference = loss_spec(settings.loss).needs_reference
         self.reference_cache = (
             ReferenceCache(len(stream.dataset))
@@ -252,7 +253,7 @@ class PAFTParallelTrainer(AxolotlTrainer):
         self._preference_index += 1
         with (
             self._preference_random_stream(),
-            active_adapter(peft, self.paft.preference_adapter, self.paft.adapters),
+            self.router.through(self.paft.preference_adapter),
         ):
             reference = self._cached_reference(peft, rows, batch)
             loss, metrics = self.preference_loss(peft, batch, reference)
@@ -283,7 +284,7 @@ class PAFTParallelTrainer(AxolotlTrainer):
         cached = cache.get(rows, batch["input_ids"].device)
         if cached is None:
             cached = reference_pair_logps(
-                peft, batch, lambda: base_only(peft, self.paft.adapters)
+                peft, batch, lambda: self.router.through(None)
             )
             cache.put(rows, *cached)
         return cached
@@ -300,7 +301,7 @@ class PAFTParallelTrainer(AxolotlTrainer):
             self.paft.loss,
             self.paft.beta,
             reference_logps=reference,
-            reference_context=lambda: base_only(peft, self.paft.adapters),
+            reference_context=lambda: self.router.through(None),
         )
 
     def _clip_grad_norm(self, model):
@@ -346,11 +347,11 @@ class PAFTParallelTrainer(AxolotlTrainer):
     # --- evaluation ------------------------------------------------------------
 
     def evaluate(self, *args, **kwargs):
-        with active_adapter(self.model, self.paft.sft_adapter, self.paft.adapters):
+        with self.router.through(self.paft.sft_adapter):
             return super().evaluate(*args, **kwargs)
 
     def predict(self, *args, **kwargs):
-        with active_adapter(self.model, self.paft.sft_adapter, self.paft.adapters):
+        with self.router.through(self.paft.sft_adapter):
             return super().predict(*args, **kwargs)
 
     def evaluation_loop(
@@ -391,7 +392,7 @@ class PAFTParallelTrainer(AxolotlTrainer):
         peft.eval()
         sums: dict[str, torch.Tensor] = defaultdict(float)
         pairs = 0.0
-        with active_adapter(peft, self.paft.preference_adapter, self.paft.adapters):
+        with self.router.through(self.paft.preference_adapter):
             for start in range(0, len(mine), size):
                 chunk = [rows[i] for i in mine[start : start + size]]
                 batch = self._prepare_inputs(self.preference.collator(chunk))
