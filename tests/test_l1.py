@@ -149,6 +149,10 @@ def test_metrics_reach_the_trainer_logs(l1_vs_off):
     assert penalty == pytest.approx(
         L1_LAMBDA * scalars["train/sft/l1_norm"][-1], rel=1e-3
     )
+    # lambda 0: nothing steers the delta, so by default nothing measures it
+    logged = tensorboard_scalars(l1_vs_off["off"]["out"])
+    assert "train/loss" in logged
+    assert not [key for key in logged if key.startswith("train/sft/")]
 
 
 def test_outputs_written_once_after_the_final_save(l1_vs_off):
@@ -181,7 +185,13 @@ def test_proximal_shrink_follows_the_optimizer_skipping_a_step(llama_world, tmp_
     trainer = Trainer(model=model, args=args)
     optimizer = trainer.accelerator.prepare(torch.optim.SGD(model.parameters(), lr=0.1))
     callback = L1SparsityCallback(
-        trainer, "default", l1_lambda=0.5, mode="proximal", threshold=0.01, prefix="sft"
+        trainer,
+        "default",
+        l1_lambda=0.5,
+        mode="proximal",
+        threshold=0.01,
+        prefix="sft",
+        log_metrics=False,
     )
     callback.on_train_begin(args, None, None, model=model)
     before = [p.detach().clone() for p in callback._params]

@@ -30,6 +30,25 @@ def test_counts_on_a_known_delta():
     assert (stats.layer, stats.module_type) == (3, "up_proj")
 
 
+@pytest.mark.parametrize("chunk_entries", [1, 7, 80, 81 * 8, 10**6])
+def test_chunked_counts_equal_the_dense_delta(chunk_entries):
+    """Blocks of rows of any size (one row, several, a ragged last block, the
+    whole delta) count what the dense delta gives (a block's product may round
+    differently in the last bit: no entry here sits that close to the threshold)."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 80, generator=generator)  # r=4, in=80
+    b = torch.randn(81, 4, generator=generator)  # out=81
+    a[:, ::3] = 0  # exact zeros in the delta's columns and in A
+    b[5] = 0
+    factors = LoraFactors("model.layers.0.self_attn.o_proj", a, b, -0.25)
+    delta = (factors.delta()).abs()
+    stats = measure_module(factors, 0.1, chunk_entries=chunk_entries)
+    assert stats.max_abs == pytest.approx(float(delta.max()), rel=1e-6)
+    assert stats.near_zero == int((delta <= 0.1 * delta.max()).sum())
+    assert stats.delta_zeros == int((delta == 0).sum()) > 0
+    assert stats.numel == 81 * 80
+
+
 def test_names():
     name = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.sft.weight"
     assert module_name(name) == "model.layers.0.self_attn.q_proj"

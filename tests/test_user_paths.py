@@ -74,6 +74,7 @@ def evaluated(llama_world, tmp_path_factory) -> dict:
             # visible (Axolotl alone would drop `greater_is_better: false`)
             metric_for_best_model="eval_dpo/rewards/margins",
             greater_is_better=False,
+            paft_log_sparsity="all",  # lambda 0: asked for, so both are logged
             **EVAL,
         )
     )
@@ -142,7 +143,8 @@ def test_training_logs_follow_one_documented_scheme(evaluated):
     for entry in train:
         assert entry["sft/loss"] == entry["loss"]  # same scale, by construction
         assert entry["sft/grad_norm"] == entry["grad_norm"]
-    for key in ("dpo/loss", "dpo/rewards/accuracies", "dpo/grad_norm", "sft/sparsity"):
+    logged = ("dpo/loss", "dpo/rewards/accuracies", "dpo/grad_norm", "dpo/sparsity")
+    for key in (*logged, "sft/sparsity"):
         assert key in train[-1], key
     documented = (DOCS / "metrics.md").read_text()
     ours = {

@@ -31,6 +31,7 @@ from axolotl_paft.merge import (
 )
 
 L1Mode = Literal["loss", "proximal"]
+SparsityLogging = Literal["penalised", "all", "off"]
 PreferenceLoss = Literal[PREFERENCE_LOSSES]
 MergeDtype = Literal["float32", "bfloat16", "float16"]
 
@@ -134,6 +135,16 @@ class L1Args(BaseModel):
         description=(
             "Parallel mode: L1 strength on the preference LoRA too (same mode as the "
             "SFT one; logged as <preference name>/...). 0: off, as in the paper."
+        ),
+    )
+    paft_log_sparsity: SparsityLogging = Field(
+        default="penalised",
+        description=(
+            "Which adapters' sparsity measures go into the training logs at each log "
+            "step (<adapter>/sparsity, ...): `penalised`: those with an L1 lambda > 0 "
+            "(each measure is a dense scale*B@A per module, main process only); "
+            "`all`: every adapter; `off`: none. The report after training measures "
+            "every adapter whatever this says."
         ),
     )
     paft_sparsity_threshold: float = Field(

@@ -37,8 +37,12 @@ from axolotl_paft.sparsity import (
 
 
 class L1SparsityCallback(TrainerCallback):
-    """Applies the L1 step to `adapter` and logs `<prefix>/...` metrics (the
-    sparsity measures and `l1_penalty`) each log step."""
+    """Applies the L1 step to `adapter` and, if `log_metrics`, logs `<prefix>/...`
+    metrics (the sparsity measures and `l1_penalty`) each log step.
+
+    The metrics are computed on the main process only: the adapters are the same
+    on every process (DDP) and only the main process writes the logs, so the dense
+    `B @ A` of every module would be computed world-size times for one value."""
 
     def __init__(
         self,
@@ -48,6 +52,7 @@ class L1SparsityCallback(TrainerCallback):
         mode: str,
         threshold: float,
         prefix: str,
+        log_metrics: bool,
     ):
         self.trainer = trainer
         self.adapter = adapter
@@ -55,6 +60,7 @@ class L1SparsityCallback(TrainerCallback):
         self.mode = mode
         self.threshold = threshold
         self.prefix = prefix
+        self.log_metrics = log_metrics
         self._params: list[torch.nn.Parameter] = []
         self.started_at: float | None = None
         self.ended_at: float | None = None
@@ -92,7 +98,12 @@ class L1SparsityCallback(TrainerCallback):
                     p.copy_(torch.sign(p) * (p.abs() - shrink).clamp_(min=0))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if control.should_log and hasattr(self.trainer, "store_metrics"):
+        if (
+            self.log_metrics
+            and control.should_log
+            and state.is_world_process_zero
+            and hasattr(self.trainer, "store_metrics")
+        ):
             self.trainer.store_metrics(self.metrics(model))
 
     def metrics(self, model: torch.nn.Module) -> dict[str, float]:

@@ -177,6 +177,8 @@ class PAFTPlugin(BasePlugin):
                 mode=args.paft_l1_mode,
                 threshold=args.paft_sparsity_threshold,
                 prefix=prefix,
+                log_metrics=args.paft_log_sparsity == "all"
+                or (args.paft_log_sparsity == "penalised" and l1_lambda > 0),
             )
 
         self._callback = l1_callback(adapter, prefix, args.paft_l1_lambda)
