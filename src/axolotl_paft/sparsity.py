@@ -149,50 +149,45 @@ def saved_lora_factors(adapter_dir: str | Path) -> Iterator[LoraFactors]:
 CHUNK_ENTRIES = 1 << 24
 
 
-def _abs_delta_blocks(
-    factors: LoraFactors, chunk_entries: int
-) -> Iterator[torch.Tensor]:
-    """`|scale * B @ A|` in float32, by blocks of rows, each computed in place
-    into one reused buffer (valid until the next block)."""
-    a, b = factors.lora_a.float(), factors.lora_b.float()
-    rows = max(chunk_entries // max(a.shape[1], 1), 1)
-    buffer = torch.empty(min(rows, b.shape[0]), a.shape[1], device=a.device)
-    for start in range(0, b.shape[0], rows):
-        block = buffer[: min(rows, b.shape[0] - start)]
-        torch.matmul(b[start : start + rows], a, out=block)
-        yield block.abs_().mul_(abs(factors.scaling))
-
-
 def measure_module(
     factors: LoraFactors, threshold: float, chunk_entries: int = CHUNK_ENTRIES
 ) -> ModuleSparsity:
     """Sparsity counts of one module (threshold: fraction of the module's max).
 
-    The near-zero count needs the module's max first: a delta larger than
-    `chunk_entries` is computed twice, block by block, rather than held whole."""
-    a, b = factors.lora_a, factors.lora_b
-    numel = a.shape[1] * b.shape[0]
+    `|B @ A|` is computed by blocks of rows into one buffer of at most
+    `chunk_entries`, in place; the delta is `scale` times it, and neither its
+    zeros nor its near-zero fraction depend on the scale. The near-zero count
+    needs the module's max first, so a delta larger than the buffer is computed
+    twice rather than held whole."""
+    a, b = factors.lora_a.float(), factors.lora_b.float()
+    d_out, d_in = b.shape[0], a.shape[1]
+    rows = max(chunk_entries // max(d_in, 1), 1)
+    buffer = torch.empty(min(rows, d_out), d_in, device=a.device)
+
+    def blocks() -> Iterator[torch.Tensor]:
+        for start in range(0, d_out, rows):
+            block = buffer[: min(rows, d_out - start)]
+            torch.mm(b[start : start + rows], a, out=block)
+            yield block.abs_()
+
     max_abs, delta_zeros = 0.0, 0
-    blocks = _abs_delta_blocks(factors, chunk_entries)
-    if numel <= chunk_entries:
-        blocks = list(blocks)  # one block: kept for the second count
-    for block in blocks:
+    for block in blocks():
         max_abs = max(max_abs, float(block.max()) if block.numel() else 0.0)
         delta_zeros += int(torch.count_nonzero(block == 0))
-    if numel > chunk_entries:
-        blocks = _abs_delta_blocks(factors, chunk_entries)
     limit = threshold * max_abs
-    near_zero = sum(int(torch.count_nonzero(block <= limit)) for block in blocks)
+    again = [buffer] if d_out <= rows else blocks()  # one block: still there
+    near_zero = sum(int(torch.count_nonzero(block <= limit)) for block in again)
+    max_abs *= abs(factors.scaling)
     return ModuleSparsity(
         name=factors.name,
         layer=layer_index(factors.name),
         module_type=factors.name.rsplit(".", 1)[-1],
-        numel=numel,
+        numel=d_out * d_in,
         near_zero=near_zero,
         delta_zeros=delta_zeros,
         factor_numel=a.numel() + b.numel(),
         factor_zeros=int((a == 0).sum() + (b == 0).sum()),
-        l1=float(a.float().abs().sum() + b.float().abs().sum()),
+        l1=float(a.abs().sum() + b.abs().sum()),
         max_abs=max_abs,
     )
 
