@@ -37,7 +37,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from parallel_vs_separate import timed_run  # noqa: E402
-from step_cost import build_world, provenance, step_times  # noqa: E402
+from step_cost import (  # noqa: E402
+    build_world,
+    provenance,
+    rounds_table,
+    step_times,
+)
 
 OVERHEAD_DIMS = {
     "hidden_size": 64,
@@ -245,14 +250,7 @@ def main() -> None:
         f"case `{opts.case}`, before = `{before_rev[:7]}`, after = "
         f"`{prov['commit'][:7]}`{' + changes' if prov['dirty'] else ''}",
         "",
-        "| code | median step (s) | per-round (s) | median peak RSS (MiB) |",
-        "|---|---|---|---|",
-        *(
-            f"| {n} | {m['median_step_s']:.4f} | "
-            + ", ".join(f"{r['median_step_s']:.4f}" for r in results[n])
-            + f" | {m['peak_rss_mib']:.0f} |"
-            for n, m in med.items()
-        ),
+        *rounds_table(results, med, label="code"),
         "",
         f"step after / before: {summary['step_ratio_after_over_before']:.3f}; "
         f"peak RSS after / before: {summary['peak_rss_ratio_after_over_before']:.3f}",

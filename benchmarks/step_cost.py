@@ -183,6 +183,22 @@ def scaling(out: Path, steps: int, warmup: int, micro_batch: int) -> list[dict]:
     return rows
 
 
+def rounds_table(results: dict, med: dict, label: str = "run") -> list[str]:
+    """Markdown rows: per run its median step, each round's median step and its
+    median peak RSS."""
+    return [
+        f"| {label} | median step (s) | per-round medians (s) | "
+        "median peak RSS (MiB) |",
+        "|---|---|---|---|",
+        *(
+            f"| {n} | {m['median_step_s']:.3f} | "
+            + ", ".join(f"{r['median_step_s']:.3f}" for r in results[n])
+            + f" | {m['peak_rss_mib']:.0f} |"
+            for n, m in med.items()
+        ),
+    ]
+
+
 def _parameters(world) -> int:
     from transformers import AutoModelForCausalLM
 
@@ -343,16 +359,7 @@ def main() -> None:
         "median": med,
         "provenance": prov,
     }
-    lines = [
-        "| run | median step (s) | per-round medians (s) | median peak RSS (MiB) |",
-        "|---|---|---|---|",
-        *(
-            f"| {n} | {m['median_step_s']:.3f} | "
-            + ", ".join(f"{r['median_step_s']:.3f}" for r in results[n])
-            + f" | {m['peak_rss_mib']:.0f} |"
-            for n, m in med.items()
-        ),
-    ]
+    lines = rounds_table(results, med)
     if {"sft", "dpo", "parallel_nocache", "parallel_cache"} <= set(med):
         separate = med["sft"]["median_step_s"] + med["dpo"]["median_step_s"]
         peak = max(med["sft"]["peak_rss_mib"], med["dpo"]["peak_rss_mib"])
