@@ -109,15 +109,62 @@ def test_plain_axolotl_config_has_no_paft_keys(llama_world, tmp_path):
             "paft_preference_test_datasets",
         ),
         ({"merge_lora": True}, "--lora-model-dir"),
-        ({"paft_merge_search": True}, "paft_merge_search_sft_data"),
+        ({"paft_merge_search": True, "val_set_size": 0}, "paft_merge_search_sft_data"),
         (
-            {"paft_merge_search": True, "paft_merge_search_methods": ["nuslerp"]},
+            {
+                "paft_merge_search": True,
+                "val_set_size": 0.1,
+                "paft_preference_val_set_size": 0,
+            },
+            "paft_merge_search_preference_data",
+        ),
+        (
+            {"paft_merge_search": True, "paft_merge_search_sft_data": "no.jsonl"},
+            "paft_merge_search_sft_data",
+        ),
+        (
+            {
+                "paft_merge_search": True,
+                "val_set_size": 0.1,
+                "paft_merge_search_methods": ["nuslerp"],
+            },
             "paft_merge_search_methods",
         ),
     ],
 )
 def test_bad_parallel_config_names_the_key(llama_world, tmp_path, overrides, message):
     assert_refused(parallel_config(llama_world, tmp_path / "out", **overrides), message)
+
+
+def test_merge_search_holds_out_a_split_of_each_side_by_default(llama_world, tmp_path):
+    """Without held-out files the search scores the run's own splits: a side
+    with no split key gets SEARCH_HELD_OUT of its data; a split or a file the
+    config names is kept."""
+    from axolotl_paft.args import SEARCH_HELD_OUT
+
+    out = tmp_path / "out"
+    config = parallel_config(llama_world, out, paft_merge_search=True)
+    del config["val_set_size"]  # the toy sets 0; a user's config may not set it
+    cfg = validate(config)
+    assert cfg.val_set_size == cfg.paft_preference_val_set_size == SEARCH_HELD_OUT
+    cfg = validate(
+        parallel_config(
+            llama_world,
+            out,
+            paft_merge_search=True,
+            val_set_size=0.2,
+            paft_merge_search_preference_data=str(llama_world.preference_path),
+        )
+    )
+    assert (cfg.val_set_size, cfg.paft_preference_val_set_size) == (0.2, 0)
+    with_adapter = axolotl_config(
+        llama_world,
+        out,
+        paft_merge_search=True,
+        paft_preference_adapter=str(tmp_path),
+        val_set_size=0.1,
+    )
+    assert_refused(with_adapter, "paft_merge_search_preference_data")
 
 
 def test_parallel_mode_turns_fused_lora_kernels_off(llama_world, tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
 import yaml
 
 from axolotl_paft.merge import validate_config
@@ -41,3 +43,56 @@ def test_search_writes_best_config_leaderboard_and_picture(
     assert not (out / "candidates" / entries[-1]["name"]).exists()  # not kept
     assert (out / "search.png").stat().st_size > 0
     assert entries[0]["name"] in (out / "leaderboard.md").read_text()
+
+
+@pytest.mark.slow
+def test_training_run_searches_on_its_own_held_out_splits(llama_world, tmp_path):
+    """`paft_merge_search` with no held-out files and no split keys: 5% of each
+    side is held out of training, and the search scores exactly those rows, as
+    the run tokenized them (the SFT ones in the text scorer's own tokens)."""
+    from conftest import last_trainer
+    from transformers import AutoTokenizer
+
+    from axolotl_paft.evaluate import last_labelled_span
+    from axolotl_paft.toy import parallel_config, run_axolotl_train, sft_rows
+
+    out = tmp_path / "out"
+    config = parallel_config(
+        llama_world,
+        out,
+        max_steps=20,
+        paft_merge_methods=[],
+        paft_merge_search=True,
+        paft_merge_search_budget=2,
+        paft_merge_search_methods=["task_arithmetic", "ties"],
+    )
+    del config["val_set_size"]  # as in a user's config without one
+    run_axolotl_train(config)
+    trainer = last_trainer()
+    board = json.loads((out / "search" / "leaderboard.json").read_text())
+    sft_split, preference_split = trainer.eval_dataset, trainer.preference_held_out
+    assert board["held_out"] == {
+        "sft_rows": len(sft_split),
+        "preference_pairs": len(preference_split),
+    }
+    assert len(sft_split) == 4 and len(preference_split) == 4  # 5% of 64, up
+    assert len(trainer.train_dataset) == 60
+    assert len(board["leaderboard"]) == 2
+    for entry in board["leaderboard"]:
+        assert entry["metrics"]["sft_exact_match"] * 4 in (0, 1, 2, 3, 4)
+    # the skill is the same prompt and answer tokens the text scorer builds
+    tokenizer = AutoTokenizer.from_pretrained(llama_world.model_dir)
+    texts = {}
+    for row in sft_rows(64):
+        *turns, answer = row["messages"]
+        prompt = tokenizer.apply_chat_template(
+            turns, add_generation_prompt=True, tokenize=False
+        )
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(
+            answer["content"].strip() + tokenizer.eos_token, add_special_tokens=False
+        )["input_ids"]
+        texts[tuple(prompt_ids + answer_ids)] = len(prompt_ids)
+    for row in sft_split:
+        start, end = last_labelled_span(torch.as_tensor(row["labels"]))
+        assert texts[tuple(row["input_ids"][:end])] == start

@@ -36,6 +36,9 @@ PreferenceLoss = Literal[PREFERENCE_LOSSES]
 MergeDtype = Literal["float32", "bfloat16", "float16"]
 
 LORA_ADAPTERS = ("lora", "qlora")
+# The share of each side's data held out for paft_merge_search when the config
+# names neither a file nor a split for it.
+SEARCH_HELD_OUT = 0.05
 
 
 class ParallelArgs(BaseModel):
@@ -255,14 +258,19 @@ class MergeArgs(BaseModel):
         default=None,
         description=(
             "paft_merge_search: held-out SFT rows (JSONL, `messages`); the skill "
-            "score is the greedy exact match of their last answer."
+            "score is the greedy exact match of their last answer. Unset: the run's "
+            "own SFT eval split (val_set_size or test_datasets, as Axolotl tokenized "
+            f"it; val_set_size defaults to {SEARCH_HELD_OUT} when neither is set)."
         ),
     )
     paft_merge_search_preference_data: str | None = Field(
         default=None,
         description=(
             "paft_merge_search: held-out preference rows (JSONL: question, chosen, "
-            "rejected); scored by implicit-reward accuracy against the base."
+            "rejected); scored by implicit-reward accuracy against the base. Unset, "
+            "in parallel mode: the run's held-out preference split "
+            "(paft_preference_val_set_size or paft_preference_test_datasets; the "
+            f"former defaults to {SEARCH_HELD_OUT} when neither is set)."
         ),
     )
     paft_merge_search_rows: int = Field(
@@ -326,11 +334,8 @@ class MergeArgs(BaseModel):
             )
         for key in ("paft_merge_search_sft_data", "paft_merge_search_preference_data"):
             path = getattr(self, key)
-            if path is None or not Path(path).is_file():
-                raise ValueError(
-                    f"{key}: paft_merge_search needs held-out data in a JSONL file "
-                    f"(got {path!r})"
-                )
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{key}: no such JSONL file {path!r}")
         return self
 
     @model_validator(mode="after")
@@ -406,10 +411,65 @@ class PAFTArgs(ParallelArgs, L1Args, ReportArgs, MergeArgs):
                 "paft_merge_search: searches merges of two deltas; set paft_parallel "
                 "(with paft_preference_datasets) or paft_preference_adapter"
             )
+        if data.get("paft_merge_search"):
+            _check_search_rows(data)
         methods = data.get("paft_merge_methods", DEFAULT_MERGE_METHODS)
         if methods:
             _check_merge_paths(data)
         return data
+
+
+def search_split_defaults(data: dict) -> dict[str, float]:
+    """`paft_merge_search` without held-out files scores the run's own held-out
+    splits; where a side has neither a file nor a split key, hold out
+    SEARCH_HELD_OUT of its data (Axolotl's `val_set_size` semantics). Returns
+    the keys to set; the plugin sets them before validation and logs them."""
+    from axolotl_paft.data import TEST_KEY
+
+    if not data.get("paft_merge_search"):
+        return {}
+    defaults = {}
+    if not data.get("paft_merge_search_sft_data") and (
+        data.get("val_set_size") is None and not data.get("test_datasets")
+    ):
+        defaults["val_set_size"] = SEARCH_HELD_OUT
+    if (
+        data.get("paft_parallel")
+        and not data.get("paft_merge_search_preference_data")
+        and data.get("paft_preference_val_set_size") is None
+        and not data.get(TEST_KEY)
+    ):
+        defaults["paft_preference_val_set_size"] = SEARCH_HELD_OUT
+    return defaults
+
+
+def _check_search_rows(data: dict) -> None:
+    """Each side of the search needs held-out rows: a file, or the run's split."""
+    from axolotl_paft.data import TEST_KEY
+
+    sft_split = data.get("val_set_size") or data.get("test_datasets")
+    if not (data.get("paft_merge_search_sft_data") or sft_split):
+        raise ValueError(
+            "paft_merge_search_sft_data: the search scores the SFT skill on held-out "
+            "rows: name a JSONL file (`messages`), or hold out part of the SFT data "
+            "(val_set_size > 0 or test_datasets; unset, val_set_size defaults to "
+            f"{SEARCH_HELD_OUT})"
+        )
+    preference_split = data.get("paft_parallel") and (
+        data.get("paft_preference_val_set_size") or data.get(TEST_KEY)
+    )
+    if not (data.get("paft_merge_search_preference_data") or preference_split):
+        where = (
+            "or hold out part of paft_preference_datasets (paft_preference_val_set_"
+            f"size > 0 or {TEST_KEY}; unset, it defaults to {SEARCH_HELD_OUT})"
+            if data.get("paft_parallel")
+            else "(with paft_preference_adapter the run has no preference data)"
+        )
+        raise ValueError(
+            "paft_merge_search_preference_data: the search scores preference "
+            "accuracy on held-out pairs: name a JSONL file (question, chosen, "
+            f"rejected) {where}"
+        )
 
 
 def _unknown_key_message(key: str, known: list[str]) -> str:
@@ -519,11 +579,13 @@ def _check_parallel(data: dict) -> None:
             f"{TEST_KEY}: set either paft_preference_val_set_size (a split of "
             f"paft_preference_datasets) or {TEST_KEY}, not both"
         )
-    if held_out and not (data.get("val_set_size") or data.get("test_datasets")):
+    sft_split = data.get("val_set_size") or data.get("test_datasets")
+    if held_out and not sft_split and not data.get("paft_merge_search"):
         raise ValueError(
             "paft_preference_val_set_size: held-out preference rows are evaluated "
             "at Axolotl's evaluations, and this config has none: set val_set_size "
-            "or test_datasets (and eval_steps) for the SFT side too"
+            "or test_datasets (and eval_steps) for the SFT side too (or "
+            "paft_merge_search, which scores merges on them)"
         )
     if data.get(TEST_KEY):
         check_preference_entries(data[TEST_KEY], key=TEST_KEY)

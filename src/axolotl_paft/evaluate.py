@@ -186,17 +186,95 @@ def forced_exact_match(model, tokenizer, rows: list[dict]) -> list[bool]:
     return hits
 
 
-def quick_metrics(
-    model,
-    base_logps: torch.Tensor,
-    tokenizer,
-    sft_rows: list[dict],
-    preference_rows: list[dict],
-) -> dict[str, float]:
+IGNORE_INDEX = -100  # Axolotl's and transformers' label of an unscored token
+
+
+class TextSkill:
+    """Held-out chat rows (JSONL, `messages`): the skill is the last answer,
+    scored by `forced_exact_match` with the tokenizer's chat template."""
+
+    def __init__(self, tokenizer, rows: list[dict]):
+        self.tokenizer, self.rows = tokenizer, rows
+
+    def hits(self, model) -> list[bool]:
+        return forced_exact_match(model, self.tokenizer, self.rows)
+
+
+class TextPairs:
+    """Held-out preference rows (JSONL: `question`, `chosen`, `rejected`)."""
+
+    def __init__(self, tokenizer, rows: list[dict]):
+        self.tokenizer, self.rows = tokenizer, rows
+
+    def logps(self, model) -> torch.Tensor:
+        return pair_logps(model, self.tokenizer, self.rows)
+
+
+class TokenizedSkill:
+    """A run's own SFT eval rows as Axolotl tokenized them (`input_ids`,
+    `labels`): the skill is the last labelled span (the last answer and its
+    end-of-turn token), so any dataset type and template Axolotl reads works."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    @torch.no_grad()
+    def hits(self, model) -> list[bool]:
+        """`forced_exact_match` on token ids."""
+        hits = []
+        for row in self.rows:
+            ids = torch.as_tensor(row["input_ids"])
+            start, end = last_labelled_span(torch.as_tensor(row["labels"]))
+            logits = model(input_ids=ids[None, :end]).logits[0, start - 1 : end - 1]
+            hits.append(bool((logits.argmax(-1) == ids[start:end]).all()))
+        return hits
+
+
+class TokenizedPairs:
+    """A run's own held-out preference rows as its RL loaders tokenized them,
+    batched by the run's preference collator."""
+
+    def __init__(self, rows, collator, batch_size: int = 8):
+        self.rows, self.collator, self.batch_size = rows, collator, batch_size
+
+    @torch.no_grad()
+    def logps(self, model) -> torch.Tensor:
+        """`[n, 2]` summed log-probs of each pair's chosen and rejected completion."""
+        from axolotl_paft.losses import completion_logps
+
+        logps = []
+        for start in range(0, len(self.rows), self.batch_size):
+            stop = min(start + self.batch_size, len(self.rows))
+            batch = self.collator([self.rows[i] for i in range(start, stop)])
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            summed, _ = completion_logps(
+                logits, batch["input_ids"], batch["completion_mask"]
+            )
+            logps.append(torch.stack(summed.float().chunk(2), dim=1))
+        return torch.cat(logps)
+
+
+def last_labelled_span(labels: torch.Tensor) -> tuple[int, int]:
+    """`[start, end)` of the last run of scored labels (never from position 0:
+    the first token has no prediction)."""
+    scored = (labels != IGNORE_INDEX).tolist()
+    end = len(scored) - scored[::-1].index(True)
+    start = end
+    while start > 1 and scored[start - 1]:
+        start -= 1
+    return start, end
+
+
+def quick_metrics(model, base_logps: torch.Tensor, skill, pairs) -> dict[str, float]:
     """`evaluate`'s skill, preference and score metrics without generation
-    (`forced_exact_match` for `sft_exact_match`): what searches and grids use."""
-    margins = margins_from(pair_logps(model, tokenizer, preference_rows), base_logps)
-    skill = sum(forced_exact_match(model, tokenizer, sft_rows)) / len(sft_rows)
+    (`forced_exact_match` for `sft_exact_match`), on held-out rows from a file
+    (`TextSkill`, `TextPairs`) or from the run's own splits (`Tokenized*`): what
+    searches and grids use. `base_logps`: the base's `pairs.logps`."""
+    margins = margins_from(pairs.logps(model), base_logps)
+    hits = skill.hits(model)
+    skill = sum(hits) / len(hits)
     accuracy = float((margins > 0).float().mean())
     return {
         "sft_exact_match": skill,

@@ -21,9 +21,14 @@ def base_model_reference(base_model: str) -> str:
 
 
 def write_run_outputs(
-    output_dir: Path, base_model: str, adapters: dict[str, Path], args: PAFTArgs
+    output_dir: Path,
+    base_model: str,
+    adapters: dict[str, Path],
+    args: PAFTArgs,
+    held_out: tuple | None = None,
 ) -> list[Path]:
-    """Write the mergekit configs and the report for `adapters` (role -> folder)."""
+    """Write the mergekit configs and the report for `adapters` (role -> folder);
+    with `paft_merge_search`, search on `held_out` (`search_rows`)."""
     written: list[Path] = []
     merge = None
     if args.paft_merge_methods:
@@ -57,7 +62,7 @@ def write_run_outputs(
             method_config = emitted.written[args.paft_merge_run]
             written.append(run_merge_config(method_config, merged, emitted.cache_dir))
     if args.paft_merge_search and "preference" in adapters:
-        written += run_merge_search(output_dir, base_model, adapters, args)
+        written += run_merge_search(output_dir, base_model, adapters, args, held_out)
     if args.paft_report:
         report = build_report(adapters, args.paft_sparsity_threshold, merge)
         written += write_report(report, output_dir)
@@ -102,22 +107,64 @@ def results_and_next_steps(
     return "\n".join(lines)
 
 
+def search_rows(base_model: str, args: PAFTArgs, trainer) -> tuple:
+    """The search's held-out rows, at most `paft_merge_search_rows` per side: the
+    named JSONL files, else the run's own held-out splits as it tokenized them
+    (Axolotl's SFT eval rows; the preference rows kept out of training)."""
+    from transformers import AutoTokenizer
+
+    from axolotl_paft.evaluate import (
+        TextPairs,
+        TextSkill,
+        TokenizedPairs,
+        TokenizedSkill,
+        read_jsonl,
+    )
+
+    limit = args.paft_merge_search_rows
+    tokenizer = AutoTokenizer.from_pretrained(base_model_reference(base_model))
+
+    def first(rows):
+        return [rows[i] for i in range(min(limit, len(rows)))]
+
+    if args.paft_merge_search_sft_data:
+        skill = TextSkill(tokenizer, read_jsonl(args.paft_merge_search_sft_data, limit))
+    else:
+        skill = TokenizedSkill(first(trainer.eval_dataset))
+    if args.paft_merge_search_preference_data:
+        rows = read_jsonl(args.paft_merge_search_preference_data, limit)
+        pairs = TextPairs(tokenizer, rows)
+    else:
+        pairs = TokenizedPairs(
+            first(trainer.preference_held_out), trainer.preference.collator
+        )
+    LOG.info(
+        "paft: merge search on %d SFT rows (%s) and %d preference pairs (%s)",
+        len(skill.rows),
+        args.paft_merge_search_sft_data or "the run's eval split",
+        len(pairs.rows),
+        args.paft_merge_search_preference_data or "the run's held-out split",
+    )
+    return skill, pairs
+
+
 def run_merge_search(
-    output_dir: Path, base_model: str, adapters: dict[str, Path], args: PAFTArgs
+    output_dir: Path,
+    base_model: str,
+    adapters: dict[str, Path],
+    args: PAFTArgs,
+    held_out: tuple,
 ) -> list[Path]:
     """`paft_merge_search`: search into output_dir/search, the winner's config
     copied to output_dir/mergekit/best.yml."""
-    from axolotl_paft.evaluate import read_jsonl
     from axolotl_paft.search import search
 
     out = output_dir / "search"
-    limit = args.paft_merge_search_rows
     result = search(
         Path(base_model_reference(base_model)),
         adapters["sft"],
         adapters["preference"],
-        read_jsonl(Path(args.paft_merge_search_sft_data), limit),
-        read_jsonl(Path(args.paft_merge_search_preference_data), limit),
+        *held_out,
         out,
         budget=args.paft_merge_search_budget,
         methods=tuple(args.paft_merge_search_methods),

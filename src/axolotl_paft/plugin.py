@@ -13,10 +13,11 @@ from axolotl_paft.args import (
     PAFTArgs,
     check_adapter_choice,
     check_output_dir_is_ours,
+    search_split_defaults,
 )
 from axolotl_paft.const import PEFT_DEFAULT_ADAPTER, run_seed
 from axolotl_paft.l1 import L1SparsityCallback
-from axolotl_paft.outputs import write_run_outputs
+from axolotl_paft.outputs import search_rows, write_run_outputs
 
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 
@@ -64,11 +65,21 @@ class PAFTPlugin(BasePlugin):
 
     def register(self, cfg) -> None:
         """Before validation: parallel mode turns Axolotl's fused LoRA kernels off
-        unless set (they read only the first active adapter)."""
+        unless set (they read only the first active adapter); `paft_merge_search`
+        without held-out files holds out a split of each side's data unless one
+        is set."""
         if cfg.get("paft_parallel"):
             for key in LORA_KERNELS:
                 if cfg.get(key) is None:
                     cfg[key] = False
+        for key, value in search_split_defaults(cfg).items():
+            LOG.info(
+                "paft: paft_merge_search scores merges on held-out rows: %s: %s "
+                "(set it, or name a held-out file, to choose)",
+                key,
+                value,
+            )
+            cfg[key] = value
 
     def get_input_args(self) -> str:
         return "axolotl_paft.args.PAFTArgs"
@@ -234,4 +245,9 @@ class PAFTPlugin(BasePlugin):
             return
         self._outputs_written = True
         if is_main_process():
-            write_run_outputs(Path(cfg.output_dir), cfg.base_model, adapters, args)
+            held_out = None
+            if args.paft_merge_search:
+                held_out = search_rows(cfg.base_model, args, callback.trainer)
+            write_run_outputs(
+                Path(cfg.output_dir), cfg.base_model, adapters, args, held_out
+            )

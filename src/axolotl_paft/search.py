@@ -127,23 +127,29 @@ def search(
     base: Path,
     sft: Path,
     preference: Path,
-    sft_rows: list[dict],
-    preference_rows: list[dict],
+    skill,
+    pairs,
     out: Path,
     budget: int = 24,
     methods: tuple[str, ...] = DEFAULT_SEARCH_METHODS,
     cache: Path | None = None,
 ) -> dict:
     """Search within `budget` candidates; write the outputs (module docstring) and
-    return {"best": name, "leaderboard": [entries, best first]}."""
+    return {"best": name, "leaderboard": [entries, best first]}.
+
+    `skill` and `pairs`: the held-out rows (`evaluate.TextSkill`/`TextPairs`,
+    `TokenizedSkill`/`TokenizedPairs`); lists of JSONL rows are read as text."""
     from transformers import AutoTokenizer
 
-    from axolotl_paft.evaluate import load_model, pair_logps, quick_metrics
+    from axolotl_paft.evaluate import TextPairs, TextSkill, load_model, quick_metrics
 
     out = Path(out)
     cache = cache or out / "lora-cache" / time.strftime("run-%Y%m%d-%H%M%S")
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    base_logps = pair_logps(load_model(base), tokenizer, preference_rows)
+    if isinstance(skill, list) or isinstance(pairs, list):
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        skill = TextSkill(tokenizer, skill) if isinstance(skill, list) else skill
+        pairs = TextPairs(tokenizer, pairs) if isinstance(pairs, list) else pairs
+    base_logps = pairs.logps(load_model(base))
     entries: dict[str, dict] = {}
     best: dict | None = None
 
@@ -156,7 +162,7 @@ def search(
             cache,
         )  # fmt: skip
         model = load_model(merged)
-        metrics = quick_metrics(model, base_logps, tokenizer, sft_rows, preference_rows)
+        metrics = quick_metrics(model, base_logps, skill, pairs)
         entry = {"name": candidate.name, **asdict(candidate), "metrics": metrics}
         entries[candidate.name] = entry
         if best is None or _rank(entry) > _rank(best):
@@ -182,13 +188,14 @@ def search(
                 entry = evaluate(neighbour)
                 if entry is not None and _rank(entry) > _rank(start):
                     start, improved = entry, True
-    write_search(out, entries, best, base, sft, preference)
+    held_out = {"sft_rows": len(skill.rows), "preference_pairs": len(pairs.rows)}
+    write_search(out, entries, best, base, sft, preference, held_out)
     leaderboard = sorted(entries.values(), key=_rank, reverse=True)
     return {"best": best["name"], "leaderboard": leaderboard}
 
 
 def write_search(
-    out: Path, entries: dict, best: dict, base, sft, preference
+    out: Path, entries: dict, best: dict, base, sft, preference, held_out: dict
 ) -> list[Path]:
     """best.yml, leaderboard.json/.md and search.png."""
     leaderboard = sorted(entries.values(), key=_rank, reverse=True)
@@ -208,6 +215,7 @@ def write_search(
         "sft": str(sft),
         "preference": str(preference),
         "score": "(sft_exact_match + preference_accuracy) / 2",
+        "held_out": held_out,
         "leaderboard": leaderboard,
     }
     paths[1].write_text(json.dumps(summary, indent=2))

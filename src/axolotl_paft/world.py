@@ -298,12 +298,15 @@ class Scorer:
     def __init__(self, base: Path, sft_rows: list[dict], preference_rows: list[dict]):
         from transformers import AutoTokenizer
 
-        from axolotl_paft.evaluate import load_model, pair_logps
+        from axolotl_paft.evaluate import TextPairs, TextSkill, load_model
 
         self.base = base
-        self.tokenizer = AutoTokenizer.from_pretrained(base)
-        self.rows = (sft_rows, preference_rows)
-        self.base_logps = pair_logps(load_model(base), self.tokenizer, preference_rows)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        self.rows = (
+            TextSkill(tokenizer, sft_rows),
+            TextPairs(tokenizer, preference_rows),
+        )
+        self.base_logps = self.rows[1].logps(load_model(base))
 
     def __call__(self, path: Path | None) -> dict[str, float]:
         from axolotl_paft.evaluate import load_candidate, load_model, quick_metrics
@@ -312,7 +315,7 @@ class Scorer:
             model = load_model(self.base)
         else:
             model = load_candidate(self.base, path)
-        return quick_metrics(model, self.base_logps, self.tokenizer, *self.rows)
+        return quick_metrics(model, self.base_logps, *self.rows)
 
 
 def gain_kept(value: float, base: float, reference: float) -> float:
