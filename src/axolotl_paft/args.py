@@ -461,11 +461,12 @@ def _check_parallel(data: dict) -> None:
             f"identifiers and not {PEFT_DEFAULT_ADAPTER!r} "
             f"(got {sft!r} and {preference!r})"
         )
-    for key in ("deepspeed", "fsdp", "fsdp_config"):
+    for key in ("deepspeed", "fsdp"):
         if data.get(key):
             raise ValueError(
                 f"paft_parallel: `{key}` is not supported in parallel mode (single "
-                "process or DDP); see the README's notes on sharded training"
+                "process, DDP or FSDP2 via fsdp_config); see the README's notes on "
+                "sharded training"
             )
     for key in LORA_KERNELS:
         if data.get(key):

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from axolotl.core.trainers.base import AxolotlTrainer
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
+from torch.distributed.tensor import DTensor
 
 from axolotl_paft.adapters import active_adapter, adapter_parameters, base_only
 from axolotl_paft.losses import (
@@ -161,13 +162,26 @@ def seeded_random_state(seed: int) -> dict[str, torch.Tensor]:
         return _random_state()
 
 
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """True for an FSDP2 (`fully_shard`) parameter or gradient: a DTensor."""
+    return isinstance(tensor, DTensor)
+
+
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
     """Average gradients across processes in one all-reduce of a fixed layout:
     every tensor in order (a missing gradient as zeros, so it averages as zero and
     no process waits on a differently sized buffer), plus per tensor the number of
-    processes that had a gradient (none anywhere: it stays None)."""
+    processes that had a gradient (none anywhere: it stays None).
+
+    FSDP2 parameters (DTensors) are skipped: FSDP2 reduce-scatters (and averages)
+    every gradient in the backward that produced it, each adapter's backward
+    included, so their gradients are already the mean over processes, sharded.
+    Averaging again would be a no-op at best (equal values) and, on a DTensor, a
+    flattening of local shards that no longer have the parameter's shape. Every
+    process holds the same parameters, so the skip is the same everywhere."""
+    params = [p for p in params if not is_sharded(p)]
     _, world = _rank_and_world()
-    if world == 1:
+    if world == 1 or not params:
         return
     present = [p.grad is not None for p in params]
     flat = torch.cat(
@@ -189,6 +203,12 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
             p.grad = average.to(p.dtype)
         else:
             p.grad.copy_(average)
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's global value (a collective: every process calls it), else the
+    tensor itself."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
 
 
 class PAFTParallelTrainer(AxolotlTrainer):
@@ -222,9 +242,8 @@ class PAFTParallelTrainer(AxolotlTrainer):
         """Axolotl's optimizer; each of its groups split in two, the preference
         adapter's copy at the group's rate scaled by preference LR / LR."""
         self.model.set_requires_grad(self.paft.adapters, True)  # also after resume
-        self._adapter_parameters = {
-            a: adapter_parameters(self.model, a) for a in self.paft.adapters
-        }
+        self._collect_adapter_parameters()
+        self._recollect_parameters = True  # after accelerator.prepare, see below
         optimizer = super().create_optimizer(model)
         scale = self.paft.learning_rate / self.args.learning_rate
         ours = {id(p) for p in self._adapter_parameters[self.paft.preference_adapter]}
@@ -239,10 +258,28 @@ class PAFTParallelTrainer(AxolotlTrainer):
         optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
         return optimizer
 
+    def _collect_adapter_parameters(self) -> None:
+        """Each adapter's parameters as the model holds them now (clipping and the
+        cross-process average act on these).
+
+        Called again at the first training step after the optimizer was created:
+        under FSDP2 the Trainer creates the optimizer *before*
+        `accelerator.prepare`, whose `fully_shard` replaces every parameter by a
+        new DTensor parameter and swaps them into the optimizer
+        (`fsdp2_switch_optimizer_parameters`), but not into lists kept elsewhere:
+        tensors collected before prepare never get a gradient again, so their
+        clipping would silently do nothing."""
+        self._adapter_parameters = {
+            a: adapter_parameters(self.model, a) for a in self.paft.adapters
+        }
+
     # --- training --------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         peft = self.model
+        if self._recollect_parameters:  # first step after the optimizer's creation
+            self._collect_adapter_parameters()
+            self._recollect_parameters = False
         sft_loss = super().training_step(peft, inputs, num_items_in_batch)
         if self._preference_index is None:  # first step, or a checkpoint without it
             accumulation = self.args.gradient_accumulation_steps
@@ -304,10 +341,18 @@ class PAFTParallelTrainer(AxolotlTrainer):
         )
 
     def _clip_grad_norm(self, model):
-        """Clip each adapter's gradients on its own; report the SFT norm."""
+        """Clip each adapter's gradients on its own; report the SFT norm.
+
+        Under FSDP2 the gradients are sharded DTensors: `clip_grad_norm_` then
+        computes each adapter's norm over all shards (a DTensor reduced across the
+        mesh, the same on every process) and scales every shard by it, which is
+        the norm and clipping of one process holding the whole gradient. The norm
+        comes back as a DTensor; its full value is what is logged."""
         self.accelerator.unscale_gradients()
         norms = {
-            adapter: torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+            adapter: _full(
+                torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+            )
             for adapter, params in self._adapter_parameters.items()
         }
         self._pending["grad_norm"].append(norms[self.paft.preference_adapter])
