@@ -91,7 +91,8 @@ def test_plain_axolotl_config_has_no_paft_keys(llama_world, tmp_path):
         ({"paft_sft_adapter_name": "default"}, "paft_preference_adapter_name"),
         ({"adapter": None}, "adapter"),
         ({"lora_qkv_kernel": True}, "lora_qkv_kernel"),
-        ({"fsdp_config": {"fsdp_version": 2}}, "fsdp_config"),
+        ({"deepspeed": "zero2.json"}, "deepspeed"),
+        ({"fsdp_config": {"offload_params": True}}, "offload_params"),
         ({"paft_preference_loss": "kto"}, "paft_preference_loss"),
         ({"context_parallel_size": 2}, "context_parallel_size"),
         ({"tensor_parallel_size": 2}, "tensor_parallel_size"),
@@ -118,6 +119,13 @@ def test_plain_axolotl_config_has_no_paft_keys(llama_world, tmp_path):
 )
 def test_bad_parallel_config_names_the_key(llama_world, tmp_path, overrides, message):
     assert_refused(parallel_config(llama_world, tmp_path / "out", **overrides), message)
+
+
+def test_parallel_mode_accepts_fsdp2(llama_world, tmp_path):
+    """Axolotl's FSDP2 (`fsdp_config`) shards parallel mode (test_fsdp.py)."""
+    fsdp = {"fsdp_version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}
+    cfg = validate(parallel_config(llama_world, tmp_path / "out", fsdp_config=fsdp))
+    assert cfg.fsdp_version == 2
 
 
 def test_parallel_mode_turns_fused_lora_kernels_off(llama_world, tmp_path):

@@ -31,31 +31,38 @@ _CHECKPOINT_WRAPPER = "._checkpoint_wrapped_module"
 _AXOLOTL_SAVE = "save_fsdp2_lora_adapter"
 
 
-def gathered_adapter_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every adapter tensor (`lora_` in its name) as a whole tensor on the CPU.
-    A collective under FSDP2: every process iterates the same parameters."""
-    state = {}
+def gathered_adapter_state_dict(
+    model: torch.nn.Module,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Every adapter tensor (`lora_` in its name) as a whole tensor on the CPU,
+    and how many of them were sharded. A collective under FSDP2: every process
+    iterates the same parameters."""
+    state, sharded = {}, 0
     for name, param in model.named_parameters():
         if "lora_" not in name:
             continue
         tensor = param.detach()
         if isinstance(tensor, DTensor):
             tensor = tensor.full_tensor()
+            sharded += 1
         state[name.replace(_CHECKPOINT_WRAPPER, "")] = tensor.cpu()
-    return state
+    return state, sharded
 
 
 def save_both_adapters(model, output_dir: str) -> bool:
     """Save every adapter of `model` to `output_dir/<adapter>/` from gathered
     tensors (rank 0 writes). Returns True, as Axolotl's save it replaces does
     when it has handled the save."""
-    state = gathered_adapter_state_dict(model)
+    state, sharded = gathered_adapter_state_dict(model)
     main = not dist.is_initialized() or dist.get_rank() == 0
     model.save_pretrained(output_dir, state_dict=state, is_main_process=main)
     LOG.info(
-        "paft: saved adapters %s from FSDP2-gathered tensors to %s",
+        "paft: saved adapters %s to %s (%d adapter tensors, %d of them gathered "
+        "from FSDP2 shards)",
         sorted(model.peft_config),
         output_dir,
+        len(state),
+        sharded,
     )
     if dist.is_initialized():
         dist.barrier()

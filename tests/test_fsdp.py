@@ -1,0 +1,101 @@
+"""Parallel mode under Axolotl's FSDP2: 2 torchrun CPU processes (gloo) against 1.
+
+The 2-process run is `axolotl train` with `fsdp_config` (Axolotl's FSDP2 path:
+`fully_shard` per decoder layer and at the root), launched by fsdp_train.py, which
+only bridges Axolotl's and Accelerate's GPU assumptions. Each process takes half
+of the global batch; the 1-process run takes the whole global batch without FSDP.
+Both adapters must match within float tolerance: that checks FSDP2's gradient
+reduction of two backwards per micro-batch (no second average), per-adapter
+clipping on the sharded gradients (clipping engages: max_grad_norm is below the
+gradient norms), the L1 step on the shards, gradient accumulation and the final
+save of both adapters from gathered shards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_l1 import scalars_per_writer, tensorboard_scalars
+from test_trainer import max_gap, weights
+
+from axolotl_paft.toy import parallel_config, run_axolotl_train
+
+pytestmark = pytest.mark.slow
+
+LAUNCHER = Path(__file__).with_name("fsdp_train.py")
+FSDP = {
+    "fsdp_config": {
+        "fsdp_version": 2,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+        "state_dict_type": "FULL_STATE_DICT",
+        "reshard_after_forward": True,
+    }
+}
+COMMON = {
+    "max_steps": 6,
+    "gradient_accumulation_steps": 2,
+    "max_grad_norm": 0.5,  # the gradient norms are 1.5 to 5 here: clipping acts
+    "paft_l1_lambda": 0.05,
+    "paft_preference_l1_lambda": 0.05,
+    "peft_use_dora": True,  # magnitude vectors: sharded, clipped, not L1-shrunk
+    "logging_steps": 2,
+    "use_tensorboard": True,
+    "paft_merge_methods": [],
+    "paft_report": False,
+}
+LOGGED = ("train/sft/grad_norm", "train/dpo/grad_norm", "train/dpo/loss")
+
+
+def torchrun_fsdp(config: dict, path: Path) -> str:
+    """Run `config` on 2 FSDP2 processes; returns their output."""
+    path.write_text(yaml.safe_dump(config))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", str(LAUNCHER), str(path)],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PATH": f"{torchrun.parent}{os.pathsep}{os.environ['PATH']}",
+        },
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("mode", ["loss", "proximal"])
+def test_fsdp2_matches_one_process(llama_world, tmp_path, mode):
+    """Micro-batch 2 on each of 2 FSDP2 processes against micro-batch 4 on one."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    common = {**COMMON, "paft_l1_mode": mode}
+    output = torchrun_fsdp(
+        parallel_config(llama_world, two, micro_batch_size=2, **FSDP, **common),
+        tmp_path / "two.yml",
+    )
+    # the adapters really were sharded (and gathered for the save)
+    assert "of them gathered from FSDP2 shards" in output
+    assert ", 0 of them gathered" not in output
+    run_axolotl_train(parallel_config(llama_world, one, micro_batch_size=4, **common))
+
+    gaps = {a: max_gap(weights(two / a), weights(one / a)) for a in ("sft", "dpo")}
+    largest = {
+        a: max(float(t.abs().max()) for t in weights(one / a).values()) for a in gaps
+    }
+    print(f"L1 {mode}: 2 FSDP2 processes vs 1: max |gap| {gaps}, largest {largest}")
+    assert gaps["sft"] < 1e-5
+    assert gaps["dpo"] < 1e-5
+
+    # the per-adapter gradient norms (before clipping), the preference metrics and
+    # the sparsity metrics computed from gathered factors are the 1-process values
+    one_logs = tensorboard_scalars(one)
+    keys = [*LOGGED, "train/sft/l1_norm", "train/dpo/l1_norm", "train/sft/sparsity"]
+    for writer in scalars_per_writer(two):
+        for key in keys:
+            assert writer[key] == pytest.approx(one_logs[key], rel=1e-4), key
