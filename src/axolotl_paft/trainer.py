@@ -457,7 +457,8 @@ class PAFTParallelTrainer(AxolotlTrainer):
 
     def _load_best_model(self):
         """Both adapters from the best checkpoint's `<adapter>/` folders (the
-        Trainer's own loader looks for a single adapter at the top level)."""
+        Trainer's own loader looks for a single adapter at the top level); under
+        FSDP2 from its two sharded adapter states (see `_save_adapter_shards`)."""
         best = Path(self.state.best_model_checkpoint)
         LOG.info(
             "paft: loading both adapters of the best checkpoint %s (%s = %s)",
@@ -465,11 +466,63 @@ class PAFTParallelTrainer(AxolotlTrainer):
             self.args.metric_for_best_model,
             self.state.best_metric,
         )
+        if self.is_fsdp_enabled:
+            self._load_adapter_shards(str(best), self.paft.adapters)
+            return
         for adapter in self.paft.adapters:
             weights = load_file(best / adapter / "adapter_model.safetensors")
             set_peft_model_state_dict(self.model, weights, adapter_name=adapter)
 
     # --- checkpoints -----------------------------------------------------------
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Under FSDP2 the Trainer saves the model's sharded state with
+        `save_fsdp_model(adapter_only=True)`, which for a PEFT model keeps the
+        *active* adapter only (`get_peft_model_state_dict(adapter_name=
+        model.active_adapter)`): the SFT adapter, as `pytorch_model_fsdp_0`. The
+        preference adapter's shards go next to it as `pytorch_model_fsdp_1`."""
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.is_fsdp_enabled:
+            self._save_adapter_shards(output_dir)
+
+    def _save_adapter_shards(self, output_dir: str) -> None:
+        from accelerate.utils import save_fsdp_model
+
+        with active_adapter(
+            self.model, self.paft.preference_adapter, self.paft.adapters
+        ):
+            save_fsdp_model(
+                self.accelerator.state.fsdp_plugin,
+                self.accelerator,
+                self.model,
+                output_dir,
+                model_index=1,
+                adapter_only=True,
+            )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Under FSDP2 (loaded after `fully_shard`), the Trainer restores the
+        active (SFT) adapter's shards; the preference adapter's come from
+        `pytorch_model_fsdp_1` (see `_save_optimizer_and_scheduler`)."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.is_fsdp_enabled:
+            self._load_adapter_shards(
+                resume_from_checkpoint, [self.paft.preference_adapter]
+            )
+
+    def _load_adapter_shards(self, checkpoint: str, adapters: list[str]) -> None:
+        from accelerate.utils import load_fsdp_model
+
+        for adapter in adapters:
+            with active_adapter(self.model, adapter, self.paft.adapters):
+                load_fsdp_model(
+                    self.accelerator.state.fsdp_plugin,
+                    self.accelerator,
+                    self.model,
+                    checkpoint,
+                    model_index=self.paft.adapters.index(adapter),
+                    adapter_only=True,
+                )
 
     def _save_rng_state(self, output_dir: str) -> None:
         """The Trainer's random states, plus the preference stream's position and
