@@ -93,6 +93,10 @@ def test_plain_axolotl_config_has_no_paft_keys(llama_world, tmp_path):
         ({"lora_qkv_kernel": True}, "lora_qkv_kernel"),
         ({"deepspeed": "zero2.json"}, "deepspeed"),
         ({"fsdp_config": {"offload_params": True}}, "offload_params"),
+        (
+            {"fsdp_config": {"cpu_ram_efficient_loading": True}},
+            "cpu_ram_efficient_loading",
+        ),
         ({"paft_preference_loss": "kto"}, "paft_preference_loss"),
         ({"context_parallel_size": 2}, "context_parallel_size"),
         ({"tensor_parallel_size": 2}, "tensor_parallel_size"),

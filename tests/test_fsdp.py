@@ -14,6 +14,7 @@ save of both adapters from gathered shards.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,11 +71,16 @@ def torchrun_fsdp(config: dict, path: Path) -> str:
     return done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("mode", ["loss", "proximal"])
-def test_fsdp2_matches_one_process(llama_world, tmp_path, mode):
+@pytest.mark.parametrize(("mode", "l1_lambda"), [("loss", 0.05), ("proximal", 1.0)])
+def test_fsdp2_matches_one_process(llama_world, tmp_path, mode, l1_lambda):
     """Micro-batch 2 on each of 2 FSDP2 processes against micro-batch 4 on one."""
     two, one = tmp_path / "two", tmp_path / "one"
-    common = {**COMMON, "paft_l1_mode": mode}
+    common = {
+        **COMMON,
+        "paft_l1_mode": mode,
+        "paft_l1_lambda": l1_lambda,
+        "paft_preference_l1_lambda": l1_lambda,
+    }
     output = torchrun_fsdp(
         parallel_config(llama_world, two, micro_batch_size=2, **FSDP, **common),
         tmp_path / "two.yml",
@@ -96,6 +102,32 @@ def test_fsdp2_matches_one_process(llama_world, tmp_path, mode):
     # the sparsity metrics computed from gathered factors are the 1-process values
     one_logs = tensorboard_scalars(one)
     keys = [*LOGGED, "train/sft/l1_norm", "train/dpo/l1_norm", "train/sft/sparsity"]
+    if mode == "proximal":  # the shrink acts: exact zeros in the factors
+        keys.append("train/sft/lora_exact_zeros")
+        assert one_logs["train/sft/lora_exact_zeros"][-1] > 0
     for writer in scalars_per_writer(two):
         for key in keys:
             assert writer[key] == pytest.approx(one_logs[key], rel=1e-4), key
+
+
+def test_fsdp2_resume_is_exact(llama_world, tmp_path):
+    """Sharded checkpoints hold both adapters (Accelerate's FSDP save keeps only
+    the active one); resuming at step 3 ends where the uninterrupted run ends."""
+    sharded = {"fsdp_config": {**FSDP["fsdp_config"]}}
+    sharded["fsdp_config"]["state_dict_type"] = "SHARDED_STATE_DICT"
+    steps = {"save_strategy": "steps", "save_steps": 3, "micro_batch_size": 2}
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    torchrun_fsdp(
+        parallel_config(llama_world, full, **sharded, **COMMON, **steps),
+        tmp_path / "full.yml",
+    )
+    checkpoint = full / "checkpoint-3"
+    assert {"pytorch_model_fsdp_0", "pytorch_model_fsdp_1"} <= {
+        p.name for p in checkpoint.iterdir()
+    }
+    shutil.copytree(checkpoint, resumed / "checkpoint-3")
+    config = parallel_config(llama_world, resumed, **sharded, **COMMON, **steps)
+    config["resume_from_checkpoint"] = str(resumed / "checkpoint-3")
+    torchrun_fsdp(config, tmp_path / "resumed.yml")
+    for adapter in ("sft", "dpo"):
+        assert max_gap(weights(resumed / adapter), weights(full / adapter)) == 0

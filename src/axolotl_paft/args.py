@@ -455,6 +455,17 @@ def _check_parallel_sharding(data: dict) -> None:
             "parallel mode shards with fsdp_config (FSDP2)"
         )
     fsdp = data.get("fsdp_config") or {}
+    if fsdp.get("cpu_ram_efficient_loading") or fsdp.get(
+        "fsdp_cpu_ram_efficient_loading"
+    ):
+        raise ValueError(
+            "fsdp_config.cpu_ram_efficient_loading: with it, the processes other "
+            "than rank 0 build the model on the meta device, where parallel mode "
+            "adds its two adapters; measured on 2 CPU processes: with DoRA the "
+            "preference adapter cannot initialise there, without DoRA the SFT "
+            "adapter no longer equals the run without the option (Axolotl's own "
+            "single-adapter run does). Refused: set cpu_ram_efficient_loading: false"
+        )
     if fsdp.get("offload_params") or fsdp.get("fsdp_offload_params"):
         raise ValueError(
             "fsdp_config.offload_params: parallel mode under FSDP2 gathers adapter "
