@@ -1,15 +1,13 @@
 """`axolotl train` under FSDP2 for one torchrun process on CPU (gloo), used by
 test_fsdp.py.
 
-On top of ddp_train.py's two bridges (CUDA peer-access probe, `device_map`), FSDP2
-meets three places that assume GPUs, bridged here and nowhere else:
+On top of ddp_train.py's bridges (CUDA peer-access probe, `device_map`,
+`ACCELERATE_USE_CPU`: without it the Trainer refuses FSDP as "not distributed"),
+FSDP2 meets two places that assume GPUs, bridged here and nowhere else:
 
 - Axolotl builds its device mesh with `build_device_mesh("cuda")`: the mesh is
   built on "cpu" instead (`init_device_mesh`, which Accelerate imports at call
   time);
-- transformers asks Accelerate for CPU processes only with `use_cpu`
-  (`ACCELERATE_USE_CPU`); without it the processes are "not distributed" (no data
-  sharding, no gradient reduction) and the Trainer refuses FSDP;
 - Accelerate's `AcceleratorState` enables FSDP for GPU-like process types only, not
   for CPU processes: the FSDP plugin it was given is put back in place, so
   `accelerator.prepare` runs FSDP2's `fully_shard` as on GPUs.
@@ -41,7 +39,7 @@ def _fsdp_on_cpu(self, *args, fsdp_plugin=None, _init=AcceleratorState.__init__,
 
 
 if __name__ == "__main__":
-    os.environ["ACCELERATE_USE_CPU"] = "true"
+    os.environ["ACCELERATE_USE_CPU"] = "true"  # as ddp_train.py
     torch.cuda.can_device_access_peer = _no_gpu_peer_access
     axolotl.cli.config.normalize_config = _normalize_on_cpu
     device_mesh.init_device_mesh = _mesh_on_cpu
