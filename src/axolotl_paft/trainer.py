@@ -27,6 +27,7 @@ micro-batch through two different adapters).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import defaultdict
 from collections.abc import Iterator
@@ -205,6 +206,17 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
             p.grad.copy_(average)
 
 
+def _everywhere(flag: bool) -> bool:
+    """True when `flag` holds on every process (one all-reduce)."""
+    _, world = _rank_and_world()
+    if world == 1:
+        return flag
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    value = torch.tensor([0.0 if flag else 1.0], device=device)
+    dist.all_reduce(value)
+    return value.item() == 0
+
+
 def _full(tensor: torch.Tensor) -> torch.Tensor:
     """A DTensor's global value (a collective: every process calls it), else the
     tensor itself."""
@@ -313,11 +325,19 @@ class PAFTParallelTrainer(AxolotlTrainer):
 
     def _cached_reference(self, peft, rows: list[int], batch: dict):
         """The rows' reference log-probs from the cache, computed and kept on a
-        row's first use (None without a cache: the loss computes them)."""
+        row's first use (None without a cache: the loss computes them).
+
+        Under FSDP2 every forward is a collective (each layer all-gathers its
+        shards), so all processes must agree on running the reference forward:
+        rows a process has not seen yet (a data set not divisible by the global
+        batch leaves different rows unseen after a reshuffle) make every process
+        recompute. Same values either way: the reference is a pure function."""
         cache = self.reference_cache
         if cache is None:
             return None
         cached = cache.get(rows, batch["input_ids"].device)
+        if self.is_fsdp_enabled and not _everywhere(cached is not None):
+            cached = None
         if cached is None:
             cached = reference_pair_logps(
                 peft, batch, lambda: base_only(peft, self.paft.adapters)
@@ -424,21 +444,26 @@ class PAFTParallelTrainer(AxolotlTrainer):
     def evaluate_preference(self, prefix: str = "eval") -> dict[str, float]:
         """TRL-named preference metrics of the held-out rows: each process takes
         every world-th row; sums over pairs are reduced across processes, so the
-        result is the mean over all held-out pairs."""
+        result is the mean over all held-out pairs.
+
+        Every process runs the same number of batches: a process with fewer rows
+        (or none) runs weight-0 batches of row 0. Under DDP that only keeps the
+        reduction aligned; under FSDP2 every forward is a collective, and one
+        process's extra forward would hang the others."""
         rows = self.preference_held_out
         rank, world = _rank_and_world()
-        mine = list(range(rank, len(rows), world))
-        weight = 1.0
-        if not mine:  # fewer rows than processes: take part with weight 0
-            mine, weight = [0], 0.0
         size = self.args.per_device_eval_batch_size
+        mine = list(range(rank, len(rows), world))
+        chunks = [(mine[i : i + size], 1.0) for i in range(0, len(mine), size)]
+        most = math.ceil(math.ceil(len(rows) / world) / size)
+        chunks += [([0], 0.0)] * (most - len(chunks))
         peft = self.model
         peft.eval()
         sums: dict[str, torch.Tensor] = defaultdict(float)
         pairs = 0.0
         with active_adapter(peft, self.paft.preference_adapter, self.paft.adapters):
-            for start in range(0, len(mine), size):
-                chunk = [rows[i] for i in mine[start : start + size]]
+            for indices, weight in chunks:
+                chunk = [rows[i] for i in indices]
                 batch = self._prepare_inputs(self.preference.collator(chunk))
                 loss, metrics = self.preference_loss(peft, batch)
                 for name, value in {"loss": loss, **metrics}.items():
