@@ -25,6 +25,7 @@ from test_l1 import scalars_per_writer, tensorboard_scalars
 from test_trainer import max_gap, weights
 
 from axolotl_paft.toy import (
+    axolotl_config,
     parallel_config,
     preference_rows,
     run_axolotl_train,
@@ -163,3 +164,28 @@ def test_fsdp2_resume_is_exact(llama_world, tmp_path):
     torchrun_fsdp(config, tmp_path / "resumed.yml")
     for adapter in ("sft", "dpo"):
         assert max_gap(weights(resumed / adapter), weights(full / adapter)) == 0
+
+
+def test_fsdp2_sft_only_l1_matches_one_process(llama_world, tmp_path):
+    """Without parallel mode: Axolotl's own FSDP2 step (its clipping) plus the L1
+    callback on the sharded SFT adapter, against one process."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    common = {
+        **{k: v for k, v in COMMON.items() if k != "paft_preference_l1_lambda"},
+        "peft_use_dora": False,
+        "paft_l1_mode": "proximal",
+        "paft_l1_lambda": 1.0,
+    }
+    torchrun_fsdp(
+        axolotl_config(llama_world, two, micro_batch_size=2, **FSDP, **common),
+        tmp_path / "two.yml",
+    )
+    run_axolotl_train(axolotl_config(llama_world, one, micro_batch_size=4, **common))
+    gap = max_gap(weights(two), weights(one))
+    print(f"SFT-only L1 proximal: 2 FSDP2 processes vs 1: max |gap| {gap:.3g}")
+    assert gap < 1e-5
+    zeros = "train/sft/lora_exact_zeros"
+    one_logs = tensorboard_scalars(one)
+    assert one_logs[zeros][-1] > 0.1
+    for writer in scalars_per_writer(two):
+        assert writer[zeros] == pytest.approx(one_logs[zeros], abs=1e-3)
