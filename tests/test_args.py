@@ -91,7 +91,12 @@ def test_plain_axolotl_config_has_no_paft_keys(llama_world, tmp_path):
         ({"paft_sft_adapter_name": "default"}, "paft_preference_adapter_name"),
         ({"adapter": None}, "adapter"),
         ({"lora_qkv_kernel": True}, "lora_qkv_kernel"),
-        ({"fsdp_config": {"fsdp_version": 2}}, "fsdp_config"),
+        ({"deepspeed": "zero2.json"}, "deepspeed"),
+        ({"fsdp_config": {"offload_params": True}}, "offload_params"),
+        (
+            {"fsdp_config": {"cpu_ram_efficient_loading": True}},
+            "cpu_ram_efficient_loading",
+        ),
         ({"paft_preference_loss": "kto"}, "paft_preference_loss"),
         ({"context_parallel_size": 2}, "context_parallel_size"),
         ({"tensor_parallel_size": 2}, "tensor_parallel_size"),
@@ -165,6 +170,13 @@ def test_merge_search_holds_out_a_split_of_each_side_by_default(llama_world, tmp
         val_set_size=0.1,
     )
     assert_refused(with_adapter, "paft_merge_search_preference_data")
+
+
+def test_parallel_mode_accepts_fsdp2(llama_world, tmp_path):
+    """Axolotl's FSDP2 (`fsdp_config`) shards parallel mode (test_fsdp.py)."""
+    fsdp = {"fsdp_version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}
+    cfg = validate(parallel_config(llama_world, tmp_path / "out", fsdp_config=fsdp))
+    assert cfg.fsdp_version == 2
 
 
 def test_parallel_mode_turns_fused_lora_kernels_off(llama_world, tmp_path):

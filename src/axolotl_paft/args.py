@@ -507,6 +507,45 @@ LORA_KERNELS = (
 )
 
 
+def _check_parallel_sharding(data: dict) -> None:
+    """Parallel mode runs on one process, DDP or Axolotl's FSDP2 (`fsdp_config`);
+    not on DeepSpeed, not with FSDP2's parameter offloading."""
+    if data.get("deepspeed"):
+        raise ValueError(
+            "deepspeed: parallel mode is not supported on DeepSpeed. ZeRO keeps "
+            "gradients in its own flat partitions, reduced and clipped by its engine "
+            "over all parameters at once (one norm, not one per adapter), and the "
+            "second backward per micro-batch (the preference adapter's) would have "
+            "to go through `engine.backward`; none of it has been run (DeepSpeed "
+            "was not available where this plugin is tested). Use fsdp_config "
+            "(FSDP2) to shard the base, or train the two adapters in two runs"
+        )
+    if data.get("fsdp"):
+        raise ValueError(
+            "fsdp: the FSDP1 list is not supported (Axolotl >= 0.21 removed FSDP1); "
+            "parallel mode shards with fsdp_config (FSDP2)"
+        )
+    fsdp = data.get("fsdp_config") or {}
+    if fsdp.get("cpu_ram_efficient_loading") or fsdp.get(
+        "fsdp_cpu_ram_efficient_loading"
+    ):
+        raise ValueError(
+            "fsdp_config.cpu_ram_efficient_loading: with it, the processes other "
+            "than rank 0 build the model on the meta device, where parallel mode "
+            "adds its two adapters; measured on 2 CPU processes: with DoRA the "
+            "preference adapter cannot initialise there, without DoRA the SFT "
+            "adapter no longer equals the run without the option (Axolotl's own "
+            "single-adapter run does). Refused: set cpu_ram_efficient_loading: false"
+        )
+    if fsdp.get("offload_params") or fsdp.get("fsdp_offload_params"):
+        raise ValueError(
+            "fsdp_config.offload_params: parallel mode under FSDP2 gathers adapter "
+            "shards (gradient norms per adapter, sparsity metrics, final save) "
+            "with collectives on the mesh's device, which CPU-offloaded shards are "
+            "not on; untested, so refused: set offload_params: false"
+        )
+
+
 def _check_parallel(data: dict) -> None:
     """Parallel mode's own checks."""
     entries = data.get("paft_preference_datasets")
@@ -532,12 +571,7 @@ def _check_parallel(data: dict) -> None:
             f"identifiers and not {PEFT_DEFAULT_ADAPTER!r} "
             f"(got {sft!r} and {preference!r})"
         )
-    for key in ("deepspeed", "fsdp", "fsdp_config"):
-        if data.get(key):
-            raise ValueError(
-                f"paft_parallel: `{key}` is not supported in parallel mode (single "
-                "process or DDP); see the README's notes on sharded training"
-            )
+    _check_parallel_sharding(data)
     for key in LORA_KERNELS:
         if data.get(key):
             raise ValueError(

@@ -22,7 +22,9 @@ DoRA magnitudes, `lora_bias` or `modules_to_save` copies).
 
 from __future__ import annotations
 
+import collections
 import time
+from collections.abc import Iterable
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -30,6 +32,7 @@ from transformers import Trainer, TrainerCallback
 from axolotl_paft.adapters import factor_parameters
 from axolotl_paft.sparsity import (
     SUMMARY_MEASURES,
+    LoraFactors,
     live_lora_factors,
     measure,
     summarize,
@@ -42,7 +45,9 @@ class L1SparsityCallback(TrainerCallback):
 
     The metrics are computed on the main process only: the adapters are the same
     on every process (DDP) and only the main process writes the logs, so the dense
-    `B @ A` of every module would be computed world-size times for one value."""
+    `B @ A` of every module would be computed world-size times for one value.
+    Under FSDP2 the other processes still walk the modules, taking part in each
+    module's gather of its sharded factors."""
 
     def __init__(
         self,
@@ -98,17 +103,20 @@ class L1SparsityCallback(TrainerCallback):
                     p.copy_(torch.sign(p) * (p.abs() - shrink).clamp_(min=0))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if (
+        if not (
             self.log_metrics
             and control.should_log
-            and state.is_world_process_zero
             and hasattr(self.trainer, "store_metrics")
         ):
-            self.trainer.store_metrics(self.metrics(model))
-
-    def metrics(self, model: torch.nn.Module) -> dict[str, float]:
-        """Current L1 norm and sparsity of the adapter, as `<prefix>/...` keys."""
+            return
         factors = live_lora_factors(model, self.adapter)
+        if state.is_world_process_zero:
+            self.trainer.store_metrics(self.metrics(factors))
+        else:  # under FSDP2 each module's factors are gathered: take part
+            collections.deque(factors, maxlen=0)
+
+    def metrics(self, factors: Iterable[LoraFactors]) -> dict[str, float]:
+        """Current L1 norm and sparsity of the adapter, as `<prefix>/...` keys."""
         summary = summarize(measure(factors, self.threshold))
         metrics = {f"{self.prefix}/{key}": summary[key] for key in SUMMARY_MEASURES}
         metrics[f"{self.prefix}/l1_penalty"] = self.l1_lambda * summary["l1_norm"]

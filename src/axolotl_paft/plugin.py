@@ -152,6 +152,11 @@ class PAFTPlugin(BasePlugin):
         from axolotl_paft.data import preference_collator
         from axolotl_paft.trainer import ParallelSettings, PreferenceStream
 
+        if cfg.fsdp_config:
+            from axolotl_paft.sharded import use_for_final_save
+
+            use_for_final_save()
+
         train, held_out = self._preference
         settings = ParallelSettings(
             sft_adapter=args.paft_sft_adapter_name,

@@ -101,8 +101,19 @@ def layer_index(name: str) -> int | None:
 
 
 def live_lora_factors(model: torch.nn.Module, adapter: str) -> Iterator[LoraFactors]:
-    """LoRA factors of `adapter` in a live PEFT model (no copies)."""
+    """LoRA factors of `adapter` in a live PEFT model (no copies).
+
+    Under FSDP2 (`fully_shard`) each factor is a DTensor holding this process's
+    rows only; the delta `B @ A`, its per-module maximum and the counts need the
+    whole factors, so those are gathered (`full_tensor`, a collective: every
+    process must iterate the same modules, which the training callbacks do), one
+    module at a time: the copy is the size of one module's LoRA factors."""
     from peft.tuners.lora import LoraLayer
+    from torch.distributed.tensor import DTensor
+
+    def whole(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach()
+        return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
     for name, module in model.named_modules():
         if not isinstance(module, LoraLayer):
@@ -115,8 +126,8 @@ def live_lora_factors(model: torch.nn.Module, adapter: str) -> Iterator[LoraFact
             continue
         yield LoraFactors(
             name=module_name(name),
-            lora_a=a.detach(),
-            lora_b=b.detach(),
+            lora_a=whole(a),
+            lora_b=whole(b),
             scaling=float(module.scaling[adapter]),
         )
 

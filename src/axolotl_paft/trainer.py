@@ -27,6 +27,7 @@ micro-batch through two different adapters).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import defaultdict
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ import torch.distributed as dist
 from axolotl.core.trainers.base import AxolotlTrainer
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
+from torch.distributed.tensor import DTensor
 
 from axolotl_paft.adapters import AdapterRouter, adapter_parameters
 from axolotl_paft.losses import (
@@ -161,13 +163,26 @@ def seeded_random_state(seed: int) -> dict[str, torch.Tensor]:
         return _random_state()
 
 
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """True for an FSDP2 (`fully_shard`) parameter or gradient: a DTensor."""
+    return isinstance(tensor, DTensor)
+
+
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
     """Average gradients across processes in one all-reduce of a fixed layout:
     every tensor in order (a missing gradient as zeros, so it averages as zero and
     no process waits on a differently sized buffer), plus per tensor the number of
-    processes that had a gradient (none anywhere: it stays None)."""
+    processes that had a gradient (none anywhere: it stays None).
+
+    FSDP2 parameters (DTensors) are skipped: FSDP2 reduce-scatters (and averages)
+    every gradient in the backward that produced it, each adapter's backward
+    included, so their gradients are already the mean over processes, sharded.
+    Averaging again would be a no-op at best (equal values) and, on a DTensor, a
+    flattening of local shards that no longer have the parameter's shape. Every
+    process holds the same parameters, so the skip is the same everywhere."""
+    params = [p for p in params if not is_sharded(p)]
     _, world = _rank_and_world()
-    if world == 1:
+    if world == 1 or not params:
         return
     present = [p.grad is not None for p in params]
     flat = torch.cat(
@@ -189,6 +204,23 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
             p.grad = average.to(p.dtype)
         else:
             p.grad.copy_(average)
+
+
+def _everywhere(flag: bool) -> bool:
+    """True when `flag` holds on every process (one all-reduce)."""
+    _, world = _rank_and_world()
+    if world == 1:
+        return flag
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    value = torch.tensor([0.0 if flag else 1.0], device=device)
+    dist.all_reduce(value)
+    return value.item() == 0
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's global value (a collective: every process calls it), else the
+    tensor itself."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
 
 
 class PAFTParallelTrainer(AxolotlTrainer):
@@ -223,9 +255,8 @@ class PAFTParallelTrainer(AxolotlTrainer):
         """Axolotl's optimizer; each of its groups split in two, the preference
         adapter's copy at the group's rate scaled by preference LR / LR."""
         self.model.set_requires_grad(self.paft.adapters, True)  # also after resume
-        self._adapter_parameters = {
-            a: adapter_parameters(self.model, a) for a in self.paft.adapters
-        }
+        self._collect_adapter_parameters()
+        self._recollect_parameters = True  # after accelerator.prepare, see below
         optimizer = super().create_optimizer(model)
         scale = self.paft.learning_rate / self.args.learning_rate
         ours = {id(p) for p in self._adapter_parameters[self.paft.preference_adapter]}
@@ -240,10 +271,28 @@ class PAFTParallelTrainer(AxolotlTrainer):
         optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
         return optimizer
 
+    def _collect_adapter_parameters(self) -> None:
+        """Each adapter's parameters as the model holds them now (clipping and the
+        cross-process average act on these).
+
+        Called again at the first training step after the optimizer was created:
+        under FSDP2 the Trainer creates the optimizer *before*
+        `accelerator.prepare`, whose `fully_shard` replaces every parameter by a
+        new DTensor parameter and swaps them into the optimizer
+        (`fsdp2_switch_optimizer_parameters`), but not into lists kept elsewhere:
+        tensors collected before prepare never get a gradient again, so their
+        clipping would silently do nothing."""
+        self._adapter_parameters = {
+            a: adapter_parameters(self.model, a) for a in self.paft.adapters
+        }
+
     # --- training --------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         peft = self.model
+        if self._recollect_parameters:  # first step after the optimizer's creation
+            self._collect_adapter_parameters()
+            self._recollect_parameters = False
         sft_loss = super().training_step(peft, inputs, num_items_in_batch)
         if self._preference_index is None:  # first step, or a checkpoint without it
             accumulation = self.args.gradient_accumulation_steps
@@ -277,11 +326,19 @@ class PAFTParallelTrainer(AxolotlTrainer):
 
     def _cached_reference(self, peft, rows: list[int], batch: dict):
         """The rows' reference log-probs from the cache, computed and kept on a
-        row's first use (None without a cache: the loss computes them)."""
+        row's first use (None without a cache: the loss computes them).
+
+        Under FSDP2 every forward is a collective (each layer all-gathers its
+        shards), so all processes must agree on running the reference forward:
+        rows a process has not seen yet (a data set not divisible by the global
+        batch leaves different rows unseen after a reshuffle) make every process
+        recompute. Same values either way: the reference is a pure function."""
         cache = self.reference_cache
         if cache is None:
             return None
         cached = cache.get(rows, batch["input_ids"].device)
+        if self.is_fsdp_enabled and not _everywhere(cached is not None):
+            cached = None
         if cached is None:
             cached = reference_pair_logps(
                 peft, batch, lambda: self.router.through(None)
@@ -305,10 +362,18 @@ class PAFTParallelTrainer(AxolotlTrainer):
         )
 
     def _clip_grad_norm(self, model):
-        """Clip each adapter's gradients on its own; report the SFT norm."""
+        """Clip each adapter's gradients on its own; report the SFT norm.
+
+        Under FSDP2 the gradients are sharded DTensors: `clip_grad_norm_` then
+        computes each adapter's norm over all shards (a DTensor reduced across the
+        mesh, the same on every process) and scales every shard by it, which is
+        the norm and clipping of one process holding the whole gradient. The norm
+        comes back as a DTensor; its full value is what is logged."""
         self.accelerator.unscale_gradients()
         norms = {
-            adapter: torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+            adapter: _full(
+                torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+            )
             for adapter, params in self._adapter_parameters.items()
         }
         self._pending["grad_norm"].append(norms[self.paft.preference_adapter])
@@ -380,21 +445,26 @@ class PAFTParallelTrainer(AxolotlTrainer):
     def evaluate_preference(self, prefix: str = "eval") -> dict[str, float]:
         """TRL-named preference metrics of the held-out rows: each process takes
         every world-th row; sums over pairs are reduced across processes, so the
-        result is the mean over all held-out pairs."""
+        result is the mean over all held-out pairs.
+
+        Every process runs the same number of batches: a process with fewer rows
+        (or none) runs weight-0 batches of row 0. Under DDP that only keeps the
+        reduction aligned; under FSDP2 every forward is a collective, and one
+        process's extra forward would hang the others."""
         rows = self.preference_held_out
         rank, world = _rank_and_world()
-        mine = list(range(rank, len(rows), world))
-        weight = 1.0
-        if not mine:  # fewer rows than processes: take part with weight 0
-            mine, weight = [0], 0.0
         size = self.args.per_device_eval_batch_size
+        mine = list(range(rank, len(rows), world))
+        chunks = [(mine[i : i + size], 1.0) for i in range(0, len(mine), size)]
+        most = math.ceil(math.ceil(len(rows) / world) / size)
+        chunks += [([0], 0.0)] * (most - len(chunks))
         peft = self.model
         peft.eval()
         sums: dict[str, torch.Tensor] = defaultdict(float)
         pairs = 0.0
         with self.router.through(self.paft.preference_adapter):
-            for start in range(0, len(mine), size):
-                chunk = [rows[i] for i in mine[start : start + size]]
+            for indices, weight in chunks:
+                chunk = [rows[i] for i in indices]
                 batch = self._prepare_inputs(self.preference.collator(chunk))
                 loss, metrics = self.preference_loss(peft, batch)
                 for name, value in {"loss": loss, **metrics}.items():
@@ -413,7 +483,8 @@ class PAFTParallelTrainer(AxolotlTrainer):
 
     def _load_best_model(self):
         """Both adapters from the best checkpoint's `<adapter>/` folders (the
-        Trainer's own loader looks for a single adapter at the top level)."""
+        Trainer's own loader looks for a single adapter at the top level); under
+        FSDP2 from its two sharded adapter states (see `_save_adapter_shards`)."""
         best = Path(self.state.best_model_checkpoint)
         LOG.info(
             "paft: loading both adapters of the best checkpoint %s (%s = %s)",
@@ -421,11 +492,61 @@ class PAFTParallelTrainer(AxolotlTrainer):
             self.args.metric_for_best_model,
             self.state.best_metric,
         )
+        if self.is_fsdp_enabled:
+            self._load_adapter_shards(str(best), self.paft.adapters)
+            return
         for adapter in self.paft.adapters:
             weights = load_file(best / adapter / "adapter_model.safetensors")
             set_peft_model_state_dict(self.model, weights, adapter_name=adapter)
 
     # --- checkpoints -----------------------------------------------------------
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Under FSDP2 the Trainer saves the model's sharded state with
+        `save_fsdp_model(adapter_only=True)`, which for a PEFT model keeps the
+        *active* adapter only (`get_peft_model_state_dict(adapter_name=
+        model.active_adapter)`): the SFT adapter, as `pytorch_model_fsdp_0`. The
+        preference adapter's shards go next to it as `pytorch_model_fsdp_1`."""
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.is_fsdp_enabled:
+            self._save_adapter_shards(output_dir)
+
+    def _save_adapter_shards(self, output_dir: str) -> None:
+        from accelerate.utils import save_fsdp_model
+
+        with self.router.through(self.paft.preference_adapter):
+            save_fsdp_model(
+                self.accelerator.state.fsdp_plugin,
+                self.accelerator,
+                self.model,
+                output_dir,
+                model_index=1,
+                adapter_only=True,
+            )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Under FSDP2 (loaded after `fully_shard`), the Trainer restores the
+        active (SFT) adapter's shards; the preference adapter's come from
+        `pytorch_model_fsdp_1` (see `_save_optimizer_and_scheduler`)."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.is_fsdp_enabled:
+            self._load_adapter_shards(
+                resume_from_checkpoint, [self.paft.preference_adapter]
+            )
+
+    def _load_adapter_shards(self, checkpoint: str, adapters: list[str]) -> None:
+        from accelerate.utils import load_fsdp_model
+
+        for adapter in adapters:
+            with self.router.through(adapter):
+                load_fsdp_model(
+                    self.accelerator.state.fsdp_plugin,
+                    self.accelerator,
+                    self.model,
+                    checkpoint,
+                    model_index=self.paft.adapters.index(adapter),
+                    adapter_only=True,
+                )
 
     def _save_rng_state(self, output_dir: str) -> None:
         """The Trainer's random states, plus the preference stream's position and
