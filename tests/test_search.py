@@ -41,3 +41,79 @@ def test_search_writes_best_config_leaderboard_and_picture(
     assert not (out / "candidates" / entries[-1]["name"]).exists()  # not kept
     assert (out / "search.png").stat().st_size > 0
     assert entries[0]["name"] in (out / "leaderboard.md").read_text()
+
+
+def _fake_search_world(monkeypatch, landscape: dict[str, tuple[float, float]]):
+    """Replace the merges and the scorer by a table: model name -> (skill exact
+    match, preference accuracy); `default` for merges not in the table."""
+    import torch
+
+    from axolotl_paft import evaluate
+    from axolotl_paft import search as search_module
+
+    def build(base, sft, preference, candidate, out, cache):
+        out.mkdir(parents=True)
+        (out.parent / f"{out.name}.yml").write_text(
+            f"merge_method: {candidate.method}\n"
+        )
+        return out
+
+    def load_model(path, adapter=None):
+        return "base" if adapter is None and path == "BASE" else (adapter or path).name
+
+    def quick_metrics(model, base_logps, tokenizer, sft_rows, preference_rows):
+        skill, accuracy = landscape.get(model, landscape["default"])
+        return {
+            "sft_exact_match": skill,
+            "preference_accuracy": accuracy,
+            "preference_margin": 0.0,
+            "score": (skill + accuracy) / 2,
+        }
+
+    monkeypatch.setattr(search_module, "build_candidate", build)
+    monkeypatch.setattr(evaluate, "load_model", load_model)
+    monkeypatch.setattr(evaluate, "pair_logps", lambda *a: torch.zeros(1, 2))
+    monkeypatch.setattr(evaluate, "quick_metrics", quick_metrics)
+    monkeypatch.setattr(
+        "transformers.AutoTokenizer.from_pretrained", lambda *a, **k: None
+    )
+
+
+def test_search_prefers_the_balanced_merge_over_a_lopsided_higher_score(
+    monkeypatch, tmp_path
+):
+    """Issue 8's goal is both sides kept: a merge that keeps all of the skill and
+    60% of the preference (score 0.80) must lose to one that keeps 75% of each
+    (score 0.75), measured against the SFT-only and preference-only adapters."""
+    from pathlib import Path
+
+    from axolotl_paft.search import search
+
+    _fake_search_world(
+        monkeypatch,
+        {
+            "base": (0.0, 0.0),
+            "sft": (1.0, 0.0),
+            "preference": (0.0, 1.0),
+            "ties-s1-p1-d0.5": (1.0, 0.6),
+            "task_arithmetic-s1-p1": (0.75, 0.75),
+            "default": (0.5, 0.5),
+        },
+    )
+    result = search(
+        "BASE", Path("sft"), Path("preference"), [{}], [{}], tmp_path / "search",
+        budget=4, methods=("ties", "task_arithmetic"),
+    )  # fmt: skip
+    assert result["best"] == "task_arithmetic-s1-p1"
+    best = result["leaderboard"][0]["metrics"]
+    assert best["skill_kept"] == best["preference_kept"] == best["balanced"] == 0.75
+    assert set(result["references"]) == {"base", "sft", "preference"}
+    board = json.loads((tmp_path / "search" / "leaderboard.json").read_text())
+    assert board["objective"] == "balanced"
+    assert board["leaderboard"][1]["name"] == "ties-s1-p1-d0.5"  # score 0.80, second
+    # the old ranking is still there, named
+    result = search(
+        "BASE", Path("sft"), Path("preference"), [{}], [{}], tmp_path / "by-score",
+        budget=4, methods=("ties", "task_arithmetic"), objective="score",
+    )  # fmt: skip
+    assert result["best"] == "ties-s1-p1-d0.5"
