@@ -43,15 +43,19 @@ def test_search_writes_best_config_leaderboard_and_picture(
     assert entries[0]["name"] in (out / "leaderboard.md").read_text()
 
 
-def _fake_search_world(monkeypatch, landscape: dict[str, tuple[float, float]]):
+def _fake_search_world(monkeypatch, landscape):
     """Replace the merges and the scorer by a table: model name -> (skill exact
-    match, preference accuracy); `default` for merges not in the table."""
+    match, preference accuracy); `default` for merges not in the table (a
+    function of the Candidate)."""
     import torch
 
     from axolotl_paft import evaluate
     from axolotl_paft import search as search_module
 
+    built = {}
+
     def build(base, sft, preference, candidate, out, cache):
+        built[out.name] = candidate
         out.mkdir(parents=True)
         (out.parent / f"{out.name}.yml").write_text(
             f"merge_method: {candidate.method}\n"
@@ -62,7 +66,7 @@ def _fake_search_world(monkeypatch, landscape: dict[str, tuple[float, float]]):
         return "base" if adapter is None and path == "BASE" else (adapter or path).name
 
     def quick_metrics(model, base_logps, tokenizer, sft_rows, preference_rows):
-        skill, accuracy = landscape.get(model, landscape["default"])
+        skill, accuracy = landscape.get(model) or landscape["default"](built[model])
         return {
             "sft_exact_match": skill,
             "preference_accuracy": accuracy,
@@ -97,7 +101,7 @@ def test_search_prefers_the_balanced_merge_over_a_lopsided_higher_score(
             "preference": (0.0, 1.0),
             "ties-s1-p1-d0.5": (1.0, 0.6),
             "task_arithmetic-s1-p1": (0.75, 0.75),
-            "default": (0.5, 0.5),
+            "default": lambda candidate: (0.5, 0.5),
         },
     )
     result = search(
@@ -117,3 +121,34 @@ def test_search_prefers_the_balanced_merge_over_a_lopsided_higher_score(
         budget=4, methods=("ties", "task_arithmetic"), objective="score",
     )  # fmt: skip
     assert result["best"] == "ties-s1-p1-d0.5"
+
+
+def test_search_bisects_the_preference_weight_to_where_both_sides_cross(
+    monkeypatch, tmp_path
+):
+    """A trade-off between the grid's values: skill kept falls as the preference
+    weight rises, preference kept rises; they cross at 1.2 (0.8 each). The grid
+    has 1.0 (100% / 60%) and 1.5 (50% / 100%) only; the balance phase bisects
+    the preference weight between them."""
+    from pathlib import Path
+
+    from axolotl_paft.search import search
+
+    def trade_off(candidate):
+        w = candidate.preference_weight
+        penalty = abs(candidate.sft_weight - 1)
+        return (max(0.0, min(1.0, 2 - w) - penalty), max(0.0, min(1.0, w - 0.4)))
+
+    _fake_search_world(
+        monkeypatch,
+        {"base": (0.0, 0.0), "sft": (1.0, 0.0), "preference": (0.0, 1.0),
+         "default": trade_off},
+    )  # fmt: skip
+    result = search(
+        "BASE", Path("sft"), Path("preference"), [{}], [{}], tmp_path / "search",
+        budget=10, methods=("task_arithmetic",),
+    )  # fmt: skip
+    best = result["leaderboard"][0]
+    assert 1.0 < best["preference_weight"] < 1.5
+    assert best["metrics"]["balanced"] >= 0.78
+    assert len(result["leaderboard"]) == 10

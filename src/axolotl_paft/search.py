@@ -126,6 +126,8 @@ def _neighbours(candidate: Candidate, field: str) -> list[Candidate]:
 
 
 OBJECTIVES = ("balanced", "score")
+BALANCE_STEPS = 6  # bisection steps on the preference weight per balance phase
+MAX_PREFERENCE_WEIGHT = 4.0
 
 
 def gain_kept(value: float, base: float, reference: float) -> float:
@@ -150,6 +152,38 @@ def balanced_metrics(metrics: dict, references: dict) -> dict[str, float]:
         ),
     }
     return kept | {"balanced": min(1.0, *kept.values())}
+
+
+def _candidate(entry: dict) -> Candidate:
+    return Candidate(**{k: entry[k] for k in asdict(Candidate("ties"))})
+
+
+def _balance(start: dict, evaluate, steps: int) -> None:
+    """Bisect `start`'s preference weight towards the point where skill kept and
+    preference kept cross (the balanced objective's best along that line): up
+    while the skill side keeps more, down while the preference side does,
+    doubling or halving until both sides are bracketed; `steps` evaluations at
+    most (`evaluate` returns None once the budget is spent)."""
+    low, high = 0.0, None  # weights where the skill / preference side is ahead
+    entry = start
+    for _ in range(steps):
+        metrics, weight = entry["metrics"], entry["preference_weight"]
+        if math.isnan(metrics["balanced"]):
+            return
+        if metrics["skill_kept"] >= metrics["preference_kept"]:
+            low = max(low, weight)
+        else:
+            high = weight if high is None else min(high, weight)
+        if high is None:
+            weight = min(2 * weight, MAX_PREFERENCE_WEIGHT)
+        else:
+            weight = round((low + high) / 2, 3)
+        candidate = replace(_candidate(entry), preference_weight=weight)
+        if weight <= 0 or weight == entry["preference_weight"]:
+            return
+        entry = evaluate(candidate)
+        if entry is None:
+            return
 
 
 def _rank(entry: dict, objective: str = "balanced") -> tuple:
@@ -225,20 +259,28 @@ def search(
         print(f"search {len(entries)}/{budget}: {candidate.name} {metrics}", flush=True)
         return entry
 
+    def coordinate(start: dict) -> None:
+        improved = True
+        while improved and len(entries) < budget:
+            improved = False
+            current = _candidate(start)
+            for field in GRID:
+                if not current.varies(field):
+                    continue
+                for neighbour in _neighbours(current, field):
+                    entry = evaluate(neighbour)
+                    if entry is not None and rank(entry) > rank(start):
+                        start, improved = entry, True
+
     for method in methods:
         evaluate(Candidate(method))
-    start = best
-    improved = True
-    while improved and len(entries) < budget:
-        improved = False
-        current = Candidate(**{k: start[k] for k in asdict(Candidate("ties"))})
-        for field in GRID:
-            if not current.varies(field):
-                continue
-            for neighbour in _neighbours(current, field):
-                entry = evaluate(neighbour)
-                if entry is not None and rank(entry) > rank(start):
-                    start, improved = entry, True
+    while len(entries) < budget:
+        evaluated = len(entries)
+        if references:
+            _balance(best, evaluate, BALANCE_STEPS)
+        coordinate(best)
+        if len(entries) == evaluated:
+            break
     write_search(out, entries, best, base, sft, preference, objective, references)
     leaderboard = sorted(entries.values(), key=rank, reverse=True)
     return {"best": best["name"], "leaderboard": leaderboard, "references": references}
