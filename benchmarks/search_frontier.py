@@ -2,6 +2,7 @@
 
     python benchmarks/search_frontier.py OUT --world DIR [--seeds 0,1,2]
         [--methods task_arithmetic,ties,dare_ties] [--densities 0.3,0.5,0.7,0.85]
+        [--sft-weights 0.5,...] [--preference-weights 0.25,...]
     python benchmarks/search_frontier.py OUT --world DIR --search NAME
         [--search-budget 14]
     python benchmarks/search_frontier.py OUT --report [--publish]
@@ -80,14 +81,14 @@ def adapters(world, out: Path, seed: int, opts) -> dict[str, Path]:
     return {"sft": sft, "preference": train(config, path)}
 
 
-def grid(methods, densities) -> list:
+def grid(methods, densities, sft_weights, preference_weights) -> list:
     """Every candidate of the grid, in the order given by `methods`."""
     from axolotl_paft.search import Candidate
 
     out = []
     for method in methods:
-        for s in SFT_WEIGHTS:
-            for p in PREFERENCE_WEIGHTS:
+        for s in sft_weights:
+            for p in preference_weights:
                 if Candidate(method).varies("density"):
                     out += [Candidate(method, s, p, d) for d in densities]
                 else:
@@ -195,7 +196,9 @@ def run_seed(world, splits, out: Path, seed: int, opts, argv) -> None:
     built = {merge_key_of(e): e for e in result["candidates"].values()}
     cache = out / "lora-cache" / f"seed{seed}"
     start, count = time.time(), 0
-    for candidate in grid(opts.methods, opts.densities):
+    for candidate in grid(
+        opts.methods, opts.densities, opts.sft_weights, opts.preference_weights
+    ):
         if candidate.name in result["candidates"]:
             continue
         key = merge_key(candidate)
@@ -272,6 +275,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-rows", type=int, default=48)
     parser.add_argument("--methods", default="task_arithmetic,ties,dare_ties")
     parser.add_argument("--densities", default=",".join(f"{d:g}" for d in DENSITIES))
+    parser.add_argument("--sft-weights", default=",".join(map(str, SFT_WEIGHTS)))
+    parser.add_argument(
+        "--preference-weights", default=",".join(map(str, PREFERENCE_WEIGHTS))
+    )
     parser.add_argument("--search", help="run the search; record it under NAME")
     parser.add_argument("--search-budget", type=int, default=14)
     parser.add_argument("--report", action="store_true")
@@ -285,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     opts.methods = opts.methods.split(",")
     opts.densities = [float(d) for d in opts.densities.split(",")]
+    opts.sft_weights = [float(w) for w in opts.sft_weights.split(",")]
+    opts.preference_weights = [float(w) for w in opts.preference_weights.split(",")]
     from axolotl_paft.world import build_world
 
     world = build_world(opts.world or out / "world", opts.size)
