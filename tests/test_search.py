@@ -7,6 +7,7 @@ import json
 import yaml
 
 from axolotl_paft.merge import validate_config
+from axolotl_paft.search import _rank
 from axolotl_paft.sweep import main
 
 
@@ -31,8 +32,9 @@ def test_search_writes_best_config_leaderboard_and_picture(
     entries = board["leaderboard"]
     assert len(entries) == 4  # the budget: two methods at 1/1, then neighbours
     assert {e["method"] for e in entries[:4]} <= {"ties", "task_arithmetic"}
-    scores = [e["metrics"]["score"] for e in entries]
-    assert scores == sorted(scores, reverse=True)
+    ranks = [_rank(e) for e in entries]  # balanced, then score (score alone
+    assert ranks == sorted(ranks, reverse=True)  # where a reference gains nothing)
+    assert set(board["references"]) == {"base", "sft", "preference"}
     assert board["best"] == entries[0]["name"]
     best = yaml.safe_load((out / "mergekit" / "best.yml").read_text())
     validate_config(best)
