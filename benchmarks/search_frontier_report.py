@@ -121,8 +121,8 @@ def markdown(summaries: list[dict], entries: dict) -> str:
         "",
         "## Is 95% / 95% attainable?",
         "",
-        "| seed | grid (merges built) | best balanced on validation: its validation / "
-        "its test | best balanced on test | merges >= 95/95 on validation | on test | "
+        "| seed | grid (merges built) | best balanced on validation: validation; "
+        "test | best balanced on test | merges >= 95/95 on validation | on test | "
         "on both |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -132,7 +132,8 @@ def markdown(summaries: list[dict], entries: dict) -> str:
         vbest = entries[seed][v["best_balanced"]]
         lines.append(
             f"| {seed} | {s['candidates']} ({s['merges']}) | {v['best_balanced']}: "
-            f"{pair(vbest['kept']['validation'])} / {pair(vbest['kept']['test'])} | "
+            f"{pair(vbest['kept']['validation'])}; "
+            f"test {pair(vbest['kept']['test'])} | "
             f"{t['best_balanced']}: {pair(t['best_balanced_kept']['test'])} | "
             f"{len(v['reaching_goal'])} | {len(t['reaching_goal'])} | "
             f"{len(s['validation_goal_on_test'])} |"
@@ -151,17 +152,23 @@ def markdown(summaries: list[dict], entries: dict) -> str:
             for p in s["validation"]["pareto"]
         )
         lines.append(f"- seed {s['seed']}: {front}")
+    methods = list(
+        dict.fromkeys(m for s in summaries for m in s["per_method_best_test"])
+    )
     lines += [
         "",
         "## Best balanced merge per method (test rows)",
         "",
-        "| seed | " + " | ".join(summaries[0]["per_method_best_test"]) + " |",
-        "|---|" + "---|" * len(summaries[0]["per_method_best_test"]),
+        "| seed | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
     ]
     for s in summaries:
+        best = s["per_method_best_test"]
         cells = [
-            f"{name}: {pair(entries[s['seed']][name]['kept']['test'])}"
-            for name in s["per_method_best_test"].values()
+            f"{best[m]}: {pair(entries[s['seed']][best[m]]['kept']['test'])}"
+            if m in best
+            else "-"
+            for m in methods
         ]
         lines.append(f"| {s['seed']} | " + " | ".join(cells) + " |")
     names = sorted({n for s in summaries for n in s["searches"]})
@@ -187,12 +194,20 @@ def markdown(summaries: list[dict], entries: dict) -> str:
                     f"| {'yes' if goal else 'no'} |"
                 )
     lines += ["", "## Provenance", ""]
+    commands: dict[str, dict] = {}
     for s in summaries:
         for run in s["runs"]:
-            lines.append(
-                f"- seed {s['seed']}, {run['phase']}: {run['date']}, commit "
-                f"{run['commit'][:10]}, `{run['command']}`"
+            c = commands.setdefault(
+                run["command"], {"seeds": set(), "dates": [], "commits": set()}
             )
+            c["seeds"].add(s["seed"])
+            c["dates"].append(run["date"])
+            c["commits"].add(run["commit"][:10])
+    for command, c in commands.items():
+        lines.append(
+            f"- `{command}`: seeds {sorted(c['seeds'])}, {min(c['dates'])} to "
+            f"{max(c['dates'])}, commit(s) {', '.join(sorted(c['commits']))}"
+        )
     p = summaries[0]["provenance"]
     if p:
         packages = ", ".join(f"{k} {v}" for k, v in p["packages"].items())
