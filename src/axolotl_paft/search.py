@@ -127,6 +127,7 @@ def _neighbours(candidate: Candidate, field: str) -> list[Candidate]:
 
 OBJECTIVES = ("balanced", "score")
 BALANCE_STEPS = 6  # bisection steps on the preference weight per balance phase
+BALANCED_METHODS = 2  # methods bisected after the first round
 MAX_PREFERENCE_WEIGHT = 4.0
 
 
@@ -158,32 +159,43 @@ def _candidate(entry: dict) -> Candidate:
     return Candidate(**{k: entry[k] for k in asdict(Candidate("ties"))})
 
 
-def _balance(start: dict, evaluate, steps: int) -> None:
+def _balance(start: dict, evaluate, steps: int, entries: dict) -> None:
     """Bisect `start`'s preference weight towards the point where skill kept and
     preference kept cross (the balanced objective's best along that line): up
     while the skill side keeps more, down while the preference side does,
-    doubling or halving until both sides are bracketed; `steps` evaluations at
-    most (`evaluate` returns None once the budget is spent)."""
+    doubling or halving until both sides are bracketed (by the candidates of
+    `entries` on the same line too); `steps` evaluations at most (`evaluate`
+    returns None once the budget is spent)."""
+    if math.isnan(start["metrics"]["balanced"]):
+        return
+    line = _candidate(start)
     low, high = 0.0, None  # weights where the skill / preference side is ahead
-    entry = start
     for _ in range(steps):
-        metrics, weight = entry["metrics"], entry["preference_weight"]
-        if math.isnan(metrics["balanced"]):
-            return
-        if metrics["skill_kept"] >= metrics["preference_kept"]:
-            low = max(low, weight)
-        else:
-            high = weight if high is None else min(high, weight)
+        for e in entries.values():
+            if replace(_candidate(e), preference_weight=1.0) != replace(
+                line, preference_weight=1.0
+            ):
+                continue
+            weight, metrics = e["preference_weight"], e["metrics"]
+            if metrics["skill_kept"] >= metrics["preference_kept"]:
+                low = max(low, weight)
+            elif high is None or weight < high:
+                high = weight
+        if high is not None and high <= low:
+            return  # not monotone here: nothing to bisect
         if high is None:
-            weight = min(2 * weight, MAX_PREFERENCE_WEIGHT)
+            weight = min(2 * max(low, line.preference_weight), MAX_PREFERENCE_WEIGHT)
         else:
             weight = round((low + high) / 2, 3)
-        candidate = replace(_candidate(entry), preference_weight=weight)
-        if weight <= 0 or weight == entry["preference_weight"]:
+        if weight <= 0 or weight in (low, high):
             return
-        entry = evaluate(candidate)
-        if entry is None:
+        if evaluate(replace(line, preference_weight=weight)) is None:
             return
+
+
+def _total_kept(entry: dict) -> float:
+    metrics = entry["metrics"]
+    return metrics["skill_kept"] + metrics["preference_kept"]
 
 
 def _rank(entry: dict, objective: str = "balanced") -> tuple:
@@ -274,11 +286,17 @@ def search(
 
     for method in methods:
         evaluate(Candidate(method))
+    if references and not math.isnan(best["metrics"]["balanced"]):
+        # the methods whose default merge keeps the most in total first: moving
+        # the weights trades one side for the other, it does not add to both
+        defaults = sorted(entries.values(), key=_total_kept, reverse=True)
+        for start in defaults[:BALANCED_METHODS]:
+            _balance(start, evaluate, BALANCE_STEPS, entries)
     while len(entries) < budget:
         evaluated = len(entries)
-        if references:
-            _balance(best, evaluate, BALANCE_STEPS)
         coordinate(best)
+        if references:
+            _balance(best, evaluate, BALANCE_STEPS, entries)
         if len(entries) == evaluated:
             break
     write_search(out, entries, best, base, sft, preference, objective, references)
