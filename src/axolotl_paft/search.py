@@ -12,9 +12,12 @@ search scores the SFT-only and preference-only adapters on the same rows for
 that (two evaluations beyond the budget). `objective="score"` ranks by the score
 alone, which can prefer a merge that gives up one side. The strategy is
 deterministic: every method at the default parameters first (weights 1/1,
-density 0.5), then a coordinate search from the best candidate over the
-preference weight, the SFT weight and the density, one neighbouring grid value at
-a time, while the budget lasts. Writes into `out`:
+density 0.5); with the balanced objective, a balance phase for the two methods
+whose default merge keeps the most in total (bisection of the preference weight
+towards the crossing of skill kept and preference kept, `_balance`); then a
+coordinate search from the best candidate over the preference weight, the SFT
+weight and the density, one neighbouring grid value at a time, and a balance
+phase from the best again, while the budget lasts. Writes into `out`:
 
 - `mergekit/best.yml`: the winner's config (run it with `mergekit-yaml`);
 - `merged/best`: the winner, merged;
