@@ -174,7 +174,7 @@ def run_seed(world, splits, out: Path, seed: int, opts, argv) -> None:
     result.setdefault("runs", [])
 
     def save(phase: str) -> None:
-        result["runs"] = [*result["runs"], provenance(argv) | {"phase": phase}][-20:]
+        result["runs"] = [*result["runs"], provenance(argv) | {"phase": phase}]
         path.write_text(json.dumps(result, indent=1))
 
     found = adapters(world, out, seed, opts)

@@ -13,6 +13,34 @@ from pathlib import Path
 
 GOAL = 0.95
 SPLITS = ("validation", "test")
+PROVENANCE_NOTES = (  # what the seed files of branch searchexp lost or cannot say
+    "- Before these (the seed files kept only their last 20 runs then): "
+    "`python benchmarks/search_frontier.py runs/frontier --world runs/world "
+    "--seeds 0,1,2 --methods task_arithmetic` (adapters, references and the "
+    "task arithmetic grid; 2026-11-23 16:00 to 16:10 UTC, commits 271df52, "
+    "abd190b) and the same with `--sft-weights 0.75,1 --preference-weights "
+    "0.8,0.85,...,1.95` (step 0.05; 16:11 to 16:18 UTC, commit abd190b).",
+    "- commit = the worktree's HEAD when a seed file was saved. The grid code "
+    "(`search.build_candidate`, `evaluate.quick_metrics`) is the same in every "
+    "one of them; `before-b14` ran the `src/` of 271df52 (an export of it on "
+    "PYTHONPATH), the `after*` searches the commits named above.",
+    "- World: `axolotl_paft.world.build_world(runs/world, 'full')`, built "
+    "2026-11-23 15:54 to 15:58 UTC; adapters trained once per seed by the first "
+    "command (evidence.py's recipe: SFT lambda 0, lr 1e-3, 300 steps; DPO lr "
+    "1e-4, 200 steps; seed = the seed). The `before-b14` picks reproduce "
+    "`results_evidence.md`'s searched merges exactly (same names and numbers).",
+)
+SEARCHES = {  # the `--search NAME`s recorded on branch searchexp
+    "before-b14": "the search before this branch (commit 271df52, ranked by the "
+    "score), budget 14 as in `results_evidence.md`",
+    "after-b14": "balanced objective + balance phase on the best method only "
+    "(commit d8b1999), budget 14",
+    "after-b24": "the same, budget 24",
+    "after2-b14": "balanced objective + balance phase on the two methods keeping "
+    "the most in total, then coordinate and balance (commit 459a81c, the code "
+    "now), budget 14",
+    "after2-b24": "the same, budget 24 (the product's default)",
+}
 
 
 def balanced(entry: dict, split: str) -> tuple[float, float]:
@@ -171,11 +199,13 @@ def markdown(summaries: list[dict], entries: dict) -> str:
             for m in methods
         ]
         lines.append(f"| {s['seed']} | " + " | ".join(cells) + " |")
-    names = sorted({n for s in summaries for n in s["searches"]})
+    names = list(dict.fromkeys(n for s in summaries for n in s["searches"]))
     if names:
         lines += [
             "",
             "## The search (`axolotl_paft.search.search`, picked on validation)",
+            "",
+            *(f"- `{n}`: {SEARCHES[n]}" for n in names if n in SEARCHES),
             "",
             "| seed | search | budget (evaluated) | pick | validation kept | test kept "
             "| test score | goal met on test |",
@@ -208,6 +238,7 @@ def markdown(summaries: list[dict], entries: dict) -> str:
             f"- `{command}`: seeds {sorted(c['seeds'])}, {min(c['dates'])} to "
             f"{max(c['dates'])}, commit(s) {', '.join(sorted(c['commits']))}"
         )
+    lines += ["", *PROVENANCE_NOTES]
     p = summaries[0]["provenance"]
     if p:
         packages = ", ".join(f"{k} {v}" for k, v in p["packages"].items())
@@ -250,7 +281,7 @@ def plot(summaries: list[dict], entries: dict, path: Path) -> Path:
                 lw=1,
                 label="Pareto front",
             )
-            for name, marker in zip(sorted(s["searches"]), "Xs*P", strict=False):
+            for name, marker in zip(s["searches"], "vXs*PDo^<>", strict=False):
                 k = s["searches"][name]["kept"][split]
                 ax.scatter(
                     [k["preference_kept"]], [k["skill_kept"]], marker=marker, s=120,
