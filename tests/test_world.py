@@ -1,6 +1,7 @@
 """The miniature world's quick grid: its two preconditions hold at lambda 0, the
 merge search's pick is at least as balanced as the equal-weight merge on the rows
-it searches and beats sequential SFT->DPO on held-out rows (benchmarks/evidence.py is the full grid)."""
+it searches and beats sequential SFT->DPO on held-out rows (benchmarks/evidence.py
+is the full grid)."""
 
 from __future__ import annotations
 
