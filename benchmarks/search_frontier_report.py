@@ -19,7 +19,10 @@ PROVENANCE_NOTES = (  # what the seed files of branch searchexp lost or cannot s
     "--seeds 0,1,2 --methods task_arithmetic` (adapters, references and the "
     "task arithmetic grid; 2026-11-23 16:00 to 16:10 UTC, commits 271df52, "
     "abd190b) and the same with `--sft-weights 0.75,1 --preference-weights "
-    "0.8,0.85,...,1.95` (step 0.05; 16:11 to 16:18 UTC, commit abd190b).",
+    "0.8,0.85,...,1.95` (step 0.05; 16:11 to 16:18 UTC, commit abd190b). "
+    "Breadcrumbs-TIES only on a part grid (`--methods breadcrumbs_ties "
+    "--sft-weights 0.75,1 --preference-weights 1,1.25,1.5,1.75,2`, every "
+    "density); linear, SLERP and DELLA only where the searches evaluated them.",
     "- commit = the worktree's HEAD when a seed file was saved. The grid code "
     "(`search.build_candidate`, `evaluate.quick_metrics`) is the same in every "
     "one of them; `before-b14` ran the `src/` of 271df52 (an export of it on "
