@@ -27,20 +27,24 @@ COMMON = {
 LAUNCHER = Path(__file__).with_name("ddp_train.py")
 
 
-def torchrun_two_processes(config: dict, path: Path) -> None:
+def torchrun_two_processes(
+    config: dict, path: Path, launcher: Path = LAUNCHER, timeout: int = 600
+) -> str:
+    """Run `config` through `launcher` on 2 torchrun processes; their output."""
     path.write_text(yaml.safe_dump(config))
     torchrun = Path(sys.executable).with_name("torchrun")
     done = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", str(LAUNCHER), str(path)],
+        [str(torchrun), "--nproc_per_node", "2", str(launcher), str(path)],
         capture_output=True,
         text=True,
         env={
             **os.environ,
             "PATH": f"{torchrun.parent}{os.pathsep}{os.environ['PATH']}",
         },
-        timeout=600,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout + done.stderr
 
 
 def test_two_processes(llama_world, tmp_path):

@@ -13,14 +13,11 @@ save of both adapters from gathered shards.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from test_ddp import torchrun_two_processes
 from test_l1 import scalars_per_writer, tensorboard_scalars
 from test_trainer import max_gap, weights
 
@@ -61,20 +58,7 @@ LOGGED = ("train/sft/grad_norm", "train/dpo/grad_norm", "train/dpo/loss")
 
 def torchrun_fsdp(config: dict, path: Path) -> str:
     """Run `config` on 2 FSDP2 processes; returns their output."""
-    path.write_text(yaml.safe_dump(config))
-    torchrun = Path(sys.executable).with_name("torchrun")
-    done = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", str(LAUNCHER), str(path)],
-        capture_output=True,
-        text=True,
-        env={
-            **os.environ,
-            "PATH": f"{torchrun.parent}{os.pathsep}{os.environ['PATH']}",
-        },
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return done.stdout + done.stderr
+    return torchrun_two_processes(config, path, launcher=LAUNCHER, timeout=900)
 
 
 def uneven_preference_data(folder: Path) -> dict:

@@ -4,10 +4,20 @@ Searches merge method, the SFT and preference weights and the density within a
 budget of candidates, every candidate built by mergekit's engine from a config
 that `axolotl_paft.merge` builds and checks, and scored on held-out rows by
 `axolotl_paft.evaluate.quick_metrics` (score = (skill exact match + preference
-accuracy) / 2). The strategy is deterministic: every method at the default
-parameters first (weights 1/1, density 0.5), then a coordinate search from the
-best candidate over the preference weight, the SFT weight and the density, one
-neighbouring grid value at a time, while the budget lasts. Writes into `out`:
+accuracy) / 2). Candidates are ranked by the balanced objective (`objective=
+"balanced"`, the default): the smaller of the skill kept (share of the SFT-only
+model's skill gain over the base) and the preference kept (share of the
+preference-only model's accuracy gain), capped at 1, then by the score; the
+search scores the SFT-only and preference-only adapters on the same rows for
+that (two evaluations beyond the budget). `objective="score"` ranks by the score
+alone, which can prefer a merge that gives up one side. The strategy is
+deterministic: every method at the default parameters first (weights 1/1,
+density 0.5); with the balanced objective, a balance phase for the two methods
+whose default merge keeps the most in total (bisection of the preference weight
+towards the crossing of skill kept and preference kept, `_balance`); then a
+coordinate search from the best candidate over the preference weight, the SFT
+weight and the density, one neighbouring grid value at a time, and a balance
+phase from the best again, while the budget lasts. Writes into `out`:
 
 - `mergekit/best.yml`: the winner's config (run it with `mergekit-yaml`);
 - `merged/best`: the winner, merged;
@@ -21,6 +31,7 @@ Runs the same on CPU and GPU: mergekit picks the device, scoring runs where
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -117,10 +128,87 @@ def _neighbours(candidate: Candidate, field: str) -> list[Candidate]:
     ]
 
 
-def _rank(entry: dict) -> tuple:
+OBJECTIVES = ("balanced", "score")
+BALANCE_STEPS = 6  # bisection steps on the preference weight per balance phase
+BALANCED_METHODS = 2  # methods bisected after the first round
+MAX_PREFERENCE_WEIGHT = 4.0
+
+
+def gain_kept(value: float, base: float, reference: float) -> float:
+    """Share of the gain `reference - base` that `value - base` keeps (nan when
+    the reference gains nothing)."""
+    return (value - base) / (reference - base) if reference > base else math.nan
+
+
+def balanced_metrics(metrics: dict, references: dict) -> dict[str, float]:
+    """`skill_kept`, `preference_kept` (against the SFT-only and preference-only
+    models of `references`, over the base) and `balanced`: their minimum, capped
+    at 1 (nan when a reference gains nothing over the base)."""
+    skill, accuracy = "sft_exact_match", "preference_accuracy"
+    kept = {
+        "skill_kept": gain_kept(
+            metrics[skill], references["base"][skill], references["sft"][skill]
+        ),
+        "preference_kept": gain_kept(
+            metrics[accuracy],
+            references["base"][accuracy],
+            references["preference"][accuracy],
+        ),
+    }
+    return kept | {"balanced": min(1.0, *kept.values())}
+
+
+def _candidate(entry: dict) -> Candidate:
+    return Candidate(**{k: entry[k] for k in asdict(Candidate("ties"))})
+
+
+def _balance(start: dict, evaluate, steps: int, entries: dict) -> None:
+    """Bisect `start`'s preference weight towards the point where skill kept and
+    preference kept cross (the balanced objective's best along that line): up
+    while the skill side keeps more, down while the preference side does,
+    doubling or halving until both sides are bracketed (by the candidates of
+    `entries` on the same line too); `steps` evaluations at most (`evaluate`
+    returns None once the budget is spent)."""
+    if math.isnan(start["metrics"]["balanced"]):
+        return
+    line = _candidate(start)
+    low, high = 0.0, None  # weights where the skill / preference side is ahead
+    for _ in range(steps):
+        for e in entries.values():
+            if replace(_candidate(e), preference_weight=1.0) != replace(
+                line, preference_weight=1.0
+            ):
+                continue
+            weight, metrics = e["preference_weight"], e["metrics"]
+            if metrics["skill_kept"] >= metrics["preference_kept"]:
+                low = max(low, weight)
+            elif high is None or weight < high:
+                high = weight
+        if high is not None and high <= low:
+            return  # not monotone here: nothing to bisect
+        if high is None:
+            weight = min(2 * max(low, line.preference_weight), MAX_PREFERENCE_WEIGHT)
+        else:
+            weight = round((low + high) / 2, 3)
+        if weight <= 0 or weight in (low, high):
+            return
+        if evaluate(replace(line, preference_weight=weight)) is None:
+            return
+
+
+def _total_kept(entry: dict) -> float:
+    metrics = entry["metrics"]
+    return metrics["skill_kept"] + metrics["preference_kept"]
+
+
+def _rank(entry: dict, objective: str = "balanced") -> tuple:
     metrics = entry["metrics"]
     both = min(metrics["sft_exact_match"], metrics["preference_accuracy"])
-    return (metrics["score"], both, metrics["preference_margin"])
+    rank = (metrics["score"], both, metrics["preference_margin"])
+    balanced = metrics.get("balanced", math.nan)
+    if objective == "score" or math.isnan(balanced):
+        return rank
+    return (balanced, *rank)
 
 
 def search(
@@ -133,9 +221,11 @@ def search(
     budget: int = 24,
     methods: tuple[str, ...] = DEFAULT_SEARCH_METHODS,
     cache: Path | None = None,
+    objective: str = "balanced",
 ) -> dict:
     """Search within `budget` candidates; write the outputs (module docstring) and
-    return {"best": name, "leaderboard": [entries, best first]}.
+    return {"best": name, "leaderboard": [entries, best first], "references":
+    metrics of base / sft / preference ("balanced" objective only)}.
 
     `skill` and `pairs`: the held-out rows (`evaluate.TextSkill`/`TextPairs`,
     `TokenizedSkill`/`TokenizedPairs`); lists of JSONL rows are read as text."""
@@ -143,15 +233,27 @@ def search(
 
     from axolotl_paft.evaluate import TextPairs, TextSkill, load_model, quick_metrics
 
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r} not in {OBJECTIVES}")
     out = Path(out)
     cache = cache or out / "lora-cache" / time.strftime("run-%Y%m%d-%H%M%S")
     if isinstance(skill, list) or isinstance(pairs, list):
         tokenizer = AutoTokenizer.from_pretrained(base)
         skill = TextSkill(tokenizer, skill) if isinstance(skill, list) else skill
         pairs = TextPairs(tokenizer, pairs) if isinstance(pairs, list) else pairs
-    base_logps = pairs.logps(load_model(base))
+    base_model = load_model(base)
+    base_logps = pairs.logps(base_model)
+    references: dict[str, dict] = {}
+    if objective == "balanced":
+        for name, adapter in (("base", None), ("sft", sft), ("preference", preference)):
+            model = base_model if adapter is None else load_model(base, adapter)
+            references[name] = quick_metrics(model, base_logps, skill, pairs)
+            print(f"search reference {name}: {references[name]}", flush=True)
     entries: dict[str, dict] = {}
     best: dict | None = None
+
+    def rank(entry: dict) -> tuple:
+        return _rank(entry, objective)
 
     def evaluate(candidate: Candidate) -> dict | None:
         nonlocal best
@@ -163,9 +265,11 @@ def search(
         )  # fmt: skip
         model = load_model(merged)
         metrics = quick_metrics(model, base_logps, skill, pairs)
+        if references:
+            metrics |= balanced_metrics(metrics, references)
         entry = {"name": candidate.name, **asdict(candidate), "metrics": metrics}
         entries[candidate.name] = entry
-        if best is None or _rank(entry) > _rank(best):
+        if best is None or rank(entry) > rank(best):
             best = entry
             shutil.rmtree(out / "merged" / "best", ignore_errors=True)
             shutil.move(merged, out / "merged" / "best")
@@ -174,31 +278,57 @@ def search(
         print(f"search {len(entries)}/{budget}: {candidate.name} {metrics}", flush=True)
         return entry
 
+    def coordinate(start: dict) -> None:
+        improved = True
+        while improved and len(entries) < budget:
+            improved = False
+            current = _candidate(start)
+            for field in GRID:
+                if not current.varies(field):
+                    continue
+                for neighbour in _neighbours(current, field):
+                    entry = evaluate(neighbour)
+                    if entry is not None and rank(entry) > rank(start):
+                        start, improved = entry, True
+
     for method in methods:
         evaluate(Candidate(method))
-    start = best
-    improved = True
-    while improved and len(entries) < budget:
-        improved = False
-        current = Candidate(**{k: start[k] for k in asdict(Candidate("ties"))})
-        for field in GRID:
-            if not current.varies(field):
-                continue
-            for neighbour in _neighbours(current, field):
-                entry = evaluate(neighbour)
-                if entry is not None and _rank(entry) > _rank(start):
-                    start, improved = entry, True
+    if references and not math.isnan(best["metrics"]["balanced"]):
+        # the methods whose default merge keeps the most in total first: moving
+        # the weights trades one side for the other, it does not add to both
+        defaults = sorted(entries.values(), key=_total_kept, reverse=True)
+        for start in defaults[:BALANCED_METHODS]:
+            _balance(start, evaluate, BALANCE_STEPS, entries)
+    while len(entries) < budget:
+        evaluated = len(entries)
+        coordinate(best)
+        if references:
+            _balance(best, evaluate, BALANCE_STEPS, entries)
+        if len(entries) == evaluated:
+            break
     held_out = {"sft_rows": len(skill.rows), "preference_pairs": len(pairs.rows)}
-    write_search(out, entries, best, base, sft, preference, held_out)
-    leaderboard = sorted(entries.values(), key=_rank, reverse=True)
-    return {"best": best["name"], "leaderboard": leaderboard}
+    write_search(
+        out, entries, best, base, sft, preference, held_out, objective, references
+    )
+    leaderboard = sorted(entries.values(), key=rank, reverse=True)
+    return {"best": best["name"], "leaderboard": leaderboard, "references": references}
 
 
 def write_search(
-    out: Path, entries: dict, best: dict, base, sft, preference, held_out: dict
+    out: Path,
+    entries: dict,
+    best: dict,
+    base,
+    sft,
+    preference,
+    held_out: dict,
+    objective: str = "balanced",
+    references: dict | None = None,
 ) -> list[Path]:
     """best.yml, leaderboard.json/.md and search.png."""
-    leaderboard = sorted(entries.values(), key=_rank, reverse=True)
+    leaderboard = sorted(
+        entries.values(), key=lambda e: _rank(e, objective), reverse=True
+    )
     config_dir = out / "mergekit"
     config_dir.mkdir(parents=True, exist_ok=True)
     best_config = (out / "candidates" / f"{best['name']}.yml").read_text()
@@ -216,18 +346,30 @@ def write_search(
         "preference": str(preference),
         "score": "(sft_exact_match + preference_accuracy) / 2",
         "held_out": held_out,
+        "objective": objective,
+        "references": references or {},
         "leaderboard": leaderboard,
     }
     paths[1].write_text(json.dumps(summary, indent=2))
     lines = [
-        "| rank | candidate | skill (exact match) | preference accuracy | score |",
-        "|---|---|---|---|---|",
+        f"Ranked by {objective}"
+        + (
+            ": min(skill kept, preference kept), capped at 1, then score"
+            * (objective == "balanced")
+        )
+        + ".",
+        "",
+        "| rank | candidate | skill (exact match) | preference accuracy | score "
+        "| skill kept | preference kept |",
+        "|---|---|---|---|---|---|---|",
     ]
     for i, entry in enumerate(leaderboard, 1):
         m = entry["metrics"]
         lines.append(
             f"| {i} | {entry['name']} | {m['sft_exact_match']:.3f} | "
-            f"{m['preference_accuracy']:.3f} | {m['score']:.3f} |"
+            f"{m['preference_accuracy']:.3f} | {m['score']:.3f} | "
+            f"{m.get('skill_kept', math.nan):.3f} | "
+            f"{m.get('preference_kept', math.nan):.3f} |"
         )
     paths[2].write_text("\n".join(lines) + "\n")
     paths.append(plot_search(leaderboard, out / "search.png"))

@@ -1,0 +1,307 @@
+"""Which merges can reach the issue's goal? The attainable set of the merge search.
+
+    python benchmarks/search_frontier.py OUT --world DIR [--seeds 0,1,2]
+        [--methods task_arithmetic,ties,dare_ties] [--densities 0.3,0.5,0.7,0.85]
+        [--sft-weights 0.5,...] [--preference-weights 0.25,...]
+    python benchmarks/search_frontier.py OUT --world DIR --search NAME
+        [--search-budget 14]
+    python benchmarks/search_frontier.py OUT --report [--publish]
+
+Issue 8, item 4: on the miniature world (`axolotl_paft.world`), in every seed, the
+searched merge should keep >= 95% of the SFT-only skill gain and >= 95% of the
+preference-only accuracy (and beat sequential SFT->DPO on the score). Per seed,
+with `benchmarks/evidence.py`'s own recipe (lambda 0 SFT adapter, preference
+adapter at SFT rate : preference rate 10, 300 / 200 steps):
+
+- trains the two adapters (`evidence.sft_run`, `world.preference_config`);
+- scores the references (base, SFT only, preference only) and a dense grid of
+  merges (method x SFT weight x preference weight x density, every one built by
+  mergekit's engine through `search.build_candidate`, as the search builds them)
+  with the search's scorer (`evaluate.quick_metrics`) on the validation rows the
+  search picks on (seeds 200/201) and on the test rows (`world.heldout_rows`,
+  seeds 100/101), 48 each;
+- `--search NAME` runs `axolotl_paft.search.search` (the code as it is) on the
+  validation rows and scores its pick on the test rows too.
+
+skill kept = (skill - base) / (SFT-only - base), preference kept = the same for
+preference accuracy against the preference-only adapter, both on the same split.
+TIES, DELLA and linear normalise by the weights (mergekit's defaults) and SLERP
+reads only t = w_pref / (w_sft + w_pref): for them only the weight ratio matters,
+so one merge per ratio is built and its metrics shared by the other weight pairs
+of that ratio (`same_as`). DARE's random drop is seeded (torch seed 0) before
+every grid merge; the search does not seed it.
+
+Results go to OUT/seed<N>.json (resumable: a candidate already scored is kept);
+`--report` writes frontier.{md,json,png} into OUT, `--publish` into
+benchmarks/results_search_frontier.*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from axolotl_paft.const import OFFLINE_ENV
+
+os.environ.update(OFFLINE_ENV)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+SFT_WEIGHTS = (0.5, 0.75, 1.0, 1.25, 1.5)
+PREFERENCE_WEIGHTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+DENSITIES = (0.3, 0.5, 0.7, 0.85)
+RATIO_ONLY = ("ties", "della", "linear", "slerp")  # scale-invariant in the weights
+GOAL = 0.95
+GRID_RATIO = 10.0
+
+
+def adapters(world, out: Path, seed: int, opts) -> dict[str, Path]:
+    """The lambda-0 SFT adapter and the ratio-10 preference adapter of `seed`,
+    trained exactly as `benchmarks/evidence.py` trains them (same folders' names)."""
+    from evidence import SFT_RATE, sft_dir, sft_run
+
+    from axolotl_paft.world import preference_config, train
+
+    runs = out / "runs"
+    sft = train(
+        sft_run(world, runs, seed, opts, "loss", 0.0), sft_dir(runs, seed, "l0")
+    )
+    path = runs / f"s{seed}-pref-r{GRID_RATIO:g}"
+    config = preference_config(
+        world, path, seed=seed, steps=opts.preference_steps,
+        learning_rate=SFT_RATE / GRID_RATIO,
+    )  # fmt: skip
+    return {"sft": sft, "preference": train(config, path)}
+
+
+def grid(methods, densities, sft_weights, preference_weights) -> list:
+    """Every candidate of the grid, in the order given by `methods`."""
+    from axolotl_paft.search import Candidate
+
+    out = []
+    for method in methods:
+        for s in sft_weights:
+            for p in preference_weights:
+                if Candidate(method).varies("density"):
+                    out += [Candidate(method, s, p, d) for d in densities]
+                else:
+                    out.append(Candidate(method, s, p))
+    return out
+
+
+def merge_key(candidate) -> tuple:
+    """Candidates with equal keys build the same merge (module docstring)."""
+    if candidate.method in RATIO_ONLY:
+        ratio = round(candidate.preference_weight / candidate.sft_weight, 9)
+        density = candidate.density if candidate.varies("density") else None
+        return (candidate.method, ratio, density)
+    return (candidate.name,)
+
+
+def kept(metrics: dict, refs: dict) -> dict[str, float]:
+    """Skill and preference kept against the references of the same split."""
+    from axolotl_paft.world import gain_kept
+
+    s, a = "sft_exact_match", "preference_accuracy"
+    return {
+        "skill_kept": gain_kept(metrics[s], refs["base"][s], refs["sft"][s]),
+        "preference_kept": gain_kept(
+            metrics[a], refs["base"][a], refs["preference"][a]
+        ),
+    }
+
+
+class Splits:
+    """The search's scorer on the validation and the test rows; one model load
+    scores both."""
+
+    def __init__(self, base: Path, rows: int):
+        from axolotl_paft.world import (
+            Scorer,
+            heldout_rows,
+            preference_rows,
+            skill_rows,
+        )
+
+        self.scorers = {
+            "validation": Scorer(
+                base, skill_rows(rows, 200), preference_rows(rows, 201)
+            ),
+            "test": Scorer(base, *heldout_rows(rows)),
+        }
+        self.base = base
+
+    def __call__(self, path: Path | None) -> dict[str, dict]:
+        from axolotl_paft.evaluate import load_candidate, load_model, quick_metrics
+
+        model = (
+            load_model(self.base) if path is None else load_candidate(self.base, path)
+        )
+        return {
+            split: quick_metrics(model, s.base_logps, s.tokenizer, *s.rows)
+            for split, s in self.scorers.items()
+        }
+
+
+def provenance(argv: list[str]) -> dict:
+    from evidence import provenance as evidence_provenance
+
+    return {
+        **evidence_provenance(argv),
+        "command": " ".join(["python", "benchmarks/search_frontier.py", *argv]),
+    }
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_seed(world, splits, out: Path, seed: int, opts, argv) -> None:
+    import torch
+
+    from axolotl_paft.search import build_candidate
+
+    path = out / f"seed{seed}.json"
+    result = load(path) | {"seed": seed}
+    result.setdefault("candidates", {})
+    result.setdefault("runs", [])
+
+    def save(phase: str) -> None:
+        result["runs"] = [*result["runs"], provenance(argv) | {"phase": phase}]
+        path.write_text(json.dumps(result, indent=1))
+
+    found = adapters(world, out, seed, opts)
+    if "references" not in result:
+        result["references"] = {
+            "base": splits(None),
+            "sft": splits(found["sft"]),
+            "preference": splits(found["preference"]),
+        }
+        save("references")
+    refs = {
+        split: {k: v[split] for k, v in result["references"].items()}
+        for split in ("validation", "test")
+    }
+    if opts.search:
+        run_search(world, splits, found, out, seed, opts, result, refs)
+        save(f"search {opts.search}")
+        return
+    built = {merge_key_of(e): e for e in result["candidates"].values()}
+    cache = out / "lora-cache" / f"seed{seed}"
+    start, count = time.time(), 0
+    for candidate in grid(
+        opts.methods, opts.densities, opts.sft_weights, opts.preference_weights
+    ):
+        if candidate.name in result["candidates"]:
+            continue
+        key = merge_key(candidate)
+        entry = {"name": candidate.name, **candidate.__dict__, "key": list(key)}
+        if tuple(key) in built:
+            entry["same_as"] = built[tuple(key)]["name"]
+            entry["metrics"] = built[tuple(key)]["metrics"]
+        else:
+            torch.manual_seed(0)
+            merged = build_candidate(
+                world.model_dir, found["sft"], found["preference"], candidate,
+                out / "merged" / f"s{seed}" / candidate.name, cache,
+            )  # fmt: skip
+            entry["metrics"] = splits(merged)
+            shutil.rmtree(merged)
+            built[tuple(key)] = entry
+            count += 1
+        entry["kept"] = {s: kept(entry["metrics"][s], refs[s]) for s in refs}
+        result["candidates"][candidate.name] = entry
+        k = entry["kept"]
+        print(
+            f"seed {seed} {candidate.name}: val {k['validation']['skill_kept']:.2f}/"
+            f"{k['validation']['preference_kept']:.2f} test "
+            f"{k['test']['skill_kept']:.2f}/{k['test']['preference_kept']:.2f}",
+            flush=True,
+        )
+        if count and count % 10 == 0:
+            save(f"grid {len(result['candidates'])}")
+    save(f"grid {len(result['candidates'])}")
+    if count:
+        print(f"seed {seed}: {count} merges, {(time.time() - start) / count:.1f}s each")
+
+
+def merge_key_of(entry: dict) -> tuple:
+    return tuple(entry["key"])
+
+
+def run_search(world, splits, found, out, seed, opts, result, refs) -> None:
+    """`axolotl_paft.search.search` as the code stands, on the validation rows;
+    its pick scored on both splits."""
+    from axolotl_paft.search import search
+    from axolotl_paft.world import preference_rows, skill_rows
+
+    folder = out / "search" / f"{opts.search}-s{seed}"
+    shutil.rmtree(folder, ignore_errors=True)
+    start = time.time()
+    rows = (skill_rows(opts.eval_rows, 200), preference_rows(opts.eval_rows, 201))
+    picked = search(
+        world.model_dir, found["sft"], found["preference"], *rows, folder,
+        budget=opts.search_budget, cache=out / "lora-cache" / f"seed{seed}",
+    )  # fmt: skip
+    metrics = splits(folder / "merged" / "best")
+    result.setdefault("searches", {})[opts.search] = {
+        "best": picked["best"],
+        "evaluated": len(picked["leaderboard"]),
+        "budget": opts.search_budget,
+        "minutes": (time.time() - start) / 60,
+        "metrics": metrics,
+        "kept": {s: kept(metrics[s], refs[s]) for s in refs},
+        "leaderboard": [e["name"] for e in picked["leaderboard"]],
+    }
+    shutil.rmtree(folder / "candidates", ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--world", type=Path, help="world root (default OUT/world)")
+    parser.add_argument("--size", default="full", choices=("full", "small"))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, default=300, help="SFT steps")
+    parser.add_argument("--preference-steps", type=int, default=200)
+    parser.add_argument("--eval-rows", type=int, default=48)
+    parser.add_argument("--methods", default="task_arithmetic,ties,dare_ties")
+    parser.add_argument("--densities", default=",".join(f"{d:g}" for d in DENSITIES))
+    parser.add_argument("--sft-weights", default=",".join(map(str, SFT_WEIGHTS)))
+    parser.add_argument(
+        "--preference-weights", default=",".join(map(str, PREFERENCE_WEIGHTS))
+    )
+    parser.add_argument("--search", help="run the search; record it under NAME")
+    parser.add_argument("--search-budget", type=int, default=14)
+    parser.add_argument("--report", action="store_true")
+    parser.add_argument("--publish", action="store_true")
+    opts = parser.parse_args(argv)
+    out = opts.out.resolve()
+    if opts.report:
+        from search_frontier_report import report
+
+        report(out, HERE if opts.publish else out)
+        return
+    opts.methods = opts.methods.split(",")
+    opts.densities = [float(d) for d in opts.densities.split(",")]
+    opts.sft_weights = [float(w) for w in opts.sft_weights.split(",")]
+    opts.preference_weights = [float(w) for w in opts.preference_weights.split(",")]
+    from axolotl_paft.world import build_world
+
+    world = build_world(opts.world or out / "world", opts.size)
+    splits = Splits(world.model_dir, opts.eval_rows)
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in (int(s) for s in opts.seeds.split(",")):
+        run_seed(world, splits, out, seed, opts, argv)
+
+
+if __name__ == "__main__":
+    main()
