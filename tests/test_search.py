@@ -122,7 +122,7 @@ def _fake_search_world(monkeypatch, landscape):
     def load_model(path, adapter=None):
         return "base" if adapter is None and path == "BASE" else (adapter or path).name
 
-    def quick_metrics(model, base_logps, tokenizer, sft_rows, preference_rows):
+    def quick_metrics(model, base_logps, skill, pairs):
         skill, accuracy = landscape.get(model) or landscape["default"](built[model])
         return {
             "sft_exact_match": skill,
