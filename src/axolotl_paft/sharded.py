@@ -1,4 +1,6 @@
-"""Parallel mode under FSDP2 (`fsdp_config`, Axolotl's only FSDP): the final save.
+"""Parallel mode under FSDP2 (`fsdp_config`, Axolotl's only FSDP): what a sharded
+tensor is and how to get its whole value (`is_sharded`, `whole`), and the final
+save.
 
 Training needs nothing FSDP-specific beyond what `trainer.py`, `l1.py` and
 `sparsity.py` say about DTensors (FSDP2 averages each backward's gradients itself,
@@ -31,6 +33,17 @@ _CHECKPOINT_WRAPPER = "._checkpoint_wrapped_module"
 _AXOLOTL_SAVE = "save_fsdp2_lora_adapter"
 
 
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """True for an FSDP2 (`fully_shard`) parameter or gradient: a DTensor."""
+    return isinstance(tensor, DTensor)
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's global value (`full_tensor`, a collective: every process calls
+    it), else the tensor itself."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
+
+
 def gathered_adapter_state_dict(
     model: torch.nn.Module,
 ) -> tuple[dict[str, torch.Tensor], int]:
@@ -41,11 +54,8 @@ def gathered_adapter_state_dict(
     for name, param in model.named_parameters():
         if "lora_" not in name:
             continue
-        tensor = param.detach()
-        if isinstance(tensor, DTensor):
-            tensor = tensor.full_tensor()
-            sharded += 1
-        state[name.replace(_CHECKPOINT_WRAPPER, "")] = tensor.cpu()
+        sharded += is_sharded(param)
+        state[name.replace(_CHECKPOINT_WRAPPER, "")] = whole(param.detach()).cpu()
     return state, sharded
 
 

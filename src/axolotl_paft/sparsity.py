@@ -109,11 +109,8 @@ def live_lora_factors(model: torch.nn.Module, adapter: str) -> Iterator[LoraFact
     process must iterate the same modules, which the training callbacks do), one
     module at a time: the copy is the size of one module's LoRA factors."""
     from peft.tuners.lora import LoraLayer
-    from torch.distributed.tensor import DTensor
 
-    def whole(tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.detach()
-        return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+    from axolotl_paft.sharded import whole
 
     for name, module in model.named_modules():
         if not isinstance(module, LoraLayer):
@@ -126,8 +123,8 @@ def live_lora_factors(model: torch.nn.Module, adapter: str) -> Iterator[LoraFact
             continue
         yield LoraFactors(
             name=module_name(name),
-            lora_a=whole(a),
-            lora_b=whole(b),
+            lora_a=whole(a.detach()),
+            lora_b=whole(b.detach()),
             scaling=float(module.scaling[adapter]),
         )
 

@@ -40,7 +40,6 @@ import torch.distributed as dist
 from axolotl.core.trainers.base import AxolotlTrainer
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
-from torch.distributed.tensor import DTensor
 
 from axolotl_paft.adapters import AdapterRouter, adapter_parameters
 from axolotl_paft.losses import (
@@ -48,6 +47,7 @@ from axolotl_paft.losses import (
     loss_spec,
     reference_pair_logps,
 )
+from axolotl_paft.sharded import is_sharded, whole
 
 LOG = logging.getLogger(f"axolotl.{__name__}")
 
@@ -163,11 +163,6 @@ def seeded_random_state(seed: int) -> dict[str, torch.Tensor]:
         return _random_state()
 
 
-def is_sharded(tensor: torch.Tensor) -> bool:
-    """True for an FSDP2 (`fully_shard`) parameter or gradient: a DTensor."""
-    return isinstance(tensor, DTensor)
-
-
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
     """Average gradients across processes in one all-reduce of a fixed layout:
     every tensor in order (a missing gradient as zeros, so it averages as zero and
@@ -215,12 +210,6 @@ def _everywhere(flag: bool) -> bool:
     value = torch.tensor([0.0 if flag else 1.0], device=device)
     dist.all_reduce(value)
     return value.item() == 0
-
-
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """A DTensor's global value (a collective: every process calls it), else the
-    tensor itself."""
-    return tensor.full_tensor() if is_sharded(tensor) else tensor
 
 
 class PAFTParallelTrainer(AxolotlTrainer):
@@ -371,7 +360,7 @@ class PAFTParallelTrainer(AxolotlTrainer):
         comes back as a DTensor; its full value is what is logged."""
         self.accelerator.unscale_gradients()
         norms = {
-            adapter: _full(
+            adapter: whole(
                 torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
             )
             for adapter, params in self._adapter_parameters.items()
