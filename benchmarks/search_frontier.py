@@ -105,19 +105,6 @@ def merge_key(candidate) -> tuple:
     return (candidate.name,)
 
 
-def kept(metrics: dict, refs: dict) -> dict[str, float]:
-    """Skill and preference kept against the references of the same split."""
-    from axolotl_paft.world import gain_kept
-
-    s, a = "sft_exact_match", "preference_accuracy"
-    return {
-        "skill_kept": gain_kept(metrics[s], refs["base"][s], refs["sft"][s]),
-        "preference_kept": gain_kept(
-            metrics[a], refs["base"][a], refs["preference"][a]
-        ),
-    }
-
-
 class Splits:
     """The search's scorer on the validation and the test rows; one model load
     scores both."""
@@ -166,7 +153,7 @@ def load(path: Path) -> dict:
 def run_seed(world, splits, out: Path, seed: int, opts, argv) -> None:
     import torch
 
-    from axolotl_paft.search import build_candidate
+    from axolotl_paft.search import build_candidate, kept_shares
 
     path = out / f"seed{seed}.json"
     result = load(path) | {"seed": seed}
@@ -216,7 +203,7 @@ def run_seed(world, splits, out: Path, seed: int, opts, argv) -> None:
             shutil.rmtree(merged)
             built[tuple(key)] = entry
             count += 1
-        entry["kept"] = {s: kept(entry["metrics"][s], refs[s]) for s in refs}
+        entry["kept"] = {s: kept_shares(entry["metrics"][s], refs[s]) for s in refs}
         result["candidates"][candidate.name] = entry
         k = entry["kept"]
         print(
@@ -239,7 +226,7 @@ def merge_key_of(entry: dict) -> tuple:
 def run_search(world, splits, found, out, seed, opts, result, refs) -> None:
     """`axolotl_paft.search.search` as the code stands, on the validation rows;
     its pick scored on both splits."""
-    from axolotl_paft.search import search
+    from axolotl_paft.search import kept_shares, search
     from axolotl_paft.world import preference_rows, skill_rows
 
     folder = out / "search" / f"{opts.search}-s{seed}"
@@ -257,7 +244,7 @@ def run_search(world, splits, found, out, seed, opts, result, refs) -> None:
         "budget": opts.search_budget,
         "minutes": (time.time() - start) / 60,
         "metrics": metrics,
-        "kept": {s: kept(metrics[s], refs[s]) for s in refs},
+        "kept": {s: kept_shares(metrics[s], refs[s]) for s in refs},
         "leaderboard": [e["name"] for e in picked["leaderboard"]],
     }
     shutil.rmtree(folder / "candidates", ignore_errors=True)

@@ -140,12 +140,12 @@ def gain_kept(value: float, base: float, reference: float) -> float:
     return (value - base) / (reference - base) if reference > base else math.nan
 
 
-def balanced_metrics(metrics: dict, references: dict) -> dict[str, float]:
-    """`skill_kept`, `preference_kept` (against the SFT-only and preference-only
-    models of `references`, over the base) and `balanced`: their minimum, capped
-    at 1 (nan when a reference gains nothing over the base)."""
+def kept_shares(metrics: dict, references: dict) -> dict[str, float]:
+    """`skill_kept` and `preference_kept`: the shares of the SFT-only and the
+    preference-only models' gains over the base (`references`) that `metrics`
+    keep."""
     skill, accuracy = "sft_exact_match", "preference_accuracy"
-    kept = {
+    return {
         "skill_kept": gain_kept(
             metrics[skill], references["base"][skill], references["sft"][skill]
         ),
@@ -155,6 +155,12 @@ def balanced_metrics(metrics: dict, references: dict) -> dict[str, float]:
             references["preference"][accuracy],
         ),
     }
+
+
+def balanced_metrics(metrics: dict, references: dict) -> dict[str, float]:
+    """`kept_shares` and `balanced`: their minimum, capped at 1 (nan when a
+    reference gains nothing over the base)."""
+    kept = kept_shares(metrics, references)
     return kept | {"balanced": min(1.0, *kept.values())}
 
 
@@ -307,16 +313,16 @@ def search(
         if len(entries) == evaluated:
             break
     held_out = {"sft_rows": len(skill.rows), "preference_pairs": len(pairs.rows)}
-    write_search(
-        out, entries, best, base, sft, preference, held_out, objective, references
-    )
     leaderboard = sorted(entries.values(), key=rank, reverse=True)
+    write_search(
+        out, leaderboard, best, base, sft, preference, held_out, objective, references
+    )
     return {"best": best["name"], "leaderboard": leaderboard, "references": references}
 
 
 def write_search(
     out: Path,
-    entries: dict,
+    leaderboard: list[dict],
     best: dict,
     base,
     sft,
@@ -325,15 +331,13 @@ def write_search(
     objective: str = "balanced",
     references: dict | None = None,
 ) -> list[Path]:
-    """best.yml, leaderboard.json/.md and search.png."""
-    leaderboard = sorted(
-        entries.values(), key=lambda e: _rank(e, objective), reverse=True
-    )
+    """best.yml, leaderboard.json/.md and search.png (`leaderboard`: every
+    candidate, best first)."""
     config_dir = out / "mergekit"
     config_dir.mkdir(parents=True, exist_ok=True)
     best_config = (out / "candidates" / f"{best['name']}.yml").read_text()
     header = (
-        f"# Best of {len(entries)} merge candidates searched by axolotl-paft "
+        f"# Best of {len(leaderboard)} merge candidates searched by axolotl-paft "
         f"(score {best['metrics']['score']:.3f}). Run:\n"
         "#   mergekit-yaml best.yml MERGED_DIR --lora-merge-cache NEW_EMPTY_DIR\n"
     )
