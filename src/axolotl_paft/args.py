@@ -443,21 +443,30 @@ def search_split_defaults(data: dict) -> dict[str, float]:
     return defaults
 
 
+def _sft_split(data: dict) -> bool:
+    """The config holds out SFT rows (Axolotl's eval split)."""
+    return bool(data.get("val_set_size") or data.get("test_datasets"))
+
+
+def _preference_split(data: dict) -> bool:
+    """The config holds out preference rows (parallel mode's held-out split)."""
+    from axolotl_paft.data import TEST_KEY
+
+    return bool(data.get("paft_preference_val_set_size") or data.get(TEST_KEY))
+
+
 def _check_search_rows(data: dict) -> None:
     """Each side of the search needs held-out rows: a file, or the run's split."""
     from axolotl_paft.data import TEST_KEY
 
-    sft_split = data.get("val_set_size") or data.get("test_datasets")
-    if not (data.get("paft_merge_search_sft_data") or sft_split):
+    if not (data.get("paft_merge_search_sft_data") or _sft_split(data)):
         raise ValueError(
             "paft_merge_search_sft_data: the search scores the SFT skill on held-out "
             "rows: name a JSONL file (`messages`), or hold out part of the SFT data "
             "(val_set_size > 0 or test_datasets; unset, val_set_size defaults to "
             f"{SEARCH_HELD_OUT})"
         )
-    preference_split = data.get("paft_parallel") and (
-        data.get("paft_preference_val_set_size") or data.get(TEST_KEY)
-    )
+    preference_split = data.get("paft_parallel") and _preference_split(data)
     if not (data.get("paft_merge_search_preference_data") or preference_split):
         where = (
             "or hold out part of paft_preference_datasets (paft_preference_val_set_"
@@ -607,14 +616,16 @@ def _check_parallel(data: dict) -> None:
     from axolotl_paft.data import TEST_KEY, check_preference_entries
 
     check_preference_entries(entries)
-    held_out = data.get("paft_preference_val_set_size") or data.get(TEST_KEY)
     if data.get("paft_preference_val_set_size") and data.get(TEST_KEY):
         raise ValueError(
             f"{TEST_KEY}: set either paft_preference_val_set_size (a split of "
             f"paft_preference_datasets) or {TEST_KEY}, not both"
         )
-    sft_split = data.get("val_set_size") or data.get("test_datasets")
-    if held_out and not sft_split and not data.get("paft_merge_search"):
+    if (
+        _preference_split(data)
+        and not _sft_split(data)
+        and not data.get("paft_merge_search")
+    ):
         raise ValueError(
             "paft_preference_val_set_size: held-out preference rows are evaluated "
             "at Axolotl's evaluations, and this config has none: set val_set_size "
