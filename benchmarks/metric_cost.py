@@ -109,20 +109,23 @@ def measure_in_child(src: Path, rank: int, layers: int) -> dict:
 
 
 def l1_step_seconds(rank: int, layers: int, repeats: int) -> dict[str, float]:
-    """The L1 step of each mode on every factor, as l1.py applies it."""
+    """The L1 step of each mode on every factor (l1.py's own step functions)."""
     import torch
 
+    from axolotl_paft.l1 import add_l1_gradient_, soft_threshold_
+
     params = [t for f in factors(rank, layers) for t in (f.lora_a, f.lora_b)]
-    grads = [torch.zeros_like(p) for p in params]
+    for p in params:
+        p.grad = torch.zeros_like(p)
     shrink, l1_lambda = 1e-5, 1e-3
 
     def loss_mode():
-        for p, g in zip(params, grads, strict=True):
-            g.add_(torch.sign(p), alpha=l1_lambda)
+        for p in params:
+            add_l1_gradient_(p, l1_lambda)
 
     def proximal_mode():
         for p in params:
-            p.copy_(torch.sign(p) * (p.abs() - shrink).clamp_(min=0))
+            soft_threshold_(p, shrink)
 
     times: dict[str, list[float]] = {"loss": [], "proximal": []}
     for _ in range(repeats):

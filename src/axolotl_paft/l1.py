@@ -39,6 +39,18 @@ from axolotl_paft.sparsity import (
 )
 
 
+@torch.no_grad()
+def add_l1_gradient_(param: torch.Tensor, l1_lambda: float) -> None:
+    """`loss` mode: add the gradient of `l1_lambda * |param|_1` to its gradient."""
+    param.grad.add_(torch.sign(param).to(param.grad.dtype), alpha=l1_lambda)
+
+
+@torch.no_grad()
+def soft_threshold_(param: torch.Tensor, shrink: float) -> None:
+    """`proximal` mode: `param <- sign(param) * max(|param| - shrink, 0)`."""
+    param.copy_(torch.sign(param) * (param.abs() - shrink).clamp_(min=0))
+
+
 class L1SparsityCallback(TrainerCallback):
     """Applies the L1 step to `adapter` and, if `log_metrics`, logs `<prefix>/...`
     metrics (the sparsity measures and `l1_penalty`) each log step.
@@ -87,7 +99,7 @@ class L1SparsityCallback(TrainerCallback):
             return
         for p in self._params:
             if p.grad is not None:
-                p.grad.add_(torch.sign(p).to(p.grad.dtype), alpha=self.l1_lambda)
+                add_l1_gradient_(p, self.l1_lambda)
 
     @torch.no_grad()
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
@@ -100,7 +112,7 @@ class L1SparsityCallback(TrainerCallback):
             shrink = group["lr"] * self.l1_lambda
             for p in group["params"]:
                 if id(p) in ours:
-                    p.copy_(torch.sign(p) * (p.abs() - shrink).clamp_(min=0))
+                    soft_threshold_(p, shrink)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if not (
