@@ -255,6 +255,45 @@ def search(
             model = base_model if adapter is None else load_model(base, adapter)
             references[name] = quick_metrics(model, base_logps, skill, pairs)
             print(f"search reference {name}: {references[name]}", flush=True)
+    kept: dict | None = None  # the entry whose merge is in merged/best
+
+    def measure(candidate: Candidate) -> dict:
+        """Build `candidate` with mergekit and score it; keep its merge in
+        merged/best while it ranks first, delete it otherwise."""
+        nonlocal kept
+        merged = build_candidate(
+            base, sft, preference, candidate, out / "candidates" / candidate.name,
+            cache,
+        )  # fmt: skip
+        metrics = quick_metrics(load_model(merged), base_logps, skill, pairs)
+        if references:
+            metrics |= balanced_metrics(metrics, references)
+        entry = {"metrics": metrics}
+        if kept is None or _rank(entry, objective) > _rank(kept, objective):
+            kept = entry
+            shutil.rmtree(out / "merged" / "best", ignore_errors=True)
+            shutil.move(merged, out / "merged" / "best")
+        else:
+            shutil.rmtree(merged)
+        return metrics
+
+    leaderboard = explore(measure, methods, budget, objective)
+    held_out = {"sft_rows": len(skill.rows), "preference_pairs": len(pairs.rows)}
+    write_search(
+        out, leaderboard, base, sft, preference, held_out, objective, references
+    )
+    return {
+        "best": leaderboard[0]["name"],
+        "leaderboard": leaderboard,
+        "references": references,
+    }
+
+
+def explore(measure, methods, budget: int, objective: str = "balanced") -> list[dict]:
+    """The search strategy (module docstring) over `measure(candidate)`, which
+    returns a candidate's metrics (with `balanced_metrics` for the balanced
+    objective); at most `budget` candidates, each measured once. Returns every
+    entry ({"name", the candidate's fields, "metrics"}), best first."""
     entries: dict[str, dict] = {}
     best: dict | None = None
 
@@ -265,22 +304,11 @@ def search(
         nonlocal best
         if candidate.name in entries or len(entries) >= budget:
             return entries.get(candidate.name)
-        merged = build_candidate(
-            base, sft, preference, candidate, out / "candidates" / candidate.name,
-            cache,
-        )  # fmt: skip
-        model = load_model(merged)
-        metrics = quick_metrics(model, base_logps, skill, pairs)
-        if references:
-            metrics |= balanced_metrics(metrics, references)
+        metrics = measure(candidate)
         entry = {"name": candidate.name, **asdict(candidate), "metrics": metrics}
         entries[candidate.name] = entry
         if best is None or rank(entry) > rank(best):
             best = entry
-            shutil.rmtree(out / "merged" / "best", ignore_errors=True)
-            shutil.move(merged, out / "merged" / "best")
-        else:
-            shutil.rmtree(merged)
         print(f"search {len(entries)}/{budget}: {candidate.name} {metrics}", flush=True)
         return entry
 
@@ -297,9 +325,10 @@ def search(
                     if entry is not None and rank(entry) > rank(start):
                         start, improved = entry, True
 
+    balanced = objective == "balanced"
     for method in methods:
         evaluate(Candidate(method))
-    if references and not math.isnan(best["metrics"]["balanced"]):
+    if balanced and not math.isnan(best["metrics"]["balanced"]):
         # the methods whose default merge keeps the most in total first: moving
         # the weights trades one side for the other, it does not add to both
         defaults = sorted(entries.values(), key=_total_kept, reverse=True)
@@ -308,22 +337,16 @@ def search(
     while len(entries) < budget:
         evaluated = len(entries)
         coordinate(best)
-        if references:
+        if balanced:
             _balance(best, evaluate, BALANCE_STEPS, entries)
         if len(entries) == evaluated:
             break
-    held_out = {"sft_rows": len(skill.rows), "preference_pairs": len(pairs.rows)}
-    leaderboard = sorted(entries.values(), key=rank, reverse=True)
-    write_search(
-        out, leaderboard, best, base, sft, preference, held_out, objective, references
-    )
-    return {"best": best["name"], "leaderboard": leaderboard, "references": references}
+    return sorted(entries.values(), key=rank, reverse=True)
 
 
 def write_search(
     out: Path,
     leaderboard: list[dict],
-    best: dict,
     base,
     sft,
     preference,
@@ -333,6 +356,7 @@ def write_search(
 ) -> list[Path]:
     """best.yml, leaderboard.json/.md and search.png (`leaderboard`: every
     candidate, best first)."""
+    best = leaderboard[0]
     config_dir = out / "mergekit"
     config_dir.mkdir(parents=True, exist_ok=True)
     best_config = (out / "candidates" / f"{best['name']}.yml").read_text()
