@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from axolotl_paft.merge import (
     MergeSettings,
     build_config,
     model_reference,
+    run_merge_config,
     validate_config,
     write_merge_configs,
 )
@@ -97,6 +99,42 @@ def mergekit_yaml(config_path: Path, out: Path, cache: Path) -> None:
         env={**os.environ, **OFFLINE_ENV},
         capture_output=True,
     )
+
+
+def run_printed_command(config_path: Path, merged_dir: Path) -> Path:
+    """Run the `mergekit-yaml` line printed in a config's header, as a user copies
+    it (`MERGED_DIR` replaced by `merged_dir` where the line leaves it open)."""
+    line = next(x for x in config_path.read_text().splitlines() if "mergekit-yaml" in x)
+    words = shlex.split(line.lstrip("# ").replace("MERGED_DIR", str(merged_dir)))
+    words[0] = str(Path(sys.executable).with_name(words[0]))
+    subprocess.run(words, check=True, env={**os.environ, **OFFLINE_ENV})
+    return Path(words[2])
+
+
+def assert_same_weights(first: Path, second: Path) -> None:
+    a, b = (load_file(Path(p) / "model.safetensors") for p in (first, second))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "della"])
+def test_a_random_merge_rebuilds_bit_for_bit_from_its_printed_command(
+    deltas, method, tmp_path
+):
+    """DARE and DELLA drop delta entries at random. The merge the plugin builds
+    (`paft_merge_run`, the search) and the command printed in the config's header
+    must give the same model, or the merge a user rebuilds is not the one whose
+    numbers were reported: the header passes mergekit's seed and names the LoRA
+    cache the plugin filled (mergekit seeds before merging the LoRAs, and PEFT's
+    loading draws from the same generator)."""
+    settings = MergeSettings(methods=(method,), dtype="float32")
+    emitted = write_merge_configs(tmp_path / "mergekit", deltas, settings)
+    config = emitted.written[method]
+    ours = run_merge_config(config, tmp_path / "ours", emitted.cache_dir)
+    rebuilt = run_printed_command(config, tmp_path / "unused")
+    assert rebuilt == tmp_path / "merged" / method
+    assert_same_weights(ours, rebuilt)
 
 
 @pytest.fixture(scope="module")

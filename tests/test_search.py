@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import yaml
+from test_merge import assert_same_weights, run_printed_command
 
 from axolotl_paft.merge import validate_config
 from axolotl_paft.search import _rank, balanced_metrics, explore
@@ -46,6 +47,28 @@ def test_search_writes_best_config_leaderboard_and_picture(
     assert not (out / "candidates" / entries[-1]["name"]).exists()  # not kept
     assert (out / "search.png").stat().st_size > 0
     assert entries[0]["name"] in (out / "leaderboard.md").read_text()
+
+
+def test_a_dare_winner_rebuilds_bit_for_bit_from_best_yml(
+    llama_world, adapters, tmp_path
+):
+    """The searched merge's numbers belong to `merged/best`; the command printed
+    in `mergekit/best.yml` must rebuild exactly that model, also for DARE's
+    random drop (seeded, from the search's filled LoRA cache)."""
+    out = tmp_path / "search"
+    main(
+        [
+            "--base", str(llama_world.model_dir),
+            "--sft", str(adapters["sft"]),
+            "--preference", str(adapters["preference"]),
+            "--search", "--budget", "2", "--methods", "dare_ties",
+            "--sft-data", str(llama_world.sft_path),
+            "--preference-data", str(llama_world.preference_path),
+            "--limit", "4", "--out", str(out),
+        ]
+    )  # fmt: skip
+    rebuilt = run_printed_command(out / "mergekit" / "best.yml", tmp_path / "rebuilt")
+    assert_same_weights(out / "merged" / "best", rebuilt)
 
 
 @pytest.mark.slow

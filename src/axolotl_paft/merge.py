@@ -4,7 +4,9 @@ We never merge tensors ourselves: we write YAML for `mergekit-yaml` and check it
 with mergekit's own config model and method registry when mergekit is importable.
 Model references use mergekit's `base+adapter_dir` syntax, so each file runs as
 
-    mergekit-yaml <file> <out_dir> --lora-merge-cache <fresh dir>
+    mergekit-yaml <file> <out_dir> --lora-merge-cache <cache dir> --random-seed 0
+
+(`mergekit_command`, which explains the seed and the cache).
 
 Traps of mergekit 0.1.5 handled here: method-level parameters (`t`, `lambda`,
 `normalize`) only count at the top level, misspelled parameter names are silently
@@ -25,6 +27,23 @@ from pathlib import Path
 import yaml
 
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
+
+MERGE_SEED = 0  # mergekit's --random-seed for every merge we run or print
+
+
+def mergekit_command(config: Path | str, out: Path | str, cache: Path | str) -> str:
+    """The `mergekit-yaml` line that rebuilds a merge we run (`run_merge_config`).
+
+    DARE and DELLA drop delta entries at random and mergekit leaves its seed
+    unset, hence `--random-seed`. The seed alone is not enough: mergekit seeds
+    *before* it merges the LoRAs into the cache folder, and PEFT's adapter loading
+    draws from the same generator, so a merge from an empty cache differs from one
+    from a filled cache. `run_merge_config` fills the cache first; the same
+    folder, filled, rebuilds its merge bit for bit (tests/test_merge.py)."""
+    return (
+        f"mergekit-yaml {config} {out} --lora-merge-cache {cache} "
+        f"--random-seed {MERGE_SEED}"
+    )
 
 
 @dataclass(frozen=True)
@@ -296,7 +315,7 @@ def write_merge_configs(
         merged_dir = out_dir.parent / "merged" / method
         header = (
             f"# PAFT merge ({method}) written by axolotl-paft. Run:\n"
-            f"#   mergekit-yaml {path} {merged_dir} --lora-merge-cache {cache_dir}\n"
+            f"#   {mergekit_command(path, merged_dir, cache_dir)}\n"
             "# The cache folder is new for every training run: mergekit keys its\n"
             "# LoRA cache by folder name and would otherwise reuse stale merges.\n"
         )
@@ -306,16 +325,24 @@ def write_merge_configs(
 
 
 def run_merge_config(config_path: Path, out_path: Path, cache_dir: Path) -> Path:
-    """Run one emitted config through mergekit's Python API, as `mergekit-yaml`
-    would (LoRA references merged into `cache_dir`, tokenizer copied)."""
+    """Run one emitted config through mergekit's Python API, as
+    `mergekit_command` does: the LoRA references merged into `cache_dir` first,
+    then the merge seeded with `MERGE_SEED`, tokenizer copied."""
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
 
     text = config_path.read_text()
+    config = MergeConfiguration.model_validate(yaml.safe_load(text))
+    for model in config.referenced_models():
+        model.merged(cache_dir=str(cache_dir))
     run_merge(
-        MergeConfiguration.model_validate(yaml.safe_load(text)),
+        config,
         str(out_path),
-        options=MergeOptions(lora_merge_cache=str(cache_dir), copy_tokenizer=True),
+        options=MergeOptions(
+            lora_merge_cache=str(cache_dir),
+            copy_tokenizer=True,
+            random_seed=MERGE_SEED,
+        ),
         config_source=text,
     )
     return out_path

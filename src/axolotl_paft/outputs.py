@@ -6,7 +6,12 @@ import logging
 from pathlib import Path
 
 from axolotl_paft.args import PAFTArgs
-from axolotl_paft.merge import MergeDeltas, run_merge_config, write_merge_configs
+from axolotl_paft.merge import (
+    MergeDeltas,
+    mergekit_command,
+    run_merge_config,
+    write_merge_configs,
+)
 from axolotl_paft.report import build_report, write_report
 
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
@@ -48,9 +53,11 @@ def write_run_outputs(
             "written": {m: str(p) for m, p in emitted.written.items()},
             "skipped": emitted.skipped,
             "cache_dir": str(emitted.cache_dir),
-            "command": f"mergekit-yaml {emitted.written[first]} "
-            f"{output_dir.resolve() / 'merged' / first} "
-            f"--lora-merge-cache {emitted.cache_dir}"
+            "command": mergekit_command(
+                emitted.written[first],
+                output_dir.resolve() / "merged" / first,
+                emitted.cache_dir,
+            )
             if first
             else "",
         }

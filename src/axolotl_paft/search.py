@@ -45,6 +45,7 @@ from axolotl_paft.merge import (
     MergeDeltas,
     MergeSettings,
     build_config,
+    mergekit_command,
     run_merge_config,
     validate_config,
 )
@@ -280,7 +281,7 @@ def search(
     leaderboard = explore(measure, methods, budget, objective)
     held_out = {"sft_rows": len(skill.rows), "preference_pairs": len(pairs.rows)}
     write_search(
-        out, leaderboard, base, sft, preference, held_out, objective, references
+        out, leaderboard, base, sft, preference, held_out, cache, objective, references
     )
     return {
         "best": leaderboard[0]["name"],
@@ -351,21 +352,24 @@ def write_search(
     sft,
     preference,
     held_out: dict,
+    cache: Path,
     objective: str = "balanced",
     references: dict | None = None,
 ) -> list[Path]:
     """best.yml, leaderboard.json/.md and search.png (`leaderboard`: every
-    candidate, best first)."""
+    candidate, best first). best.yml's command names the search's LoRA cache:
+    with it, filled, a DARE or DELLA winner rebuilds bit for bit
+    (`merge.mergekit_command`)."""
     best = leaderboard[0]
     config_dir = out / "mergekit"
     config_dir.mkdir(parents=True, exist_ok=True)
     best_config = (out / "candidates" / f"{best['name']}.yml").read_text()
+    paths = [config_dir / "best.yml", out / "leaderboard.json", out / "leaderboard.md"]
+    command = mergekit_command(paths[0].resolve(), "MERGED_DIR", Path(cache).resolve())
     header = (
         f"# Best of {len(leaderboard)} merge candidates searched by axolotl-paft "
-        f"(score {best['metrics']['score']:.3f}). Run:\n"
-        "#   mergekit-yaml best.yml MERGED_DIR --lora-merge-cache NEW_EMPTY_DIR\n"
+        f"(score {best['metrics']['score']:.3f}). Run:\n#   {command}\n"
     )
-    paths = [config_dir / "best.yml", out / "leaderboard.json", out / "leaderboard.md"]
     paths[0].write_text(header + best_config)
     summary = {
         "best": best["name"],
