@@ -23,7 +23,6 @@ The preconditions (alignment tax, interference) are measured by
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -318,19 +317,18 @@ class Scorer:
         return quick_metrics(model, self.base_logps, *self.rows)
 
 
-def gain_kept(value: float, base: float, reference: float) -> float:
-    """Share of the gain `reference - base` that `value - base` keeps."""
-    return (value - base) / (reference - base) if reference != base else math.nan
-
-
 def preconditions(base: dict, sft: dict, pref: dict, seq: dict, ta: dict) -> dict:
     """The world's two preconditions from `Scorer` results at lambda 0: the share
     of the SFT-only skill gain that sequential SFT->DPO loses (alignment tax), and
-    the shares of each side's gain that equal-weight task arithmetic loses."""
-    skill, accuracy = "sft_exact_match", "preference_accuracy"
+    the shares of each side's gain that equal-weight task arithmetic loses; the
+    shares as the search computes them (`search.kept_shares`: nan where a
+    reference gains nothing over the base, so a precondition cannot hold there)."""
+    from axolotl_paft.search import kept_shares
+
+    references = {"base": base, "sft": sft, "preference": pref}
+    merged = kept_shares(ta, references)
     return {
-        "alignment_tax": 1 - gain_kept(seq[skill], base[skill], sft[skill]),
-        "ta_skill_lost": 1 - gain_kept(ta[skill], base[skill], sft[skill]),
-        "ta_preference_lost": 1
-        - gain_kept(ta[accuracy], base[accuracy], pref[accuracy]),
+        "alignment_tax": 1 - kept_shares(seq, references)["skill_kept"],
+        "ta_skill_lost": 1 - merged["skill_kept"],
+        "ta_preference_lost": 1 - merged["preference_kept"],
     }
