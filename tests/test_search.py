@@ -72,15 +72,26 @@ def test_a_dare_winner_rebuilds_bit_for_bit_from_best_yml(
 
 
 @pytest.mark.slow
-def test_training_run_searches_on_its_own_held_out_splits(llama_world, tmp_path):
-    """`paft_merge_search` with no held-out files and no split keys: 5% of each
-    side is held out of training, and the search scores exactly those rows, as
-    the run tokenized them (the SFT ones in the text scorer's own tokens)."""
+@pytest.mark.parametrize("split_keys", ["none", "test_datasets+packing"])
+def test_training_run_searches_on_its_own_held_out_splits(
+    llama_world, split_keys, tmp_path
+):
+    """`paft_merge_search` with no held-out files: the search scores exactly the
+    run's held-out rows, as the run tokenized them (the SFT ones in the text
+    scorer's own tokens). With no split keys, 5% of each side is held out of
+    training; Axolotl's `test_datasets` is the SFT split as it is, with
+    `sample_packing` too (packing happens in the sampler, the split keeps its
+    rows)."""
     from conftest import last_trainer
     from transformers import AutoTokenizer
 
     from axolotl_paft.evaluate import last_labelled_span
-    from axolotl_paft.toy import parallel_config, run_axolotl_train, sft_rows
+    from axolotl_paft.toy import (
+        parallel_config,
+        run_axolotl_train,
+        sft_rows,
+        write_jsonl,
+    )
 
     out = tmp_path / "out"
     config = parallel_config(
@@ -93,6 +104,14 @@ def test_training_run_searches_on_its_own_held_out_splits(llama_world, tmp_path)
         paft_merge_search_methods=["task_arithmetic", "ties"],
     )
     del config["val_set_size"]  # as in a user's config without one
+    held_out_rows, trained = sft_rows(64), 60
+    if split_keys != "none":
+        held_out_rows, trained = sft_rows(6, seed=7), 64
+        held_out = write_jsonl(tmp_path / "sft-test.jsonl", held_out_rows)
+        config["test_datasets"] = [
+            {**config["datasets"][0], "path": str(held_out), "split": "train"}
+        ]
+        config["sample_packing"] = True
     run_axolotl_train(config)
     trainer = last_trainer()
     board = json.loads((out / "search" / "leaderboard.json").read_text())
@@ -101,15 +120,18 @@ def test_training_run_searches_on_its_own_held_out_splits(llama_world, tmp_path)
         "sft_rows": len(sft_split),
         "preference_pairs": len(preference_split),
     }
-    assert len(sft_split) == 4 and len(preference_split) == 4  # 5% of 64, up
-    assert len(trainer.train_dataset) == 60
+    assert len(sft_split) == (4 if trained == 60 else 6)  # 5% of 64, up; the file
+    assert len(preference_split) == 4
+    assert len(trainer.train_dataset) == trained
+    assert trainer.args.sample_packing == (split_keys != "none")
     assert len(board["leaderboard"]) == 2
     for entry in board["leaderboard"]:
-        assert entry["metrics"]["sft_exact_match"] * 4 in (0, 1, 2, 3, 4)
+        matched = entry["metrics"]["sft_exact_match"] * len(sft_split)
+        assert matched == pytest.approx(round(matched))  # a share of these rows
     # the skill is the same prompt and answer tokens the text scorer builds
     tokenizer = AutoTokenizer.from_pretrained(llama_world.model_dir)
     texts = {}
-    for row in sft_rows(64):
+    for row in held_out_rows:
         *turns, answer = row["messages"]
         prompt = tokenizer.apply_chat_template(
             turns, add_generation_prompt=True, tokenize=False
