@@ -58,7 +58,6 @@ SFT_WEIGHTS = (0.5, 0.75, 1.0, 1.25, 1.5)
 PREFERENCE_WEIGHTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 DENSITIES = (0.3, 0.5, 0.7, 0.85)
 RATIO_ONLY = ("ties", "della", "linear", "slerp")  # scale-invariant in the weights
-GOAL = 0.95
 GRID_RATIO = 10.0
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-GOAL = 0.95
+from axolotl_paft.world import SEARCH_GOAL as GOAL
+
 SPLITS = ("validation", "test")
 PROVENANCE_NOTES = (  # what the seed files of branch searchexp lost or cannot say
     "- Before these (the seed files kept only their last 20 runs then): "

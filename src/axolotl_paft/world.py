@@ -317,6 +317,9 @@ class Scorer:
         return quick_metrics(model, self.base_logps, *self.rows)
 
 
+SEARCH_GOAL = 0.95  # issue 8: the searched merge keeps >= 95% of each side's gain
+
+
 def preconditions(base: dict, sft: dict, pref: dict, seq: dict, ta: dict) -> dict:
     """The world's two preconditions from `Scorer` results at lambda 0: the share
     of the SFT-only skill gain that sequential SFT->DPO loses (alignment tax), and
