@@ -2,7 +2,7 @@
 
     python benchmarks/evidence.py OUT [--world DIR] [--size full|small]
         [--seeds 0,1,2] [--steps 300] [--preference-steps 200] [--ratios 1,10,40]
-        [--grid-ratio 10] [--search-budget 14]
+        [--grid-ratio 10] [--search-budget 24]
     python benchmarks/evidence.py OUT --report [--publish]
 
 World: `axolotl_paft.world` (3 SFT skills; a preference for a polite style on the
@@ -50,6 +50,7 @@ from pathlib import Path
 
 from axolotl_paft.const import OFFLINE_ENV
 from axolotl_paft.merge import DEFAULT_SEARCH_METHODS
+from axolotl_paft.search import DEFAULT_BUDGET
 
 os.environ.update(OFFLINE_ENV)
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per process: run seeds
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preference-steps", type=int, default=200)
     parser.add_argument("--ratios", default="1,10,40")
     parser.add_argument("--grid-ratio", type=float, default=10)
-    parser.add_argument("--search-budget", type=int, default=14)
+    parser.add_argument("--search-budget", type=int, default=DEFAULT_BUDGET)
     parser.add_argument("--search-l1", default="proximal0.3")
     parser.add_argument("--eval-rows", type=int, default=48)
     parser.add_argument(

@@ -4,7 +4,7 @@
         [--methods task_arithmetic,ties,dare_ties] [--densities 0.3,0.5,0.7,0.85]
         [--sft-weights 0.5,...] [--preference-weights 0.25,...]
     python benchmarks/search_frontier.py OUT --world DIR --search NAME
-        [--search-budget 14]
+        [--search-budget 24]
     python benchmarks/search_frontier.py OUT --report [--publish]
 
 Issue 8, item 4: on the miniature world (`axolotl_paft.world`), in every seed, the
@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 from axolotl_paft.const import OFFLINE_ENV
+from axolotl_paft.search import DEFAULT_BUDGET
 
 os.environ.update(OFFLINE_ENV)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         "--preference-weights", default=",".join(map(str, PREFERENCE_WEIGHTS))
     )
     parser.add_argument("--search", help="run the search; record it under NAME")
-    parser.add_argument("--search-budget", type=int, default=14)
+    parser.add_argument("--search-budget", type=int, default=DEFAULT_BUDGET)
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--publish", action="store_true")
     opts = parser.parse_args(argv)

@@ -29,6 +29,7 @@ from axolotl_paft.merge import (
     MergeSettings,
     check_della_bounds,
 )
+from axolotl_paft.search import DEFAULT_BUDGET
 
 L1Mode = Literal["loss", "proximal"]
 SparsityLogging = Literal["penalised", "all", "off"]
@@ -246,7 +247,7 @@ class MergeArgs(BaseModel):
         ),
     )
     paft_merge_search_budget: int = Field(
-        default=24,
+        default=DEFAULT_BUDGET,
         ge=1,
         description="paft_merge_search: most merge candidates built and scored.",
     )

@@ -130,6 +130,7 @@ def _neighbours(candidate: Candidate, field: str) -> list[Candidate]:
 
 
 OBJECTIVES = ("balanced", "score")
+DEFAULT_BUDGET = 24  # candidates: every method once, then about two balance phases
 BALANCE_STEPS = 6  # bisection steps on the preference weight per balance phase
 BALANCED_METHODS = 2  # methods bisected after the first round
 MAX_PREFERENCE_WEIGHT = 4.0
@@ -225,7 +226,7 @@ def search(
     skill,
     pairs,
     out: Path,
-    budget: int = 24,
+    budget: int = DEFAULT_BUDGET,
     methods: tuple[str, ...] = DEFAULT_SEARCH_METHODS,
     cache: Path | None = None,
     objective: str = "balanced",

@@ -33,7 +33,7 @@ from axolotl_paft.merge import (
     run_merge_config,
     validate_config,
 )
-from axolotl_paft.search import search
+from axolotl_paft.search import DEFAULT_BUDGET, search
 
 
 def sweep_configs(
@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--search", action="store_true", help="search methods, weights and density"
     )
-    parser.add_argument("--budget", type=int, default=24, help="--search: candidates")
+    parser.add_argument(
+        "--budget", type=int, default=DEFAULT_BUDGET, help="--search: candidates"
+    )
     add_data_arguments(parser, out="paft_sweep")
     opts = parser.parse_args(argv)
     unknown = set(opts.methods.split(",")) - set(METHOD_LAYOUTS)
