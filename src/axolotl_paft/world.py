@@ -8,12 +8,16 @@ then
 - SFT skills: the same questions answered in a sentence format per skill
   ("19 is the answer.", "cold is the opposite.", "l is the next letter."),
   scored by exact match of that sentence (right format and right fact);
-- a preference objective on the *same* prompts: the chosen answer wraps the
-  sentence in a polite style ("Sure! 19 is the answer. Glad to help."), the
-  rejected one is the terse sentence the SFT teaches. Preference training
-  therefore pushes away from the SFT format on exactly the SFT prompts: the two
-  deltas compete, as a chat-style preference set competes with a format-scored
-  benchmark.
+- a preference objective on the same kinds of questions, *marked* as asking
+  for politeness ("Please answer politely: What is 7 plus 12?", `MARKER`): the
+  chosen answer wraps the sentence in a polite style ("Sure! 19 is the answer.
+  Glad to help."), the rejected one is the terse sentence the SFT teaches. A
+  model that is terse on plain questions and polite on marked ones has both
+  skills, so a merge keeping both exists; yet the preference adapter
+  generalises across the marker (it makes the plain questions polite too), so
+  the two deltas still compete, as a chat-style preference set competes with a
+  format-scored benchmark. How much depends on the preference adapter's size:
+  benchmarks/world_probe.py measures it.
 
 `build_world(root)` builds and caches tokenizer, base and data (minutes on 2
 cores); `size="small"` is the quick variant used by the tests and the demo.
@@ -54,6 +58,8 @@ FORMATS = {  # the bare answer first: the same token the base already knows
 }
 MAX_TERM = 12
 POLITE = ("Sure! ", " Glad to help.")
+# what marks a preference question as asking for the polite style
+MARKER = "Please answer politely: "
 
 # name -> (model sizes, pre-training steps and rate, SFT rows, preference rows)
 SIZES = {
@@ -153,13 +159,14 @@ def skill_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def preference_rows(n: int, seed: int = 1) -> list[dict]:
-    """`chatml.intel` rows on the SFT prompts: polite sentence over terse sentence."""
+    """`chatml.intel` rows on the SFT kinds of questions marked by `MARKER`:
+    polite sentence over terse sentence."""
     rows = []
     for t in _tasks(n, seed):
         rows.append(
             {
                 "skill": t.skill,
-                "question": t.question,
+                "question": MARKER + t.question,
                 "chosen": POLITE[0] + t.sentence + POLITE[1],
                 "rejected": t.sentence,
             }

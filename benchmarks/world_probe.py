@@ -1,0 +1,163 @@
+"""Does the miniature world's design admit a 95 / 95 merge, and do its two
+preconditions still hold? One seed, one world, a small grid of merges.
+
+    python benchmarks/world_probe.py OUT [--size small] [--seed 0]
+        [--steps 150] [--preference-steps 150] [--rate 1e-3] [--ratios 10,1]
+        [--marker "Please answer politely: "]
+
+Builds (or reuses) the world under OUT/world (`world.build_world`), trains the
+SFT adapter (lambda 0, `--rate`) and, per ratio, the preference adapter (rate
+`--rate / ratio`) and sequential SFT->DPO (`world.sequential`, same preference
+recipe), and scores with `world.Scorer` on `world.heldout_rows(96)`: base,
+SFT only, preference only, sequential, equal-weight task arithmetic; the
+preconditions (`world.preconditions`); and skill kept / preference kept of task
+arithmetic on a weight grid and of TIES / DARE-TIES (weights 1 / 1) at two
+densities. `--marker` overrides `world.MARKER` (a variation of the design; give
+it its own OUT). Results go to OUT/probe-s<seed>-r<ratio>.json (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from axolotl_paft.const import OFFLINE_ENV
+
+os.environ.update(OFFLINE_ENV)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+SFT_WEIGHTS = (0.5, 0.75, 1.0, 1.25, 1.5)
+PREFERENCE_WEIGHTS = (0.5, 1.0, 1.5, 2.0)
+DENSITIES = (0.5, 0.7)
+GOAL = 0.95
+
+
+def candidates() -> list:
+    from axolotl_paft.search import Candidate
+
+    grid = [
+        Candidate("task_arithmetic", s, p)
+        for s in SFT_WEIGHTS
+        for p in PREFERENCE_WEIGHTS
+    ]
+    for method in ("ties", "dare_ties"):
+        grid += [Candidate(method, 1.0, 1.0, d) for d in DENSITIES]
+    return grid
+
+
+def probe_ratio(world, scorer, sft, out: Path, opts, ratio: float) -> dict:
+    import torch
+
+    from axolotl_paft.search import Candidate, build_candidate, kept_shares
+    from axolotl_paft.world import preconditions, preference_config, sequential, train
+
+    path = out / f"probe-s{opts.seed}-r{ratio:g}.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    result.setdefault("merges", {})
+    start = time.time()
+    common = {"seed": opts.seed, "steps": opts.preference_steps}
+    kw = {"learning_rate": opts.rate / ratio, **common}
+    runs = out / "runs"
+    pref_dir = runs / f"s{opts.seed}-pref-r{ratio:g}"
+    pref = train(preference_config(world, pref_dir, **kw), pref_dir)
+    seq = sequential(world, sft, runs / f"s{opts.seed}-seq-r{ratio:g}", **kw)
+    cache = out / "lora-cache" / f"s{opts.seed}-r{ratio:g}"
+    if "references" not in result:
+        ta = build_candidate(
+            world.model_dir, sft, pref, Candidate("task_arithmetic"),
+            out / "merged" / "ta", cache,
+        )  # fmt: skip
+        refs = {"base": scorer(None), "sft": scorer(sft), "preference": scorer(pref)}
+        refs |= {"sequential": scorer(seq), "task_arithmetic": scorer(ta)}
+        shutil.rmtree(ta)
+        result["references"] = refs
+        result["preconditions"] = preconditions(
+            *(refs[k] for k in ("base", "sft", "preference", "sequential")),
+            refs["task_arithmetic"],
+        )
+        path.write_text(json.dumps(result, indent=1))
+    refs = result["references"]
+    for name, metrics in refs.items():
+        print(f"r{ratio:g} {name}: {fmt(metrics)}", flush=True)
+    print(f"r{ratio:g} preconditions: {result['preconditions']}", flush=True)
+    for candidate in candidates():
+        if candidate.name in result["merges"]:
+            continue
+        torch.manual_seed(0)
+        merged = build_candidate(
+            world.model_dir, sft, pref, candidate, out / "merged" / candidate.name,
+            cache,
+        )  # fmt: skip
+        metrics = scorer(merged)
+        shutil.rmtree(merged)
+        kept = kept_shares(metrics, refs)
+        result["merges"][candidate.name] = {"metrics": metrics, "kept": kept}
+        print(
+            f"r{ratio:g} {candidate.name}: skill kept {kept['skill_kept']:.2f}, "
+            f"preference kept {kept['preference_kept']:.2f}",
+            flush=True,
+        )
+        path.write_text(json.dumps(result, indent=1))
+    goal = [n for n, e in result["merges"].items() if min(e["kept"].values()) >= GOAL]
+    best = max(
+        result["merges"], key=lambda n: min(result["merges"][n]["kept"].values())
+    )
+    result["summary"] = {"reaching_goal": goal, "most_balanced": best}
+    result.setdefault("seconds", 0)
+    result["seconds"] += time.time() - start
+    path.write_text(json.dumps(result, indent=1))
+    print(
+        f"r{ratio:g} reaching {GOAL}/{GOAL}: {goal}; most balanced {best} "
+        f"{result['merges'][best]['kept']}",
+        flush=True,
+    )
+    return result
+
+
+def fmt(metrics: dict) -> str:
+    return (
+        f"skill {metrics['sft_exact_match']:.3f} "
+        f"pref acc {metrics['preference_accuracy']:.3f} "
+        f"margin {metrics['preference_margin']:.2f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--size", default="small", choices=("full", "small"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=150, help="SFT steps")
+    parser.add_argument("--preference-steps", type=int, default=150)
+    parser.add_argument("--rate", type=float, default=1e-3, help="SFT rate")
+    parser.add_argument("--ratios", default="10", help="SFT rate : preference rate")
+    parser.add_argument("--marker", help="override world.MARKER")
+    opts = parser.parse_args()
+
+    from axolotl_paft import world as w
+
+    if opts.marker is not None:
+        w.MARKER = opts.marker
+    out = opts.out.resolve()
+    start = time.time()
+    world = w.build_world(out / "world", opts.size)
+    print(f"world ready in {time.time() - start:.0f}s", flush=True)
+    scorer = w.Scorer(world.model_dir, *w.heldout_rows(96))
+    sft_dir = out / "runs" / f"s{opts.seed}-sft"
+    sft = w.train(
+        w.sft_config(
+            world, sft_dir, seed=opts.seed, steps=opts.steps, learning_rate=opts.rate
+        ),
+        sft_dir,
+    )
+    for ratio in (float(r) for r in opts.ratios.split(",")):
+        probe_ratio(world, scorer, sft, out, opts, ratio)
+    print(f"total {time.time() - start:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
