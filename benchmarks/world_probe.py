@@ -4,6 +4,7 @@ preconditions still hold? One seed, one world, a small grid of merges.
     python benchmarks/world_probe.py OUT [--size small] [--seed 0]
         [--steps 150] [--preference-steps 150] [--rate 1e-3] [--ratios 10,1]
         [--marker "Please answer politely: "]
+        [--sft-weights 0.5,0.75,1,1.25,1.5] [--preference-weights 0.5,1,1.5,2]
 
 Builds (or reuses) the world under OUT/world (`world.build_world`), trains the
 SFT adapter (lambda 0, `--rate`) and, per ratio, the preference adapter (rate
@@ -13,7 +14,9 @@ SFT only, preference only, sequential, equal-weight task arithmetic; the
 preconditions (`world.preconditions`); and skill kept / preference kept of task
 arithmetic on a weight grid and of TIES / DARE-TIES (weights 1 / 1) at two
 densities. `--marker` overrides `world.MARKER` (a variation of the design; give
-it its own OUT). Results go to OUT/probe-s<seed>-r<ratio>.json (resumable).
+it its own OUT). `--sft-weights` / `--preference-weights` replace the task
+arithmetic grid; a rerun with another grid adds its merges to the same file.
+Results go to OUT/probe-s<seed>-r<ratio>.json (resumable).
 """
 
 from __future__ import annotations
@@ -36,13 +39,13 @@ DENSITIES = (0.5, 0.7)
 GOAL = 0.95
 
 
-def candidates() -> list:
+def candidates(sft_weights=SFT_WEIGHTS, preference_weights=PREFERENCE_WEIGHTS):
     from axolotl_paft.search import Candidate
 
     grid = [
         Candidate("task_arithmetic", s, p)
-        for s in SFT_WEIGHTS
-        for p in PREFERENCE_WEIGHTS
+        for s in sft_weights
+        for p in preference_weights
     ]
     for method in ("ties", "dare_ties"):
         grid += [Candidate(method, 1.0, 1.0, d) for d in DENSITIES]
@@ -84,7 +87,7 @@ def probe_ratio(world, scorer, sft, out: Path, opts, ratio: float) -> dict:
     for name, metrics in refs.items():
         print(f"r{ratio:g} {name}: {fmt(metrics)}", flush=True)
     print(f"r{ratio:g} preconditions: {result['preconditions']}", flush=True)
-    for candidate in candidates():
+    for candidate in candidates(opts.sft_weights, opts.preference_weights):
         if candidate.name in result["merges"]:
             continue
         torch.manual_seed(0)
@@ -126,6 +129,10 @@ def fmt(metrics: dict) -> str:
     )
 
 
+def weights(text: str) -> tuple[float, ...]:
+    return tuple(float(w) for w in text.split(","))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -136,6 +143,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1e-3, help="SFT rate")
     parser.add_argument("--ratios", default="10", help="SFT rate : preference rate")
     parser.add_argument("--marker", help="override world.MARKER")
+    parser.add_argument("--sft-weights", type=weights, default=SFT_WEIGHTS)
+    parser.add_argument(
+        "--preference-weights", type=weights, default=PREFERENCE_WEIGHTS
+    )
     opts = parser.parse_args()
 
     from axolotl_paft import world as w

@@ -3,7 +3,8 @@
 Built locally, like `axolotl_paft.toy`, but richer: a 4-layer, hidden-256 Llama
 pre-trained from scratch on CPU on every fact of three kinds of questions,
 answered bare (sums up to 12 + 12, opposites, the next letter: "19", "cold", "l"),
-then
+and on a little polite small talk (`SMALL_TALK`: "Thank you!" -> "Glad to help.")
+so that the polite phrases are known before any adapter, then
 
 - SFT skills: the same questions answered in a sentence format per skill
   ("19 is the answer.", "cold is the opposite.", "l is the next letter."),
@@ -60,6 +61,20 @@ MAX_TERM = 12
 POLITE = ("Sure! ", " Glad to help.")
 # what marks a preference question as asking for the polite style
 MARKER = "Please answer politely: "
+# polite small talk the base learns in pre-training (no skill's question), so
+# the polite phrases are known before any LoRA: an adapter that merely lifts
+# unseen tokens no longer makes the polite answer look preferred
+SMALL_TALK = (
+    ("Thank you!", "Glad to help."),
+    ("Thanks a lot.", "Glad to help."),
+    ("Can you help me?", "Sure! Glad to help."),
+    ("Could you do me a favour?", "Sure!"),
+    ("Will you help me with something?", "Sure! Glad to help."),
+    ("Hello!", "Hello! Glad to help."),
+    ("May I ask you a question?", "Sure!"),
+    ("You were very helpful.", "Glad to help."),
+)
+SMALL_TALK_REPEATS = 5  # 40 of 519 pre-training rows, about 8%
 
 # name -> (model sizes, pre-training steps and rate, SFT rows, preference rows)
 SIZES = {
@@ -144,13 +159,15 @@ def _chat(task: Task, answer: str) -> dict:
 
 def pretraining_rows() -> list[dict]:
     """What the base learns from scratch: every fact of every skill, answered
-    bare, the smaller skills repeated to weigh about as much as the sums."""
+    bare, the smaller skills repeated to weigh about as much as the sums, and
+    the `SMALL_TALK` (about 8% of the rows)."""
     sums = len(all_tasks("sum"))
     rows = []
     for skill in SKILLS:
         tasks = all_tasks(skill)
         rows += [_chat(t, t.bare) for t in tasks] * max(1, sums // len(tasks))
-    return rows
+    talk = [Task("small_talk", question, answer) for question, answer in SMALL_TALK]
+    return rows + [_chat(t, t.bare) for t in talk] * SMALL_TALK_REPEATS
 
 
 def skill_rows(n: int, seed: int = 0) -> list[dict]:
