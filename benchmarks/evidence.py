@@ -132,7 +132,7 @@ def seed_preconditions(scores: dict, ratio: str) -> dict:
     )  # fmt: skip
 
 
-def provenance(argv: list[str]) -> dict:
+def provenance(argv: list[str], script: str = "benchmarks/evidence.py") -> dict:
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE
     ).stdout.strip()
@@ -144,7 +144,7 @@ def provenance(argv: list[str]) -> dict:
         f"{os.cpu_count()} cores, {platform.platform()}",
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "command": " ".join(["python", "benchmarks/evidence.py", *argv]),
+        "command": " ".join(["python", script, *argv]),
     }
 
 

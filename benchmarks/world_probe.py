@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -32,11 +33,12 @@ from axolotl_paft.const import OFFLINE_ENV
 
 os.environ.update(OFFLINE_ENV)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evidence import provenance  # noqa: E402
 
 SFT_WEIGHTS = (0.5, 0.75, 1.0, 1.25, 1.5)
 PREFERENCE_WEIGHTS = (0.5, 1.0, 1.5, 2.0)
 DENSITIES = (0.5, 0.7)
-GOAL = 0.95
 
 
 def candidates(sft_weights=SFT_WEIGHTS, preference_weights=PREFERENCE_WEIGHTS):
@@ -53,10 +55,14 @@ def candidates(sft_weights=SFT_WEIGHTS, preference_weights=PREFERENCE_WEIGHTS):
 
 
 def probe_ratio(world, scorer, sft, out: Path, opts, ratio: float) -> dict:
-    import torch
-
     from axolotl_paft.search import Candidate, build_candidate, kept_shares
-    from axolotl_paft.world import preconditions, preference_config, sequential, train
+    from axolotl_paft.world import SEARCH_GOAL as GOAL
+    from axolotl_paft.world import (
+        preconditions,
+        preference_config,
+        sequential,
+        train,
+    )
 
     path = out / f"probe-s{opts.seed}-r{ratio:g}.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
@@ -90,7 +96,6 @@ def probe_ratio(world, scorer, sft, out: Path, opts, ratio: float) -> dict:
     for candidate in candidates(opts.sft_weights, opts.preference_weights):
         if candidate.name in result["merges"]:
             continue
-        torch.manual_seed(0)
         merged = build_candidate(
             world.model_dir, sft, pref, candidate, out / "merged" / candidate.name,
             cache,
@@ -110,6 +115,7 @@ def probe_ratio(world, scorer, sft, out: Path, opts, ratio: float) -> dict:
         result["merges"], key=lambda n: min(result["merges"][n]["kept"].values())
     )
     result["summary"] = {"reaching_goal": goal, "most_balanced": best}
+    result["provenance"] = provenance(sys.argv[1:], "benchmarks/world_probe.py")
     result.setdefault("seconds", 0)
     result["seconds"] += time.time() - start
     path.write_text(json.dumps(result, indent=1))
