@@ -17,6 +17,11 @@ densities. `--marker` overrides `world.MARKER` (a variation of the design; give
 it its own OUT). `--sft-weights` / `--preference-weights` replace the task
 arithmetic grid; a rerun with another grid adds its merges to the same file.
 Results go to OUT/probe-s<seed>-r<ratio>.json (resumable).
+
+    python benchmarks/world_probe.py --report NAME=OUT@COMMIT [...]
+
+collects the probes of each design (NAME, the OUT it was probed in, the commit
+of its code) into benchmarks/results_world_probe.{md,json}.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ os.environ.update(OFFLINE_ENV)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evidence import provenance  # noqa: E402
+
+SCRIPT = "benchmarks/world_probe.py"
 
 SFT_WEIGHTS = (0.5, 0.75, 1.0, 1.25, 1.5)
 PREFERENCE_WEIGHTS = (0.5, 1.0, 1.5, 2.0)
@@ -115,7 +122,7 @@ def probe_ratio(world, scorer, sft, out: Path, opts, ratio: float) -> dict:
         result["merges"], key=lambda n: min(result["merges"][n]["kept"].values())
     )
     result["summary"] = {"reaching_goal": goal, "most_balanced": best}
-    result["provenance"] = provenance(sys.argv[1:], "benchmarks/world_probe.py")
+    result["provenance"] = provenance(sys.argv[1:], SCRIPT)
     result.setdefault("seconds", 0)
     result["seconds"] += time.time() - start
     path.write_text(json.dumps(result, indent=1))
@@ -139,7 +146,76 @@ def weights(text: str) -> tuple[float, ...]:
     return tuple(float(w) for w in text.split(","))
 
 
+def report(designs: list[str]) -> None:
+    """One row per probe file of each `NAME=OUT@COMMIT`, into HERE."""
+    from axolotl_paft.world import SEARCH_GOAL as GOAL
+
+    here = Path(__file__).resolve().parent
+    rows, collected = [], {}
+    for design in designs:
+        name, rest = design.split("=", 1)
+        folder, commit = rest.rsplit("@", 1)
+        paths = Path(folder).glob("probe-s*-r*.json")
+        for path in sorted(
+            paths, key=lambda p: [float(x[1:]) for x in p.stem[6:].split("-")]
+        ):
+            probe = json.loads(path.read_text())
+            seed, ratio = path.stem.split("-")[1:]
+            collected[f"{name}/{seed}-{ratio}"] = probe | {"commit": commit}
+            refs, pre = probe["references"], probe["preconditions"]
+            merges = probe["merges"]
+            best = max(merges, key=lambda n: min(merges[n]["kept"].values()))
+            kept = merges[best]["kept"]
+            reaching = sum(min(m["kept"].values()) >= GOAL for m in merges.values())
+            holds = (
+                pre["alignment_tax"] >= 0.2
+                and max(pre["ta_skill_lost"], pre["ta_preference_lost"]) >= 0.1
+            )
+            rows.append(
+                f"| {name} | {seed[1:]} | {ratio[1:]} | "
+                + " | ".join(
+                    f"{refs[k]['sft_exact_match']:.2f} / "
+                    f"{refs[k]['preference_accuracy']:.2f}"
+                    for k in ("sft", "preference", "sequential", "task_arithmetic")
+                )
+                + f" | {pre['alignment_tax']:.2f} | {pre['ta_skill_lost']:.2f} / "
+                f"{pre['ta_preference_lost']:.2f} | {'yes' if holds else 'no'} | "
+                f"{reaching} of {len(merges)} | {best}: {kept['skill_kept']:.3f} / "
+                f"{kept['preference_kept']:.3f} |"
+            )
+    lines = [
+        "# World designs probed: preconditions and the 95 / 95 merge",
+        "",
+        "One seed per row, held-out rows `world.heldout_rows(96)`; small world:"
+        " 150 SFT / 150 preference steps, full world: 300 / 200; SFT rate 1e-3,"
+        " preference rate 1e-3 / ratio. Merges: task arithmetic on a weight grid"
+        " (finer grids added for v3), TIES and DARE-TIES at 1 / 1. Cells:"
+        " skill exact match / preference accuracy. Preconditions: alignment tax"
+        " >= 0.2 and equal-weight task arithmetic (TA) losing >= 0.1 of one"
+        f" side's gain. Goal: a merge keeping >= {GOAL:.0%} of both gains.",
+        "",
+        "| design | seed | ratio | SFT only | preference only | sequential "
+        "| TA 1:1 | tax | TA lost (skill / pref) | both hold | merges at the goal "
+        "| most balanced (skill kept / pref kept) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "## Provenance",
+        "",
+        *(
+            f"- {d.split('=')[0]}: the code of commit {d.rsplit('@', 1)[1]}"
+            for d in designs
+        ),
+        *(f"- {k}: {v}" for k, v in provenance(["--report", *designs], SCRIPT).items()),
+    ]
+    (here / "results_world_probe.md").write_text("\n".join(lines) + "\n")
+    (here / "results_world_probe.json").write_text(json.dumps(collected, indent=1))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--report"]:
+        report(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--size", default="small", choices=("full", "small"))
