@@ -3,7 +3,8 @@
     axolotl-paft-demo [OUT_DIR]
 
 1. builds the small variant of `axolotl_paft.world` (a pre-trained tiny Llama, three
-   SFT skills, a preference for a polite style on the same prompts);
+   SFT skills, a preference for a polite style on the same kinds of questions
+   when they ask for it: "Please answer politely: ...");
 2. runs `axolotl train` in PAFT's parallel mode: the SFT LoRA and the DPO LoRA
    (rate 1/10 of the SFT rate) train together on one base; the plugin writes the
    sparsity report, the mergekit configs and runs the merge search
