@@ -4,7 +4,7 @@
         [--methods task_arithmetic,ties,dare_ties] [--densities 0.3,0.5,0.7,0.85]
         [--sft-weights 0.5,...] [--preference-weights 0.25,...]
     python benchmarks/search_frontier.py OUT --world DIR --search NAME
-        [--search-budget 24]
+        [--search-budget 24] [--search-rows 48]
     python benchmarks/search_frontier.py OUT --report [--publish]
 
 Issue 8, item 4: on the miniature world (`axolotl_paft.world`), in every seed, the
@@ -28,8 +28,9 @@ preference accuracy against the preference-only adapter, both on the same split.
 TIES, DELLA and linear normalise by the weights (mergekit's defaults) and SLERP
 reads only t = w_pref / (w_sft + w_pref): for them only the weight ratio matters,
 so one merge per ratio is built and its metrics shared by the other weight pairs
-of that ratio (`same_as`). DARE's random drop is seeded (torch seed 0) before
-every grid merge; the search does not seed it.
+of that ratio (`same_as`). DARE's random drop is seeded like every merge
+(`merge.MERGE_SEED`). `--search-rows` lets the search pick on more validation
+rows than the test rows its pick is scored on.
 
 Results go to OUT/seed<N>.json (resumable: a candidate already scored is kept);
 `--report` writes frontier.{md,json,png} into OUT, `--publish` into
@@ -132,7 +133,7 @@ class Splits:
             load_model(self.base) if path is None else load_candidate(self.base, path)
         )
         return {
-            split: quick_metrics(model, s.base_logps, s.tokenizer, *s.rows)
+            split: quick_metrics(model, s.base_logps, *s.rows)
             for split, s in self.scorers.items()
         }
 
@@ -140,10 +141,7 @@ class Splits:
 def provenance(argv: list[str]) -> dict:
     from evidence import provenance as evidence_provenance
 
-    return {
-        **evidence_provenance(argv),
-        "command": " ".join(["python", "benchmarks/search_frontier.py", *argv]),
-    }
+    return evidence_provenance(argv, "benchmarks/search_frontier.py")
 
 
 def load(path: Path) -> dict:
@@ -151,8 +149,6 @@ def load(path: Path) -> dict:
 
 
 def run_seed(world, splits, out: Path, seed: int, opts, argv) -> None:
-    import torch
-
     from axolotl_paft.search import build_candidate, kept_shares
 
     path = out / f"seed{seed}.json"
@@ -194,7 +190,6 @@ def run_seed(world, splits, out: Path, seed: int, opts, argv) -> None:
             entry["same_as"] = built[tuple(key)]["name"]
             entry["metrics"] = built[tuple(key)]["metrics"]
         else:
-            torch.manual_seed(0)
             merged = build_candidate(
                 world.model_dir, found["sft"], found["preference"], candidate,
                 out / "merged" / f"s{seed}" / candidate.name, cache,
@@ -232,7 +227,8 @@ def run_search(world, splits, found, out, seed, opts, result, refs) -> None:
     folder = out / "search" / f"{opts.search}-s{seed}"
     shutil.rmtree(folder, ignore_errors=True)
     start = time.time()
-    rows = (skill_rows(opts.eval_rows, 200), preference_rows(opts.eval_rows, 201))
+    n = opts.search_rows or opts.eval_rows
+    rows = (skill_rows(n, 200), preference_rows(n, 201))
     picked = search(
         world.model_dir, found["sft"], found["preference"], *rows, folder,
         budget=opts.search_budget, cache=out / "lora-cache" / f"seed{seed}",
@@ -242,6 +238,7 @@ def run_search(world, splits, found, out, seed, opts, result, refs) -> None:
         "best": picked["best"],
         "evaluated": len(picked["leaderboard"]),
         "budget": opts.search_budget,
+        "search_rows": n,
         "minutes": (time.time() - start) / 60,
         "metrics": metrics,
         "kept": {s: kept_shares(metrics[s], refs[s]) for s in refs},
@@ -268,6 +265,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--search", help="run the search; record it under NAME")
     parser.add_argument("--search-budget", type=int, default=DEFAULT_BUDGET)
+    parser.add_argument(
+        "--search-rows",
+        type=int,
+        help="validation rows the search picks on "
+        "(default --eval-rows; its pick is scored on --eval-rows test rows)",
+    )
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--publish", action="store_true")
     opts = parser.parse_args(argv)
