@@ -6,7 +6,8 @@
     python benchmarks/evidence.py OUT --report [--publish]
 
 World: `axolotl_paft.world` (3 SFT skills; a preference for a polite style on the
-same prompts whose rejected answer is the terse SFT format). Per seed:
+same kinds of questions, marked as asking for it, whose rejected answer is the
+terse SFT format). Per seed:
 
 - every SFT setting (lambda x mode, lambda 0 shared) and every preference setting
   (SFT rate : preference rate in `--ratios`) is trained once, standalone, through
