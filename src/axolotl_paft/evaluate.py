@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+IGNORE_INDEX = -100  # Axolotl's and transformers' label of an unscored token
 OPEN_LLM_TASKS = "arc_challenge,hellaswag,mmlu,truthfulqa_mc2,winogrande,gsm8k"
 METRICS = (
     "sft_loss",
@@ -62,17 +63,17 @@ def assistant_loss(model, tokenizer, rows: list[dict]) -> float:
         prompt_len = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         ids = torch.tensor([tokenizer(full, add_special_tokens=False)["input_ids"]])
         labels = ids.clone()
-        labels[:, :prompt_len] = -100
+        labels[:, :prompt_len] = IGNORE_INDEX
         logits = model(input_ids=ids).logits[:, :-1].float()
         targets = labels[:, 1:]
         losses = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
             targets.reshape(-1),
-            ignore_index=-100,
+            ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
         total += float(losses)
-        count += int((targets != -100).sum())
+        count += int((targets != IGNORE_INDEX).sum())
     return total / count
 
 
@@ -180,13 +181,16 @@ def forced_exact_match(model, tokenizer, rows: list[dict]) -> list[bool]:
             reference["content"].strip() + tokenizer.eos_token,
             add_special_tokens=False,
         )["input_ids"]
-        ids = torch.tensor([prompt_ids + answer_ids])
-        logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1]
-        hits.append(bool((logits.argmax(-1) == ids[0, len(prompt_ids) :]).all()))
+        ids = torch.tensor(prompt_ids + answer_ids)
+        hits.append(greedy_reproduces(model, ids, len(prompt_ids), len(ids)))
     return hits
 
 
-IGNORE_INDEX = -100  # Axolotl's and transformers' label of an unscored token
+def greedy_reproduces(model, ids: torch.Tensor, start: int, end: int) -> bool:
+    """Whether greedy decoding from `ids[:start]` emits exactly `ids[start:end]`:
+    at each of those positions the token is the argmax of one teacher-forced pass."""
+    logits = model(input_ids=ids[None, :end]).logits[0, start - 1 : end - 1]
+    return bool((logits.argmax(-1) == ids[start:end]).all())
 
 
 class TextSkill:
@@ -225,8 +229,7 @@ class TokenizedSkill:
         for row in self.rows:
             ids = torch.as_tensor(row["input_ids"])
             start, end = last_labelled_span(torch.as_tensor(row["labels"]))
-            logits = model(input_ids=ids[None, :end]).logits[0, start - 1 : end - 1]
-            hits.append(bool((logits.argmax(-1) == ids[start:end]).all()))
+            hits.append(greedy_reproduces(model, ids, start, end))
         return hits
 
 
