@@ -503,13 +503,14 @@ class PAFTParallelTrainer(AxolotlTrainer):
     def _save_adapter_shards(self, output_dir: str) -> None:
         from accelerate.utils import save_fsdp_model
 
-        with self.router.through(self.paft.preference_adapter):
+        adapter = self.paft.preference_adapter
+        with self.router.through(adapter):
             save_fsdp_model(
                 self.accelerator.state.fsdp_plugin,
                 self.accelerator,
                 self.model,
                 output_dir,
-                model_index=1,
+                model_index=self.paft.adapters.index(adapter),
                 adapter_only=True,
             )
 
