@@ -112,12 +112,12 @@ def sft_run(world, out: Path, seed: int, opts, mode: str, lam: float) -> dict:
 
 
 def merge_and_score(
-    scorer, world, sft: Path, pref: Path, method: str, out: Path, cache: Path
+    scorer, world, sft: Path, pref: Path, candidate, out: Path, cache: Path
 ):
-    """Default-parameter merge of one pair by mergekit's engine, scored, deleted."""
-    from axolotl_paft.search import Candidate, build_candidate
+    """`candidate` (a `search.Candidate`) of one pair built by mergekit's engine,
+    as the search builds it, scored by `scorer`, deleted."""
+    from axolotl_paft.search import build_candidate
 
-    candidate = Candidate(method)
     merged = build_candidate(world.model_dir, sft, pref, candidate, out, cache)
     metrics = scorer(merged)
     shutil.rmtree(merged)
@@ -164,9 +164,12 @@ def run_seed(world, scorer, search_rows, out: Path, seed: int, opts, save) -> No
     result = {"scores": scores, "sparsity": {}, "searches": {}, "phase": "baselines"}
 
     def merge_all(ratio: str, tag: str, methods=METHODS) -> None:
+        from axolotl_paft.search import Candidate
+
         for method in methods:
             scores[f"merge/{ratio}/{tag}/{method}"] = merge_and_score(
-                scorer, world, runs[f"sft/{tag}"], runs[f"pref/{ratio}"], method,
+                scorer, world, runs[f"sft/{tag}"], runs[f"pref/{ratio}"],
+                Candidate(method),
                 out / "merged" / f"s{seed}-{ratio}-{tag}-{method}", cache,
             )  # fmt: skip
         sparsity = summarize(measure(saved_lora_factors(runs[f"sft/{tag}"]), 0.01))

@@ -149,7 +149,9 @@ def load(path: Path) -> dict:
 
 
 def run_seed(world, splits, out: Path, seed: int, opts, argv) -> None:
-    from axolotl_paft.search import build_candidate, kept_shares
+    from evidence import merge_and_score
+
+    from axolotl_paft.search import kept_shares
 
     path = out / f"seed{seed}.json"
     result = load(path) | {"seed": seed}
@@ -190,12 +192,10 @@ def run_seed(world, splits, out: Path, seed: int, opts, argv) -> None:
             entry["same_as"] = built[tuple(key)]["name"]
             entry["metrics"] = built[tuple(key)]["metrics"]
         else:
-            merged = build_candidate(
-                world.model_dir, found["sft"], found["preference"], candidate,
+            entry["metrics"] = merge_and_score(
+                splits, world, found["sft"], found["preference"], candidate,
                 out / "merged" / f"s{seed}" / candidate.name, cache,
             )  # fmt: skip
-            entry["metrics"] = splits(merged)
-            shutil.rmtree(merged)
             built[tuple(key)] = entry
             count += 1
         entry["kept"] = {s: kept_shares(entry["metrics"][s], refs[s]) for s in refs}

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from axolotl_paft.const import OFFLINE_ENV
 os.environ.update(OFFLINE_ENV)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evidence import provenance  # noqa: E402
+from evidence import merge_and_score, provenance  # noqa: E402
 
 SCRIPT = "benchmarks/world_probe.py"
 
@@ -62,7 +61,7 @@ def candidates(sft_weights=SFT_WEIGHTS, preference_weights=PREFERENCE_WEIGHTS):
 
 
 def probe_ratio(world, scorer, sft, out: Path, opts, ratio: float) -> dict:
-    from axolotl_paft.search import Candidate, build_candidate, kept_shares
+    from axolotl_paft.search import Candidate, kept_shares
     from axolotl_paft.world import SEARCH_GOAL as GOAL
     from axolotl_paft.world import (
         preconditions,
@@ -83,13 +82,14 @@ def probe_ratio(world, scorer, sft, out: Path, opts, ratio: float) -> dict:
     seq = sequential(world, sft, runs / f"s{opts.seed}-seq-r{ratio:g}", **kw)
     cache = out / "lora-cache" / f"s{opts.seed}-r{ratio:g}"
     if "references" not in result:
-        ta = build_candidate(
-            world.model_dir, sft, pref, Candidate("task_arithmetic"),
-            out / "merged" / "ta", cache,
-        )  # fmt: skip
         refs = {"base": scorer(None), "sft": scorer(sft), "preference": scorer(pref)}
-        refs |= {"sequential": scorer(seq), "task_arithmetic": scorer(ta)}
-        shutil.rmtree(ta)
+        refs |= {
+            "sequential": scorer(seq),
+            "task_arithmetic": merge_and_score(
+                scorer, world, sft, pref, Candidate("task_arithmetic"),
+                out / "merged" / "ta", cache,
+            ),
+        }  # fmt: skip
         result["references"] = refs
         result["preconditions"] = preconditions(
             *(refs[k] for k in ("base", "sft", "preference", "sequential")),
@@ -103,12 +103,10 @@ def probe_ratio(world, scorer, sft, out: Path, opts, ratio: float) -> dict:
     for candidate in candidates(opts.sft_weights, opts.preference_weights):
         if candidate.name in result["merges"]:
             continue
-        merged = build_candidate(
-            world.model_dir, sft, pref, candidate, out / "merged" / candidate.name,
+        metrics = merge_and_score(
+            scorer, world, sft, pref, candidate, out / "merged" / candidate.name,
             cache,
         )  # fmt: skip
-        metrics = scorer(merged)
-        shutil.rmtree(merged)
         kept = kept_shares(metrics, refs)
         result["merges"][candidate.name] = {"metrics": metrics, "kept": kept}
         print(
