@@ -82,22 +82,10 @@ def pair(entry_kept: dict) -> str:
     return f"{pct(entry_kept['skill_kept'])} / {pct(entry_kept['preference_kept'])}"
 
 
-def seed_summary(result: dict) -> dict:
-    entries = list(result["candidates"].values())
-    built = [e for e in entries if "same_as" not in e]
-    out = {"seed": result["seed"], "candidates": len(entries), "merges": len(built)}
-    refs = result["references"]
-    out["references"] = {
-        split: {
-            "sft_only_skill": refs["sft"][split]["sft_exact_match"],
-            "preference_only_accuracy": refs["preference"][split][
-                "preference_accuracy"
-            ],
-            "base_skill": refs["base"][split]["sft_exact_match"],
-            "base_accuracy": refs["base"][split]["preference_accuracy"],
-        }
-        for split in SPLITS
-    }
+def grid_summary(entries: list[dict]) -> dict:
+    """Best balanced merge, merges reaching the goal and Pareto front per split,
+    and the best merge per method on the test rows."""
+    out = {}
     for split in SPLITS:
         best = max(entries, key=lambda e: balanced(e, split))
         out[split] = {
@@ -119,6 +107,27 @@ def seed_summary(result: dict) -> dict:
         )["name"]
         for m in methods
     }
+    return out
+
+
+def seed_summary(result: dict) -> dict:
+    entries = list(result["candidates"].values())
+    built = [e for e in entries if "same_as" not in e]
+    out = {"seed": result["seed"], "candidates": len(entries), "merges": len(built)}
+    refs = result["references"]
+    out["references"] = {
+        split: {
+            "sft_only_skill": refs["sft"][split]["sft_exact_match"],
+            "preference_only_accuracy": refs["preference"][split][
+                "preference_accuracy"
+            ],
+            "base_skill": refs["base"][split]["sft_exact_match"],
+            "base_accuracy": refs["base"][split]["preference_accuracy"],
+        }
+        for split in SPLITS
+    }
+    if entries:  # a folder may hold only `--search` runs
+        out |= grid_summary(entries)
     out["searches"] = result.get("searches", {})
     out["provenance"] = result["runs"][-1] if result.get("runs") else {}
     out["runs"] = result.get("runs", [])
@@ -149,54 +158,56 @@ def markdown(summaries: list[dict], entries: dict) -> str:
                 f"| {s['seed']} | {split} | {r['base_skill']:.3f} | "
                 f"{r['sft_only_skill']:.3f} | {r['preference_only_accuracy']:.3f} |"
             )
-    lines += [
-        "",
-        "## Is 95% / 95% attainable?",
-        "",
-        "| seed | grid (merges built) | best balanced on validation: validation; "
-        "test | best balanced on test | merges >= 95/95 on validation | on test | "
-        "on both |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for s in summaries:
-        seed = s["seed"]
-        v, t = s["validation"], s["test"]
-        vbest = entries[seed][v["best_balanced"]]
-        lines.append(
-            f"| {seed} | {s['candidates']} ({s['merges']}) | {v['best_balanced']}: "
-            f"{pair(vbest['kept']['validation'])}; "
-            f"test {pair(vbest['kept']['test'])} | "
-            f"{t['best_balanced']}: {pair(t['best_balanced_kept']['test'])} | "
-            f"{len(v['reaching_goal'])} | {len(t['reaching_goal'])} | "
-            f"{len(s['validation_goal_on_test'])} |"
-        )
-    for split in ("test", "validation"):
-        lines += ["", f"## Pareto front per seed ({split} rows)", ""]
-        for s in summaries:
-            front = ", ".join(
-                f"{p['name']} {pct(p['skill_kept'])} / {pct(p['preference_kept'])}"
-                for p in s[split]["pareto"]
-            )
-            lines.append(f"- seed {s['seed']}: {front}")
-    methods = list(
-        dict.fromkeys(m for s in summaries for m in s["per_method_best_test"])
-    )
-    lines += [
-        "",
-        "## Best balanced merge per method (test rows)",
-        "",
-        "| seed | " + " | ".join(methods) + " |",
-        "|---|" + "---|" * len(methods),
-    ]
-    for s in summaries:
-        best = s["per_method_best_test"]
-        cells = [
-            f"{best[m]}: {pair(entries[s['seed']][best[m]]['kept']['test'])}"
-            if m in best
-            else "-"
-            for m in methods
+    grid = [s for s in summaries if s["candidates"]]
+    if grid:
+        lines += [
+            "",
+            "## Is 95% / 95% attainable?",
+            "",
+            "| seed | grid (merges built) | best balanced on validation: validation; "
+            "test | best balanced on test | merges >= 95/95 on validation | on test | "
+            "on both |",
+            "|---|---|---|---|---|---|---|",
         ]
-        lines.append(f"| {s['seed']} | " + " | ".join(cells) + " |")
+        for s in grid:
+            seed = s["seed"]
+            v, t = s["validation"], s["test"]
+            vbest = entries[seed][v["best_balanced"]]
+            lines.append(
+                f"| {seed} | {s['candidates']} ({s['merges']}) | {v['best_balanced']}: "
+                f"{pair(vbest['kept']['validation'])}; "
+                f"test {pair(vbest['kept']['test'])} | "
+                f"{t['best_balanced']}: {pair(t['best_balanced_kept']['test'])} | "
+                f"{len(v['reaching_goal'])} | {len(t['reaching_goal'])} | "
+                f"{len(s['validation_goal_on_test'])} |"
+            )
+        for split in ("test", "validation"):
+            lines += ["", f"## Pareto front per seed ({split} rows)", ""]
+            for s in grid:
+                front = ", ".join(
+                    f"{p['name']} {pct(p['skill_kept'])} / {pct(p['preference_kept'])}"
+                    for p in s[split]["pareto"]
+                )
+                lines.append(f"- seed {s['seed']}: {front}")
+        methods = list(
+            dict.fromkeys(m for s in grid for m in s["per_method_best_test"])
+        )
+        lines += [
+            "",
+            "## Best balanced merge per method (test rows)",
+            "",
+            "| seed | " + " | ".join(methods) + " |",
+            "|---|" + "---|" * len(methods),
+        ]
+        for s in grid:
+            best = s["per_method_best_test"]
+            cells = [
+                f"{best[m]}: {pair(entries[s['seed']][best[m]]['kept']['test'])}"
+                if m in best
+                else "-"
+                for m in methods
+            ]
+            lines.append(f"| {s['seed']} | " + " | ".join(cells) + " |")
     names = list(dict.fromkeys(n for s in summaries for n in s["searches"]))
     if names:
         lines += [
@@ -271,7 +282,7 @@ def plot(summaries: list[dict], entries: dict, path: Path) -> Path:
                     alpha=0.6,
                     label=method,
                 )
-            front = s[split]["pareto"]
+            front = s.get(split, {}).get("pareto", [])
             ax.plot(
                 [p["preference_kept"] for p in front],
                 [p["skill_kept"] for p in front],
@@ -300,7 +311,9 @@ def plot(summaries: list[dict], entries: dict, path: Path) -> Path:
 
 def report(out: Path, dest: Path) -> None:
     results = [json.loads(p.read_text()) for p in sorted(out.glob("seed*.json"))]
-    results = [r for r in results if r.get("candidates")]
+    results = [r for r in results if r.get("candidates") or r.get("searches")]
+    if not results:
+        raise SystemExit(f"{out}: no seed*.json with grid merges or searches")
     summaries = [seed_summary(r) for r in results]
     entries = {r["seed"]: r["candidates"] for r in results}
     prefix = "results_search_frontier" if dest != out else "frontier"
