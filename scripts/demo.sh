@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on an embedded default: tiny model + data built locally, Axolotl DPO
-# and PAFT SFT runs, mergekit-yaml on the emitted TIES config. Usage: demo.sh [OUT]
+# The main job on a small miniature world built locally: one parallel-mode
+# `axolotl train` with the merge search, the sequential SFT->DPO pipeline beside it,
+# and a side-by-side table (axolotl_paft.demo). Usage: demo.sh [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
