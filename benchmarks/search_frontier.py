@@ -4,7 +4,7 @@
         [--methods task_arithmetic,ties,dare_ties] [--densities 0.3,0.5,0.7,0.85]
         [--sft-weights 0.5,...] [--preference-weights 0.25,...]
     python benchmarks/search_frontier.py OUT --world DIR --search NAME
-        [--search-budget 24] [--search-rows 48]
+        [--search-budget 24] [--search-rows 48] [--search-sft l0]
     python benchmarks/search_frontier.py OUT --report [--publish]
 
 Issue 8, item 4: on the miniature world (`axolotl_paft.world`), in every seed, the
@@ -21,7 +21,9 @@ adapter at SFT rate : preference rate 10, 300 / 200 steps):
   search picks on (seeds 200/201) and on the test rows (`world.heldout_rows`,
   seeds 100/101), 48 each;
 - `--search NAME` runs `axolotl_paft.search.search` (the code as it is) on the
-  validation rows and scores its pick on the test rows too.
+  validation rows and scores its pick on the test rows too; `--search-sft TAG`
+  searches with one of evidence.py's L1 SFT adapters instead (does L1 help once
+  the merge is tuned?).
 
 skill kept = (skill - base) / (SFT-only - base), preference kept = the same for
 preference accuracy against the preference-only adapter, both on the same split.
@@ -64,22 +66,31 @@ GRID_RATIO = 10.0
 
 
 def adapters(world, out: Path, seed: int, opts) -> dict[str, Path]:
-    """The lambda-0 SFT adapter and the ratio-10 preference adapter of `seed`,
-    trained exactly as `benchmarks/evidence.py` trains them (same folders' names)."""
-    from evidence import SFT_RATE, sft_dir, sft_run
+    """The lambda-0 SFT adapter, the `--search-sft` one and the ratio-10
+    preference adapter of `seed`, trained exactly as `benchmarks/evidence.py`
+    trains them (same folders' names, so its adapters are reused)."""
+    from evidence import SFT_RATE, sft_dir, sft_run, sft_settings, sft_tag
 
     from axolotl_paft.world import preference_config, train
 
     runs = out / "runs"
-    sft = train(
-        sft_run(world, runs, seed, opts, "loss", 0.0), sft_dir(runs, seed, "l0")
-    )
+    settings = {sft_tag(mode, lam): (mode, lam) for mode, lam in sft_settings()}
+    sft = {
+        tag: train(
+            sft_run(world, runs, seed, opts, *settings[tag]), sft_dir(runs, seed, tag)
+        )
+        for tag in dict.fromkeys(("l0", opts.search_sft))
+    }
     path = runs / f"s{seed}-pref-r{GRID_RATIO:g}"
     config = preference_config(
         world, path, seed=seed, steps=opts.preference_steps,
         learning_rate=SFT_RATE / GRID_RATIO,
     )  # fmt: skip
-    return {"sft": sft, "preference": train(config, path)}
+    return {
+        "sft": sft["l0"],
+        "search_sft": sft[opts.search_sft],
+        "preference": train(config, path),
+    }
 
 
 def grid(methods, densities, sft_weights, preference_weights) -> list:
@@ -230,7 +241,7 @@ def run_search(world, splits, found, out, seed, opts, result, refs) -> None:
     n = opts.search_rows or opts.eval_rows
     rows = (skill_rows(n, 200), preference_rows(n, 201))
     picked = search(
-        world.model_dir, found["sft"], found["preference"], *rows, folder,
+        world.model_dir, found["search_sft"], found["preference"], *rows, folder,
         budget=opts.search_budget, cache=out / "lora-cache" / f"seed{seed}",
     )  # fmt: skip
     metrics = splits(folder / "merged" / "best")
@@ -239,6 +250,7 @@ def run_search(world, splits, found, out, seed, opts, result, refs) -> None:
         "evaluated": len(picked["leaderboard"]),
         "budget": opts.search_budget,
         "search_rows": n,
+        "sft": opts.search_sft,
         "minutes": (time.time() - start) / 60,
         "metrics": metrics,
         "kept": {s: kept_shares(metrics[s], refs[s]) for s in refs},
@@ -265,6 +277,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--search", help="run the search; record it under NAME")
     parser.add_argument("--search-budget", type=int, default=DEFAULT_BUDGET)
+    parser.add_argument(
+        "--search-sft",
+        default="l0",
+        help="the SFT adapter the search merges: an evidence.py tag (l0, loss0.001, "
+        "proximal0.3, ...); kept shares stay relative to the lambda-0 SFT only",
+    )
     parser.add_argument(
         "--search-rows",
         type=int,
