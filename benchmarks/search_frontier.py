@@ -5,7 +5,7 @@
         [--sft-weights 0.5,...] [--preference-weights 0.25,...]
     python benchmarks/search_frontier.py OUT --world DIR --search NAME
         [--search-budget 24] [--search-rows 48] [--search-sft l0]
-    python benchmarks/search_frontier.py OUT --report [--publish]
+    python benchmarks/search_frontier.py OUT --report [--publish [NAME]]
 
 Issue 8, item 4: on the miniature world (`axolotl_paft.world`), in every seed, the
 searched merge should keep >= 95% of the SFT-only skill gain and >= 95% of the
@@ -35,8 +35,8 @@ of that ratio (`same_as`). DARE's random drop is seeded like every merge
 rows than the test rows its pick is scored on.
 
 Results go to OUT/seed<N>.json (resumable: a candidate already scored is kept);
-`--report` writes frontier.{md,json,png} into OUT, `--publish` into
-benchmarks/results_search_frontier.*.
+`--report` writes frontier.{md,json,png} into OUT, `--publish [NAME]` into
+benchmarks/NAME.* (default results_search_frontier).
 """
 
 from __future__ import annotations
@@ -290,13 +290,15 @@ def main(argv: list[str] | None = None) -> None:
         "(default --eval-rows; its pick is scored on --eval-rows test rows)",
     )
     parser.add_argument("--report", action="store_true")
-    parser.add_argument("--publish", action="store_true")
+    parser.add_argument(
+        "--publish", nargs="?", const="results_search_frontier", metavar="NAME"
+    )
     opts = parser.parse_args(argv)
     out = opts.out.resolve()
     if opts.report:
         from search_frontier_report import report
 
-        report(out, HERE if opts.publish else out)
+        report(out, HERE / opts.publish if opts.publish else out / "frontier")
         return
     opts.methods = opts.methods.split(",")
     opts.densities = [float(d) for d in opts.densities.split(",")]

@@ -134,10 +134,57 @@ def seed_summary(result: dict) -> dict:
     return out
 
 
+def by_sft_adapter(summaries: list[dict]) -> list[str]:
+    """The search on each SFT adapter (`--search-sft`), test rows, over seeds:
+    does L1 help once the merge method, weights and density are tuned?"""
+    from evidence_report import fmt, interval, tag_order
+
+    runs = {  # sft tag -> seed -> search record
+        tag: {s["seed"]: r for s in summaries for r in s["searches"].values()
+              if r.get("sft") == tag}
+        for tag in {r.get("sft") for s in summaries for r in s["searches"].values()}
+        if tag
+    }  # fmt: skip
+    if len(runs) < 2 or "l0" not in runs:
+        return []
+    lines = [
+        "",
+        "## The search per SFT adapter (test rows)",
+        "",
+        "The same search (budget, rows, preference adapter) on each SFT adapter of "
+        "`results_evidence.md` (`--search-sft`); kept shares relative to the "
+        "lambda-0 SFT only. Mean +- 95% interval over seeds; change = score minus "
+        "the lambda-0 search's score in the same seed (* where the interval "
+        "excludes 0).",
+        "",
+        "| SFT adapter | seeds | skill kept | preference kept | score | change "
+        "| goal met on test | picks |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    base = runs["l0"]
+    for tag in sorted(runs, key=tag_order):
+        per_seed = runs[tag]
+        test = [r["kept"]["test"] for r in per_seed.values()]
+        score = {seed: r["metrics"]["test"]["score"] for seed, r in per_seed.items()}
+        change = interval([v - base[s]["metrics"]["test"]["score"]
+                           for s, v in score.items() if s in base])  # fmt: skip
+        star = " *" if abs(change[0]) > change[1] else ""
+        goal = sum(min(k.values()) >= GOAL for k in test)
+        lines.append(
+            f"| {tag} | {len(per_seed)} "
+            f"| {fmt(interval([k['skill_kept'] for k in test]), percent=True)} "
+            f"| {fmt(interval([k['preference_kept'] for k in test]), percent=True)} "
+            f"| {fmt(interval(list(score.values())))} "
+            f"| {'-' if tag == 'l0' else fmt(change) + star} "
+            f"| {goal} of {len(test)} "
+            f"| {', '.join(r['best'] for r in per_seed.values())} |"
+        )
+    return lines
+
+
 def markdown(summaries: list[dict], entries: dict) -> str:
     lines = [
-        "# The attainable set of the merge search (miniature world, lambda 0, "
-        "ratio 10)",
+        "# The attainable set of the merge search (miniature world, ratio 10)",
         "",
         "Issue 8, item 4: keep >= 95% of the SFT-only skill gain *and* >= 95% of the "
         "preference-only accuracy, in every seed, on the test rows. Every grid merge "
@@ -232,6 +279,7 @@ def markdown(summaries: list[dict], entries: dict) -> str:
                     f"{pair(r['kept']['test'])} | {r['metrics']['test']['score']:.3f} "
                     f"| {'yes' if goal else 'no'} |"
                 )
+    lines += by_sft_adapter(summaries)
     lines += ["", "## Provenance", ""]
     commands: dict[str, dict] = {}
     for s in summaries:
@@ -247,7 +295,8 @@ def markdown(summaries: list[dict], entries: dict) -> str:
             f"- `{command}`: seeds {sorted(c['seeds'])}, {min(c['dates'])} to "
             f"{max(c['dates'])}, commit(s) {', '.join(sorted(c['commits']))}"
         )
-    lines += ["", *PROVENANCE_NOTES]
+    if any(n in SEARCHES for n in names):
+        lines += ["", *PROVENANCE_NOTES]
     p = summaries[0]["provenance"]
     if p:
         packages = ", ".join(f"{k} {v}" for k, v in p["packages"].items())
@@ -309,20 +358,20 @@ def plot(summaries: list[dict], entries: dict, path: Path) -> Path:
     return path
 
 
-def report(out: Path, dest: Path) -> None:
+def report(out: Path, stem: Path) -> None:
+    """Tables, JSON and figure of the seed files in `out`, as `stem`.{md,json,png}."""
     results = [json.loads(p.read_text()) for p in sorted(out.glob("seed*.json"))]
     results = [r for r in results if r.get("candidates") or r.get("searches")]
     if not results:
         raise SystemExit(f"{out}: no seed*.json with grid merges or searches")
     summaries = [seed_summary(r) for r in results]
     entries = {r["seed"]: r["candidates"] for r in results}
-    prefix = "results_search_frontier" if dest != out else "frontier"
-    text = markdown(summaries, entries)
-    if prefix != "results_search_frontier":
-        text = text.replace("results_search_frontier.png", f"{prefix}.png")
-    (dest / f"{prefix}.md").write_text(text)
-    (dest / f"{prefix}.json").write_text(
+    text = markdown(summaries, entries).replace(
+        "results_search_frontier.png", f"{stem.name}.png"
+    )
+    stem.with_suffix(".md").write_text(text)
+    stem.with_suffix(".json").write_text(
         json.dumps({"summaries": summaries, "candidates": entries}, indent=1)
     )
-    plot(summaries, entries, dest / f"{prefix}.png")
+    plot(summaries, entries, stem.with_suffix(".png"))
     print(text)
