@@ -10,7 +10,13 @@ import yaml
 from test_merge import assert_same_weights, run_printed_command
 
 from axolotl_paft.merge import validate_config
-from axolotl_paft.search import _rank, balanced_metrics, explore
+from axolotl_paft.search import (
+    DEFAULT_BUDGET,
+    STALL_STEPS,
+    _rank,
+    balanced_metrics,
+    explore,
+)
 from axolotl_paft.sweep import main
 
 
@@ -215,3 +221,26 @@ def test_search_bisects_the_preference_weight_to_where_both_sides_cross():
     assert 1.0 < best["preference_weight"] < 1.5
     assert best["metrics"]["balanced"] >= 0.78
     assert len(board) == 10
+
+
+def test_search_gives_up_a_balance_line_that_does_not_rise():
+    """Measured on an L1-sparse SFT delta (proximal 0.3): every default merge keeps
+    none of the skill, breadcrumbs-TIES and DELLA keep none at any preference
+    weight, DARE-TIES keeps it below 0.5. The balance phase went to the first
+    two methods in order and spent 12 candidates halving their weights; the
+    search must give a line up when it does not rise and find DARE-TIES."""
+
+    def sparse_sft(candidate):
+        w = candidate.preference_weight
+        if candidate.method == "dare_ties" and w <= 0.5:
+            return 1.0, min(1.0, 2 * w)
+        return 0.0, min(1.0, w)
+
+    methods = ("breadcrumbs_ties", "della", "dare_ties", "ties")
+    board = explore(
+        landscape({"default": sparse_sft}, REFERENCES), methods, DEFAULT_BUDGET
+    )
+    assert board[0]["name"] == "dare_ties-s1-p0.5-d0.5"
+    assert board[0]["metrics"]["balanced"] == 1.0
+    given_up = [e for e in board if e["method"] in methods[:2]]
+    assert len(given_up) == 2 + 2 * STALL_STEPS  # their defaults, two steps each

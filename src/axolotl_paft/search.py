@@ -14,7 +14,8 @@ alone, which can prefer a merge that gives up one side. The strategy is
 deterministic: every method at the default parameters first (weights 1/1,
 density 0.5); with the balanced objective, a balance phase for the two methods
 whose default merge keeps the most in total (bisection of the preference weight
-towards the crossing of skill kept and preference kept, `_balance`); then a
+towards the crossing of skill kept and preference kept, `_balance`; a method
+whose line does not rise gives its turn to the next one); then a
 coordinate search from the best candidate over the preference weight, the SFT
 weight and the density, one neighbouring grid value at a time, and a balance
 phase from the best again, while the budget lasts. Writes into `out`:
@@ -133,6 +134,7 @@ OBJECTIVES = ("balanced", "score")
 DEFAULT_BUDGET = 24  # candidates: every method once, then about two balance phases
 BALANCE_STEPS = 6  # bisection steps on the preference weight per balance phase
 BALANCED_METHODS = 2  # methods bisected after the first round
+STALL_STEPS = 2  # a balance line not above its start after these many is dropped
 MAX_PREFERENCE_WEIGHT = 4.0
 
 
@@ -170,18 +172,23 @@ def _candidate(entry: dict) -> Candidate:
     return Candidate(**{k: entry[k] for k in asdict(Candidate("ties"))})
 
 
-def _balance(start: dict, evaluate, steps: int, entries: dict) -> None:
+def _balance(start: dict, evaluate, steps: int, entries: dict) -> bool:
     """Bisect `start`'s preference weight towards the point where skill kept and
     preference kept cross (the balanced objective's best along that line): up
     while the skill side keeps more, down while the preference side does,
     doubling or halving until both sides are bracketed (by the candidates of
     `entries` on the same line too); `steps` evaluations at most (`evaluate`
-    returns None once the budget is spent)."""
+    returns None once the budget is spent). Returns whether the line rose above
+    `start`'s balanced value. A line that has not after `STALL_STEPS` is given
+    up: there the weight does not move the side that lags (seen: breadcrumbs-TIES
+    and DELLA on an L1-sparse SFT delta keep none of the skill at any preference
+    weight down to 0.015, while DARE-TIES keeps 94% at 0.4)."""
     if math.isnan(start["metrics"]["balanced"]):
-        return
+        return False
     line = _candidate(start)
     low, high = 0.0, None  # weights where the skill / preference side is ahead
-    for _ in range(steps):
+    rose = False
+    for step in range(steps):
         for e in entries.values():
             if replace(_candidate(e), preference_weight=1.0) != replace(
                 line, preference_weight=1.0
@@ -193,15 +200,20 @@ def _balance(start: dict, evaluate, steps: int, entries: dict) -> None:
             elif high is None or weight < high:
                 high = weight
         if high is not None and high <= low:
-            return  # not monotone here: nothing to bisect
+            return rose  # not monotone here: nothing to bisect
         if high is None:
             weight = min(2 * max(low, line.preference_weight), MAX_PREFERENCE_WEIGHT)
         else:
             weight = round((low + high) / 2, 3)
         if weight <= 0 or weight in (low, high):
-            return
-        if evaluate(replace(line, preference_weight=weight)) is None:
-            return
+            return rose
+        entry = evaluate(replace(line, preference_weight=weight))
+        if entry is None:
+            return rose
+        rose |= entry["metrics"]["balanced"] > start["metrics"]["balanced"]
+        if not rose and step + 1 >= STALL_STEPS:
+            return False
+    return rose
 
 
 def _total_kept(entry: dict) -> float:
@@ -332,10 +344,14 @@ def explore(measure, methods, budget: int, objective: str = "balanced") -> list[
         evaluate(Candidate(method))
     if balanced and not math.isnan(best["metrics"]["balanced"]):
         # the methods whose default merge keeps the most in total first: moving
-        # the weights trades one side for the other, it does not add to both
+        # the weights trades one side for the other, it does not add to both;
+        # a line that does not rise is given up for the next method
         defaults = sorted(entries.values(), key=_total_kept, reverse=True)
-        for start in defaults[:BALANCED_METHODS]:
-            _balance(start, evaluate, BALANCE_STEPS, entries)
+        rising = 0
+        for start in defaults:
+            if rising == BALANCED_METHODS or len(entries) >= budget:
+                break
+            rising += _balance(start, evaluate, BALANCE_STEPS, entries)
     while len(entries) < budget:
         evaluated = len(entries)
         coordinate(best)
