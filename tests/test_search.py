@@ -223,7 +223,7 @@ def test_search_bisects_the_preference_weight_to_where_both_sides_cross():
     assert len(board) == 10
 
 
-def test_search_gives_up_a_balance_line_that_does_not_rise():
+def test_search_gives_up_a_balance_line_where_the_lagging_side_does_not_move():
     """Measured on an L1-sparse SFT delta (proximal 0.3): every default merge keeps
     none of the skill, breadcrumbs-TIES and DELLA keep none at any preference
     weight, DARE-TIES keeps it below 0.5. The balance phase went to the first
@@ -244,3 +244,23 @@ def test_search_gives_up_a_balance_line_that_does_not_rise():
     assert board[0]["metrics"]["balanced"] == 1.0
     given_up = [e for e in board if e["method"] in methods[:2]]
     assert len(given_up) == 2 + 2 * STALL_STEPS  # their defaults, two steps each
+
+
+def test_search_keeps_a_balance_line_whose_first_steps_overshoot():
+    """Measured at lambda 0 (seed 2): breadcrumbs-TIES' default keeps 96% / 94%,
+    preference weights 2 and 1.5 drop the skill to 0, the crossing is near 1.03.
+    The lagging side (preference) moved, so the line is bisected on, not given
+    up after two steps for a worse method."""
+
+    def narrow(candidate):
+        w = candidate.preference_weight
+        if candidate.method == "ties":
+            return 1.0, 0.3
+        return (0.96, 0.94) if w <= 1.0 else (0.96, 0.96) if w < 1.05 else (0.0, 1.0)
+
+    board = explore(
+        landscape({"default": narrow}, REFERENCES), ("breadcrumbs_ties", "ties"), 12
+    )
+    assert board[0]["method"] == "breadcrumbs_ties"
+    assert 1.0 < board[0]["preference_weight"] < 1.05
+    assert board[0]["metrics"]["balanced"] == 0.96

@@ -15,7 +15,7 @@ deterministic: every method at the default parameters first (weights 1/1,
 density 0.5); with the balanced objective, a balance phase for the two methods
 whose default merge keeps the most in total (bisection of the preference weight
 towards the crossing of skill kept and preference kept, `_balance`; a method
-whose line does not rise gives its turn to the next one); then a
+whose lagging side does not move gives its turn to the next one); then a
 coordinate search from the best candidate over the preference weight, the SFT
 weight and the density, one neighbouring grid value at a time, and a balance
 phase from the best again, while the budget lasts. Writes into `out`:
@@ -134,7 +134,7 @@ OBJECTIVES = ("balanced", "score")
 DEFAULT_BUDGET = 24  # candidates: every method once, then about two balance phases
 BALANCE_STEPS = 6  # bisection steps on the preference weight per balance phase
 BALANCED_METHODS = 2  # methods bisected after the first round
-STALL_STEPS = 2  # a balance line not above its start after these many is dropped
+STALL_STEPS = 2  # a balance line whose lagging side has not moved is dropped then
 MAX_PREFERENCE_WEIGHT = 4.0
 
 
@@ -178,16 +178,19 @@ def _balance(start: dict, evaluate, steps: int, entries: dict) -> bool:
     while the skill side keeps more, down while the preference side does,
     doubling or halving until both sides are bracketed (by the candidates of
     `entries` on the same line too); `steps` evaluations at most (`evaluate`
-    returns None once the budget is spent). Returns whether the line rose above
-    `start`'s balanced value. A line that has not after `STALL_STEPS` is given
-    up: there the weight does not move the side that lags (seen: breadcrumbs-TIES
+    returns None once the budget is spent). Returns whether the side that lags
+    at `start` moved. A line where it has not after `STALL_STEPS` evaluations is
+    given up: there the weight does not reach that side (seen: breadcrumbs-TIES
     and DELLA on an L1-sparse SFT delta keep none of the skill at any preference
-    weight down to 0.015, while DARE-TIES keeps 94% at 0.4)."""
+    weight down to 0.015, while DARE-TIES keeps 94% at 0.4). The other side
+    moving is no sign: a first step past the crossing moves it a lot."""
     if math.isnan(start["metrics"]["balanced"]):
         return False
     line = _candidate(start)
     low, high = 0.0, None  # weights where the skill / preference side is ahead
-    rose = False
+    kept = start["metrics"]
+    lagging = min(("skill_kept", "preference_kept"), key=lambda side: kept[side])
+    moved = False
     for step in range(steps):
         for e in entries.values():
             if replace(_candidate(e), preference_weight=1.0) != replace(
@@ -200,20 +203,20 @@ def _balance(start: dict, evaluate, steps: int, entries: dict) -> bool:
             elif high is None or weight < high:
                 high = weight
         if high is not None and high <= low:
-            return rose  # not monotone here: nothing to bisect
+            return moved  # not monotone here: nothing to bisect
         if high is None:
             weight = min(2 * max(low, line.preference_weight), MAX_PREFERENCE_WEIGHT)
         else:
             weight = round((low + high) / 2, 3)
         if weight <= 0 or weight in (low, high):
-            return rose
+            return moved
         entry = evaluate(replace(line, preference_weight=weight))
         if entry is None:
-            return rose
-        rose |= entry["metrics"]["balanced"] > start["metrics"]["balanced"]
-        if not rose and step + 1 >= STALL_STEPS:
+            return moved
+        moved |= entry["metrics"][lagging] != kept[lagging]
+        if not moved and step + 1 >= STALL_STEPS:
             return False
-    return rose
+    return moved
 
 
 def _total_kept(entry: dict) -> float:
@@ -345,13 +348,13 @@ def explore(measure, methods, budget: int, objective: str = "balanced") -> list[
     if balanced and not math.isnan(best["metrics"]["balanced"]):
         # the methods whose default merge keeps the most in total first: moving
         # the weights trades one side for the other, it does not add to both;
-        # a line that does not rise is given up for the next method
+        # a line where the lagging side does not move gives its turn to the next
         defaults = sorted(entries.values(), key=_total_kept, reverse=True)
-        rising = 0
+        balanced_lines = 0
         for start in defaults:
-            if rising == BALANCED_METHODS or len(entries) >= budget:
+            if balanced_lines == BALANCED_METHODS or len(entries) >= budget:
                 break
-            rising += _balance(start, evaluate, BALANCE_STEPS, entries)
+            balanced_lines += _balance(start, evaluate, BALANCE_STEPS, entries)
     while len(entries) < budget:
         evaluated = len(entries)
         coordinate(best)
