@@ -4,7 +4,7 @@
         [--methods task_arithmetic,ties,dare_ties] [--densities 0.3,0.5,0.7,0.85]
         [--sft-weights 0.5,...] [--preference-weights 0.25,...]
     python benchmarks/search_frontier.py OUT --world DIR --search NAME
-        [--search-budget 24] [--search-rows 48] [--search-sft l0]
+        [--search-budget 24] [--search-rows 48] [--search-sft l0] [--test-rows 48]
     python benchmarks/search_frontier.py OUT --report [--publish [NAME]]
 
 Issue 8, item 4: on the miniature world (`axolotl_paft.world`), in every seed, the
@@ -121,7 +121,7 @@ class Splits:
     """The search's scorer on the validation and the test rows; one model load
     scores both."""
 
-    def __init__(self, base: Path, rows: int):
+    def __init__(self, base: Path, rows: int, test_rows: int):
         from axolotl_paft.world import (
             Scorer,
             heldout_rows,
@@ -133,7 +133,7 @@ class Splits:
             "validation": Scorer(
                 base, skill_rows(rows, 200), preference_rows(rows, 201)
             ),
-            "test": Scorer(base, *heldout_rows(rows)),
+            "test": Scorer(base, *heldout_rows(test_rows)),
         }
         self.base = base
 
@@ -168,6 +168,9 @@ def run_seed(world, splits, out: Path, seed: int, opts, argv) -> None:
     result = load(path) | {"seed": seed}
     result.setdefault("candidates", {})
     result.setdefault("runs", [])
+    rows = {"validation": opts.eval_rows, "test": opts.test_rows or opts.eval_rows}
+    if result.setdefault("rows", rows) != rows:  # the references were scored on them
+        raise SystemExit(f"{path} was scored on {result['rows']} rows, not {rows}")
 
     def save(phase: str) -> None:
         result["runs"] = [*result["runs"], provenance(argv) | {"phase": phase}]
@@ -289,6 +292,12 @@ def main(argv: list[str] | None = None) -> None:
         help="validation rows the search picks on "
         "(default --eval-rows; its pick is scored on --eval-rows test rows)",
     )
+    parser.add_argument(
+        "--test-rows",
+        type=int,
+        help="test rows every merge is scored on (default --eval-rows; a new OUT: "
+        "the references are scored on them too)",
+    )
     parser.add_argument("--report", action="store_true")
     parser.add_argument(
         "--publish", nargs="?", const="results_search_frontier", metavar="NAME"
@@ -307,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     from axolotl_paft.world import build_world
 
     world = build_world(opts.world or out / "world", opts.size)
-    splits = Splits(world.model_dir, opts.eval_rows)
+    splits = Splits(world.model_dir, opts.eval_rows, opts.test_rows or opts.eval_rows)
     out.mkdir(parents=True, exist_ok=True)
     for seed in (int(s) for s in opts.seeds.split(",")):
         run_seed(world, splits, out, seed, opts, argv)

@@ -131,6 +131,7 @@ def seed_summary(result: dict) -> dict:
     out["searches"] = result.get("searches", {})
     out["provenance"] = result["runs"][-1] if result.get("runs") else {}
     out["runs"] = result.get("runs", [])
+    out["rows"] = result.get("rows", {"validation": 48, "test": 48})
     return out
 
 
@@ -183,14 +184,16 @@ def by_sft_adapter(summaries: list[dict]) -> list[str]:
 
 
 def markdown(summaries: list[dict], entries: dict) -> str:
+    rows = summaries[0]["rows"]
     lines = [
         "# The attainable set of the merge search (miniature world, ratio 10)",
         "",
         "Issue 8, item 4: keep >= 95% of the SFT-only skill gain *and* >= 95% of the "
         "preference-only accuracy, in every seed, on the test rows. Every grid merge "
         "is built by mergekit (`search.build_candidate`) and scored by the search's "
-        "scorer (`evaluate.quick_metrics`) on the 48 validation rows the search picks "
-        "on and on the 48 test rows. Cells: skill kept / preference kept. "
+        f"scorer (`evaluate.quick_metrics`) on the {rows['validation']} validation "
+        f"rows the search picks on and on the {rows['test']} test rows. Cells: skill "
+        "kept / preference kept. "
         "balanced = the smaller of the two.",
         "",
         "## References per seed",
