@@ -264,3 +264,26 @@ def test_search_keeps_a_balance_line_whose_first_steps_overshoot():
     assert board[0]["method"] == "breadcrumbs_ties"
     assert 1.0 < board[0]["preference_weight"] < 1.05
     assert board[0]["metrics"]["balanced"] == 0.96
+
+
+def test_search_stops_a_balance_line_at_a_merge_that_keeps_both_sides_whole():
+    """Measured in the demo: the skill is whole up to preference weight 1.375
+    and gone from 1.406 on. Both sides whole (balanced 1) cannot be beaten, so
+    the line stops at the first such weight, 1.25, instead of bisecting on to
+    the cliff's edge; the budget left goes to the other method."""
+
+    def plateau(candidate):
+        w = candidate.preference_weight
+        if candidate.method == "ties":
+            return 1.0, 0.2
+        return (1.0 if w <= 1.39 else 0.0), min(1.0, w / 1.2)
+
+    board = explore(
+        landscape({"default": plateau}, REFERENCES),
+        ("breadcrumbs_ties", "ties"),
+        budget=12,
+    )
+    line = [e["preference_weight"] for e in board if e["method"] == "breadcrumbs_ties"]
+    assert board[0]["name"] == "breadcrumbs_ties-s1-p1.25-d0.5"
+    assert board[0]["metrics"]["balanced"] == 1.0
+    assert not any(1.25 < w < 1.5 for w in line)  # no step towards the edge
