@@ -135,18 +135,29 @@ def seed_summary(result: dict) -> dict:
     return out
 
 
+def searches_by_sft(summaries: list[dict]) -> dict[str, dict[int, dict]]:
+    """SFT adapter tag (`--search-sft`) -> seed -> its search, lambda 0 first
+    then by mode and strength; {} unless several adapters, lambda 0 among them,
+    were searched."""
+    from evidence_report import tag_order
+
+    tags = {r.get("sft") for s in summaries for r in s["searches"].values()} - {None}
+    if len(tags) < 2 or "l0" not in tags:
+        return {}
+    return {
+        tag: {s["seed"]: r for s in summaries for r in s["searches"].values()
+              if r.get("sft") == tag}
+        for tag in sorted(tags, key=tag_order)
+    }  # fmt: skip
+
+
 def by_sft_adapter(summaries: list[dict]) -> list[str]:
     """The search on each SFT adapter (`--search-sft`), test rows, over seeds:
     does L1 help once the merge method, weights and density are tuned?"""
-    from evidence_report import fmt, interval, tag_order
+    from evidence_report import fmt, interval
 
-    runs = {  # sft tag -> seed -> search record
-        tag: {s["seed"]: r for s in summaries for r in s["searches"].values()
-              if r.get("sft") == tag}
-        for tag in {r.get("sft") for s in summaries for r in s["searches"].values()}
-        if tag
-    }  # fmt: skip
-    if len(runs) < 2 or "l0" not in runs:
+    runs = searches_by_sft(summaries)
+    if not runs:
         return []
     lines = [
         "",
@@ -163,8 +174,7 @@ def by_sft_adapter(summaries: list[dict]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     base = runs["l0"]
-    for tag in sorted(runs, key=tag_order):
-        per_seed = runs[tag]
+    for tag, per_seed in runs.items():
         test = [r["kept"]["test"] for r in per_seed.values()]
         score = {seed: r["metrics"]["test"]["score"] for seed, r in per_seed.items()}
         change = interval([v - base[s]["metrics"]["test"]["score"]
@@ -185,8 +195,10 @@ def by_sft_adapter(summaries: list[dict]) -> list[str]:
 
 def markdown(summaries: list[dict], entries: dict) -> str:
     rows = summaries[0]["rows"]
+    grid = [s for s in summaries if s["candidates"]]
     lines = [
-        "# The attainable set of the merge search (miniature world, ratio 10)",
+        f"# {'The attainable set of the merge search' if grid else 'The merge search'}"
+        " (miniature world, ratio 10)",
         "",
         "Issue 8, item 4: keep >= 95% of the SFT-only skill gain *and* >= 95% of the "
         "preference-only accuracy, in every seed, on the test rows. Every grid merge "
@@ -208,7 +220,6 @@ def markdown(summaries: list[dict], entries: dict) -> str:
                 f"| {s['seed']} | {split} | {r['base_skill']:.3f} | "
                 f"{r['sft_only_skill']:.3f} | {r['preference_only_accuracy']:.3f} |"
             )
-    grid = [s for s in summaries if s["candidates"]]
     if grid:
         lines += [
             "",
@@ -361,6 +372,39 @@ def plot(summaries: list[dict], entries: dict, path: Path) -> Path:
     return path
 
 
+def plot_by_sft(summaries: list[dict], path: Path) -> Path:
+    """Without a grid: the searched merge's kept shares on the test rows per SFT
+    adapter, one marker per seed and side, against the goal."""
+    runs = searches_by_sft(summaries)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.1 * len(runs) + 2, 4.5))
+    for x, per_seed in enumerate(runs.values()):
+        for i, (_, r) in enumerate(sorted(per_seed.items())):
+            k = r["kept"]["test"]
+            dx = 0.12 * (i - (len(per_seed) - 1) / 2)
+            for side, marker, color in (
+                ("skill_kept", "o", "tab:blue"),
+                ("preference_kept", "^", "tab:orange"),
+            ):
+                label = side.replace("_", " ") if x == i == 0 else None
+                ax.scatter(x + dx, k[side], marker=marker, color=color, label=label)
+    ax.axhline(GOAL, color="green", ls="--", lw=1, label=f"goal {pct(GOAL)}")
+    ax.set_xticks(range(len(runs)), list(runs), rotation=30)
+    ax.set_xlabel("SFT adapter the search merged (markers: seeds side by side)")
+    ax.set_ylabel("kept on the test rows")
+    ax.set_title("The searched merge per L1 setting")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def report(out: Path, stem: Path) -> None:
     """Tables, JSON and figure of the seed files in `out`, as `stem`.{md,json,png}."""
     results = [json.loads(p.read_text()) for p in sorted(out.glob("seed*.json"))]
@@ -376,5 +420,8 @@ def report(out: Path, stem: Path) -> None:
     stem.with_suffix(".json").write_text(
         json.dumps({"summaries": summaries, "candidates": entries}, indent=1)
     )
-    plot(summaries, entries, stem.with_suffix(".png"))
+    if searches_by_sft(summaries) and not any(s["candidates"] for s in summaries):
+        plot_by_sft(summaries, stem.with_suffix(".png"))
+    else:
+        plot(summaries, entries, stem.with_suffix(".png"))
     print(text)

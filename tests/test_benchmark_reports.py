@@ -101,3 +101,4 @@ def test_search_frontier_report_per_sft_adapter(tmp_path, report):
     ]
     assert rows["loss0.001"][4:7] == ["0.98 +- 0.13", "0.03 +- 0.13", "2 of 2"]
     assert rows["loss0.001"][7] == "della-s1-p3-d0.5, della-s1-p4-d0.5"
+    assert (tmp_path / "frontier.png").stat().st_size > 0  # per adapter, no grid
