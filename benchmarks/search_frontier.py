@@ -11,7 +11,7 @@ Issue 8, item 4: on the miniature world (`axolotl_paft.world`), in every seed, t
 searched merge should keep >= 95% of the SFT-only skill gain and >= 95% of the
 preference-only accuracy (and beat sequential SFT->DPO on the score). Per seed,
 with `benchmarks/evidence.py`'s own recipe (lambda 0 SFT adapter, preference
-adapter at SFT rate : preference rate 10, 300 / 200 steps):
+adapter at SFT rate : preference rate 10 or `--ratio`, 300 / 200 steps):
 
 - trains the two adapters (`evidence.sft_run`, `world.preference_config`);
 - scores the references (base, SFT only, preference only) and a dense grid of
@@ -62,11 +62,10 @@ SFT_WEIGHTS = (0.5, 0.75, 1.0, 1.25, 1.5)
 PREFERENCE_WEIGHTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 DENSITIES = (0.3, 0.5, 0.7, 0.85)
 RATIO_ONLY = ("ties", "della", "linear", "slerp")  # scale-invariant in the weights
-GRID_RATIO = 10.0
 
 
 def adapters(world, out: Path, seed: int, opts) -> dict[str, Path]:
-    """The lambda-0 SFT adapter, the `--search-sft` one and the ratio-10
+    """The lambda-0 SFT adapter, the `--search-sft` one and the `--ratio`
     preference adapter of `seed`, trained exactly as `benchmarks/evidence.py`
     trains them (same folders' names, so its adapters are reused)."""
     from evidence import SFT_RATE, sft_dir, sft_run, sft_settings, sft_tag
@@ -81,10 +80,10 @@ def adapters(world, out: Path, seed: int, opts) -> dict[str, Path]:
         )
         for tag in dict.fromkeys(("l0", opts.search_sft))
     }
-    path = runs / f"s{seed}-pref-r{GRID_RATIO:g}"
+    path = runs / f"s{seed}-pref-r{opts.ratio:g}"
     config = preference_config(
         world, path, seed=seed, steps=opts.preference_steps,
-        learning_rate=SFT_RATE / GRID_RATIO,
+        learning_rate=SFT_RATE / opts.ratio,
     )  # fmt: skip
     return {
         "sft": sft["l0"],
@@ -168,9 +167,14 @@ def run_seed(world, splits, out: Path, seed: int, opts, argv) -> None:
     result = load(path) | {"seed": seed}
     result.setdefault("candidates", {})
     result.setdefault("runs", [])
-    rows = {"validation": opts.eval_rows, "test": opts.test_rows or opts.eval_rows}
-    if result.setdefault("rows", rows) != rows:  # the references were scored on them
-        raise SystemExit(f"{path} was scored on {result['rows']} rows, not {rows}")
+    test_rows = opts.test_rows or opts.eval_rows
+    setup = {
+        "rows": {"validation": opts.eval_rows, "test": test_rows},
+        "ratio": opts.ratio,
+    }
+    for key, value in setup.items():  # the references were scored with them
+        if result.setdefault(key, value) != value:
+            raise SystemExit(f"{path} has {key} {result[key]}, not {value}")
 
     def save(phase: str) -> None:
         result["runs"] = [*result["runs"], provenance(argv) | {"phase": phase}]
@@ -271,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=300, help="SFT steps")
     parser.add_argument("--preference-steps", type=int, default=200)
+    parser.add_argument(
+        "--ratio", type=float, default=10, help="SFT rate : preference rate"
+    )
     parser.add_argument("--eval-rows", type=int, default=48)
     parser.add_argument("--methods", default="task_arithmetic,ties,dare_ties")
     parser.add_argument("--densities", default=",".join(f"{d:g}" for d in DENSITIES))

@@ -132,6 +132,7 @@ def seed_summary(result: dict) -> dict:
     out["provenance"] = result["runs"][-1] if result.get("runs") else {}
     out["runs"] = result.get("runs", [])
     out["rows"] = result.get("rows", {"validation": 48, "test": 48})
+    out["ratio"] = result.get("ratio", 10)
     return out
 
 
@@ -198,7 +199,7 @@ def markdown(summaries: list[dict], entries: dict) -> str:
     grid = [s for s in summaries if s["candidates"]]
     lines = [
         f"# {'The attainable set of the merge search' if grid else 'The merge search'}"
-        " (miniature world, ratio 10)",
+        f" (miniature world, ratio {summaries[0]['ratio']:g})",
         "",
         "Issue 8, item 4: keep >= 95% of the SFT-only skill gain *and* >= 95% of the "
         "preference-only accuracy, in every seed, on the test rows. Every grid merge "
