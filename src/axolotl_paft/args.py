@@ -123,8 +123,10 @@ class L1Args(BaseModel):
             "default, turns it off: on the miniature world (docs/evidence.md) one "
             "setting of 8 helped one merge method of 7 (TIES, `proximal` 0.03, by "
             "re-weighting the deltas as the merge search does without L1) and 21 "
-            "made merges worse. Up to 1e-3 (`loss`) or 1 (`proximal`) the SFT "
-            "skill itself is kept."
+            "made merges worse; with `paft_merge_search` no setting changed the "
+            "searched merge significantly. Up to 1e-3 (`loss`) or 1 (`proximal`) "
+            "the SFT skill itself is kept. With L1 on, run the merge search: an "
+            "L1 adapter's default merges mostly keep none of the skill."
         ),
     )
     paft_l1_mode: L1Mode = Field(
