@@ -287,3 +287,21 @@ def test_search_stops_a_balance_line_at_a_merge_that_keeps_both_sides_whole():
     assert board[0]["name"] == "breadcrumbs_ties-s1-p1.25-d0.5"
     assert board[0]["metrics"]["balanced"] == 1.0
     assert not any(1.25 < w < 1.5 for w in line)  # no step towards the edge
+
+
+def test_search_jumps_further_while_the_lagging_side_does_not_move():
+    """Measured at rate ratio 1 on an L1-sparse SFT delta: every method keeps
+    none of the skill at preference weights 1, 0.5 and 0.25; DARE-TIES keeps it
+    below 0.2. Two halvings per line never got there; the second step goes to
+    0.125 instead, and the line bisects on from there."""
+
+    def deep(candidate):
+        w = candidate.preference_weight
+        if candidate.method == "dare_ties" and w <= 0.2:
+            return 1.0, min(1.0, 10 * w)
+        return 0.0, 1.0
+
+    methods = ("breadcrumbs_ties", "della", "dare_ties", "ties")
+    board = explore(landscape({"default": deep}, REFERENCES), methods, DEFAULT_BUDGET)
+    assert board[0]["name"] == "dare_ties-s1-p0.125-d0.5"
+    assert board[0]["metrics"]["balanced"] == 1.0
