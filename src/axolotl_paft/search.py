@@ -186,11 +186,11 @@ def _balance(start: dict, evaluate, steps: int, entries: dict) -> bool:
     moving is no sign: a first step past the crossing moves it a lot. While the
     lagging side has not moved, the second step goes four times as far, not
     twice (seen at rate ratio 1: the crossing sat at 0.19, below the 0.5 and
-    0.25 that two halvings try, on every method). A line
-    stops at a merge that keeps both sides whole (balanced capped at 1): none
-    ranks higher, and bisecting on only walks to the edge where one side starts
-    to drop (seen in the demo: 100% / 100% at preference weight 1.25 and 1.375,
-    73% at 1.406), the pick least likely to hold on other rows."""
+    0.25 that two halvings try, on every method). A line stops at a merge that
+    keeps both sides whole (balanced capped at 1): none ranks higher, and
+    bisecting on only walks to the edge where one side starts to drop (seen in
+    the demo: 100% / 100% at preference weight 1.25 and 1.375, 73% at 1.406),
+    the pick least likely to hold on other rows."""
     if not start["metrics"]["balanced"] < 1:  # nan (no reference gain) or whole
         return False
     line = _candidate(start)
@@ -211,7 +211,7 @@ def _balance(start: dict, evaluate, steps: int, entries: dict) -> bool:
                 high = weight
         if high is not None and high <= low:
             return moved  # not monotone here: nothing to bisect
-        # after a step that left the lagging side where it was, jump twice as far
+        # after a step that left the lagging side where it was, go twice as far
         factor = 2 if moved or step == 0 else 4
         if high is None:
             weight = min(
