@@ -267,6 +267,8 @@ def run_search(world, splits, found, out, seed, opts, result, refs) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from evidence import sft_settings, sft_tag
+
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -290,8 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--search-sft",
         default="l0",
-        help="the SFT adapter the search merges: an evidence.py tag (l0, loss0.001, "
-        "proximal0.3, ...); kept shares stay relative to the lambda-0 SFT only",
+        choices=[sft_tag(mode, lam) for mode, lam in sft_settings()],
+        help="the SFT adapter the search merges (evidence.py's settings); kept "
+        "shares stay relative to the lambda-0 SFT only",
     )
     parser.add_argument(
         "--search-rows",
