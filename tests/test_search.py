@@ -228,7 +228,8 @@ def test_search_gives_up_a_balance_line_where_the_lagging_side_does_not_move():
     none of the skill, breadcrumbs-TIES and DELLA keep none at any preference
     weight, DARE-TIES keeps it below 0.5. The balance phase went to the first
     two methods in order and spent 12 candidates halving their weights; the
-    search must give a line up when it does not rise and find DARE-TIES."""
+    search must give a line up when its lagging side (the skill) does not move,
+    and find DARE-TIES."""
 
     def sparse_sft(candidate):
         w = candidate.preference_weight
@@ -292,8 +293,8 @@ def test_search_stops_a_balance_line_at_a_merge_that_keeps_both_sides_whole():
 def test_search_jumps_further_while_the_lagging_side_does_not_move():
     """Measured at rate ratio 1 on an L1-sparse SFT delta: every method keeps
     none of the skill at preference weights 1, 0.5 and 0.25; DARE-TIES keeps it
-    below 0.2. Two halvings per line never got there; the second step goes to
-    0.125 instead, and the line bisects on from there."""
+    below 0.2. Two halvings per line (0.5, 0.25) never got there; the second
+    step goes to 0.125 instead, where DARE-TIES keeps both sides."""
 
     def deep(candidate):
         w = candidate.preference_weight
