@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 
 from axolotl_paft.search import gain_kept, kept_shares
-from axolotl_paft.world import SEARCH_GOAL as GOAL
+from axolotl_paft.world import MIN_ALIGNMENT_TAX, MIN_INTERFERENCE, meets_goal
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447}
 METRICS = ("skill_kept", "preference_accuracy", "score")
@@ -93,7 +93,8 @@ def report(out: Path, dest: Path) -> None:
         f"; {opts['steps']} steps per run; grid ratio SFT rate : preference rate "
         f"= {opts['grid_ratio']:g}; mean +- 95% interval half-width over seeds.",
         "",
-        "## Preconditions at lambda 0 (thresholds: tax >= 20%, interference >= 10%)",
+        f"## Preconditions at lambda 0 (thresholds: tax >= {MIN_ALIGNMENT_TAX:.0%}, "
+        f"interference >= {MIN_INTERFERENCE:.0%})",
         "",
         "| SFT : preference rate | alignment tax (sequential) | task arithmetic 1:1: "
         "skill gain lost | task arithmetic 1:1: preference gain lost |",
@@ -206,7 +207,7 @@ def report(out: Path, dest: Path) -> None:
         }
         kept = kept_shares(sc[f"search/{g}/l0"], references)
         score, sequential = sc[f"search/{g}/l0"]["score"], sc[f"seq/{g}"]["score"]
-        met = min(kept.values()) >= GOAL and score > sequential
+        met = meets_goal(kept) and score > sequential
         lines.append(
             f"| {s['options']['seed']} | {s['searches']['l0']['best']} | "
             f"{100 * kept['skill_kept']:.1f}% | {100 * kept['preference_kept']:.1f}% | "

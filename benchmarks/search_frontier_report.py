@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from axolotl_paft.world import SEARCH_GOAL as GOAL
+from axolotl_paft.world import meets_goal
 
 SPLITS = ("validation", "test")
 PROVENANCE_NOTES = (  # what the seed files of branch searchexp lost or cannot say
@@ -70,8 +71,7 @@ def pareto(entries: list[dict], split: str) -> list[dict]:
 
 
 def reaches(entry: dict, split: str) -> bool:
-    k = entry["kept"][split]
-    return k["skill_kept"] >= GOAL and k["preference_kept"] >= GOAL
+    return meets_goal(entry["kept"][split])
 
 
 def pct(x: float) -> str:
@@ -181,7 +181,7 @@ def by_sft_adapter(summaries: list[dict]) -> list[str]:
         change = interval([v - base[s]["metrics"]["test"]["score"]
                            for s, v in score.items() if s in base])  # fmt: skip
         star = " *" if abs(change[0]) > change[1] else ""
-        goal = sum(min(k.values()) >= GOAL for k in test)
+        goal = sum(meets_goal(k) for k in test)
         lines.append(
             f"| {tag} | {len(per_seed)} "
             f"| {fmt(interval([k['skill_kept'] for k in test]), percent=True)} "
@@ -287,7 +287,7 @@ def markdown(summaries: list[dict], entries: dict) -> str:
                 r = s["searches"].get(name)
                 if r is None:
                     continue
-                goal = all(v >= GOAL for v in r["kept"]["test"].values())
+                goal = meets_goal(r["kept"]["test"])
                 lines.append(
                     f"| {s['seed']} | {name} | {r['budget']} ({r['evaluated']}) | "
                     f"{r['best']} | {pair(r['kept']['validation'])} | "

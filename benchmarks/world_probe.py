@@ -64,6 +64,7 @@ def probe_ratio(world, scorer, sft, out: Path, opts, ratio: float) -> dict:
     from axolotl_paft.search import Candidate, kept_shares
     from axolotl_paft.world import SEARCH_GOAL as GOAL
     from axolotl_paft.world import (
+        meets_goal,
         preconditions,
         preference_config,
         sequential,
@@ -115,7 +116,7 @@ def probe_ratio(world, scorer, sft, out: Path, opts, ratio: float) -> dict:
             flush=True,
         )
         path.write_text(json.dumps(result, indent=1))
-    goal = [n for n, e in result["merges"].items() if min(e["kept"].values()) >= GOAL]
+    goal = [n for n, e in result["merges"].items() if meets_goal(e["kept"])]
     best = max(
         result["merges"], key=lambda n: min(result["merges"][n]["kept"].values())
     )
@@ -146,6 +147,12 @@ def weights(text: str) -> tuple[float, ...]:
 
 def report(designs: list[str]) -> None:
     """One row per probe file of each `NAME=OUT@COMMIT`, into HERE."""
+    from axolotl_paft.world import (
+        MIN_ALIGNMENT_TAX,
+        MIN_INTERFERENCE,
+        meets_goal,
+        preconditions_hold,
+    )
     from axolotl_paft.world import SEARCH_GOAL as GOAL
 
     here = Path(__file__).resolve().parent
@@ -164,11 +171,8 @@ def report(designs: list[str]) -> None:
             merges = probe["merges"]
             best = max(merges, key=lambda n: min(merges[n]["kept"].values()))
             kept = merges[best]["kept"]
-            reaching = sum(min(m["kept"].values()) >= GOAL for m in merges.values())
-            holds = (
-                pre["alignment_tax"] >= 0.2
-                and max(pre["ta_skill_lost"], pre["ta_preference_lost"]) >= 0.1
-            )
+            reaching = sum(meets_goal(m["kept"]) for m in merges.values())
+            holds = preconditions_hold(pre)
             rows.append(
                 f"| {name} | {seed[1:]} | {ratio[1:]} | "
                 + " | ".join(
@@ -189,8 +193,9 @@ def report(designs: list[str]) -> None:
         " preference rate 1e-3 / ratio. Merges: task arithmetic on a weight grid"
         " (finer grids added for v3), TIES and DARE-TIES at 1 / 1. Cells:"
         " skill exact match / preference accuracy. Preconditions: alignment tax"
-        " >= 0.2 and equal-weight task arithmetic (TA) losing >= 0.1 of one"
-        f" side's gain. Goal: a merge keeping >= {GOAL:.0%} of both gains.",
+        f" >= {MIN_ALIGNMENT_TAX:g} and equal-weight task arithmetic (TA) losing"
+        f" >= {MIN_INTERFERENCE:g} of one side's gain. Goal: a merge keeping"
+        f" >= {GOAL:.0%} of both gains.",
         "",
         "| design | seed | ratio | SFT only | preference only | sequential "
         "| TA 1:1 | tax | TA lost (skill / pref) | both hold | merges at the goal "

@@ -342,6 +342,21 @@ class Scorer:
 
 
 SEARCH_GOAL = 0.95  # issue 8: the searched merge keeps >= 95% of each side's gain
+MIN_ALIGNMENT_TAX = 0.2  # issue 8: sequential SFT->DPO loses >= 20% of the skill gain
+MIN_INTERFERENCE = 0.1  # issue 8: task arithmetic 1:1 loses >= 10% of one side's
+
+
+def meets_goal(kept: dict) -> bool:
+    """Whether `search.kept_shares` of a merge reach `SEARCH_GOAL` on both sides."""
+    return min(kept.values()) >= SEARCH_GOAL
+
+
+def preconditions_hold(pre: dict) -> bool:
+    """Whether `preconditions` shows both the alignment tax and interference."""
+    return (
+        pre["alignment_tax"] >= MIN_ALIGNMENT_TAX
+        and max(pre["ta_skill_lost"], pre["ta_preference_lost"]) >= MIN_INTERFERENCE
+    )
 
 
 def preconditions(base: dict, sft: dict, pref: dict, seq: dict, ta: dict) -> dict:
