@@ -22,7 +22,7 @@ METHODS = ("ties", "dare_ties", "task_arithmetic", "slerp")
 
 
 def parallel_runs(world, out: Path, steps: int) -> dict[str, Path]:
-    from axolotl_paft.toy import parallel_config, run_axolotl_train
+    from axolotl_paft.lab.toy import parallel_config, run_axolotl_train
 
     runs = {}
     for tag, lam in (("l1", None), ("no_l1", 0.0)):
@@ -38,7 +38,7 @@ def parallel_runs(world, out: Path, steps: int) -> dict[str, Path]:
 def sequential(world, sft_adapter: Path, out: Path, steps: int) -> Path:
     """SFT merged into the base, DPO trained on that model, merged again."""
     from axolotl_paft.evaluate import load_model
-    from axolotl_paft.toy import axolotl_config, run_axolotl_train
+    from axolotl_paft.lab.toy import axolotl_config, run_axolotl_train
 
     final = out / "model"
     if final.exists():
@@ -93,7 +93,7 @@ def main() -> None:
         render_table,
         write_evaluation,
     )
-    from axolotl_paft.toy import build_toy_setup, preference_rows, sft_rows
+    from axolotl_paft.lab.toy import build_toy_setup, preference_rows, sft_rows
 
     out = opts.out_dir.resolve()
     world = build_toy_setup(out / "world")

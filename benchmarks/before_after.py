@@ -81,7 +81,7 @@ def overhead_world(root: Path):
     """The toy world's data and tokenizer on a random 32-layer, hidden-64 Llama."""
     from transformers import AutoTokenizer
 
-    from axolotl_paft.toy import build_model, build_toy_setup
+    from axolotl_paft.lab.toy import build_model, build_toy_setup
 
     world = build_toy_setup(root)
     tokenizer = AutoTokenizer.from_pretrained(world.model_dir)
@@ -92,7 +92,7 @@ def overhead_world(root: Path):
 def case_configs(case: str, out: Path, steps: int) -> tuple[dict, dict, object]:
     """The `before` and `after` configs of one case (same run; keys the earlier
     code did not have left out of `before`), and the world."""
-    from axolotl_paft.toy import parallel_config
+    from axolotl_paft.lab.toy import parallel_config
 
     common = {
         "max_steps": steps,

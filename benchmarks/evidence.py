@@ -5,7 +5,7 @@
         [--grid-ratio 10] [--search-budget 24]
     python benchmarks/evidence.py OUT --report [--publish]
 
-World: `axolotl_paft.world` (3 SFT skills; a preference for a polite style on the
+World: `axolotl_paft.lab.world` (3 SFT skills; a preference for a polite style on the
 same kinds of questions, marked as asking for it, whose rejected answer is the
 terse SFT format). Per seed:
 
@@ -24,7 +24,7 @@ terse SFT format). Per seed:
 - the merge search (`axolotl_paft.search`) at lambda 0 and at `--search-l1`, on a
   validation split, reported on the test split like everything else.
 
-Metrics on held-out rows (`axolotl_paft.world.heldout_rows`): skill = greedy exact
+Metrics on held-out rows (`axolotl_paft.lab.world.heldout_rows`): skill = greedy exact
 match of the SFT sentence (`evaluate.forced_exact_match`), preference accuracy =
 implicit reward against the base > 0, score = their mean. Preconditions (lambda 0):
 alignment tax = share of the SFT-only skill gain that sequential loses (>= 20%);
@@ -81,7 +81,7 @@ def baseline_runs(world, out: Path, seed: int, opts, ratio: float) -> dict:
     """At one SFT : preference rate ratio: preference only and sequential (plus
     the lambda-0 SFT, and the mixed adapter at the grid ratio); returns name ->
     adapter or model folder."""
-    from axolotl_paft.world import preference_config, sequential, train
+    from axolotl_paft.lab.world import preference_config, sequential, train
 
     sft = train(sft_run(world, out, seed, opts, "loss", 0.0), sft_dir(out, seed, "l0"))
     runs = {"sft/l0": sft}
@@ -103,7 +103,7 @@ def sft_dir(out: Path, seed: int, tag: str) -> Path:
 
 
 def sft_run(world, out: Path, seed: int, opts, mode: str, lam: float) -> dict:
-    from axolotl_paft.world import sft_config
+    from axolotl_paft.lab.world import sft_config
 
     return sft_config(
         world, sft_dir(out, seed, sft_tag(mode, lam)), l1_lambda=lam, l1_mode=mode,
@@ -125,7 +125,7 @@ def merge_and_score(
 
 
 def seed_preconditions(scores: dict, ratio: str) -> dict:
-    from axolotl_paft.world import preconditions
+    from axolotl_paft.lab.world import preconditions
 
     return preconditions(
         scores["base"], scores["sft/l0"], scores[f"pref/{ratio}"],
@@ -152,9 +152,9 @@ def provenance(argv: list[str], script: str = "benchmarks/evidence.py") -> dict:
 def run_seed(world, scorer, search_rows, out: Path, seed: int, opts, save) -> None:
     """Train, merge, search and score everything of one seed, in order of
     importance; `save(result)` after every phase (partial results are marked)."""
+    from axolotl_paft.lab.world import train
     from axolotl_paft.search import search
     from axolotl_paft.sparsity import measure, saved_lora_factors, summarize
-    from axolotl_paft.world import train
 
     g = f"r{opts.grid_ratio:g}"
     cache = out / "lora-cache" / f"seed{seed}"
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         report(out, HERE if opts.publish else out)
         return
     opts.ratios = [float(r) for r in opts.ratios.split(",")]
-    from axolotl_paft.world import (
+    from axolotl_paft.lab.world import (
         Scorer,
         build_world,
         heldout_rows,

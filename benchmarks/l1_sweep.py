@@ -72,7 +72,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from axolotl_paft.evaluate import assistant_loss, load_model, preference_margins
-    from axolotl_paft.toy import (
+    from axolotl_paft.lab.toy import (
         axolotl_config,
         build_toy_setup,
         parallel_config,

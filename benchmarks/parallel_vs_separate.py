@@ -27,7 +27,7 @@ STEPS = 40
 def plain_runs(world, out: Path, common: dict) -> tuple[dict, dict]:
     """The two runs parallel mode replaces: a plain Axolotl SFT LoRA run and a
     plain `rl: dpo` LoRA run on the preference data (no plugin in either)."""
-    from axolotl_paft.toy import axolotl_config
+    from axolotl_paft.lab.toy import axolotl_config
 
     sft = axolotl_config(world, out / "sft", **common)
     del sft["plugins"]
@@ -44,7 +44,7 @@ def plain_runs(world, out: Path, common: dict) -> tuple[dict, dict]:
 
 
 def configs(world, out: Path) -> dict[str, dict]:
-    from axolotl_paft.toy import parallel_config
+    from axolotl_paft.lab.toy import parallel_config
 
     common = {"max_steps": STEPS, "paft_merge_methods": [], "paft_report": False}
     sft, dpo = plain_runs(world, out, common)
@@ -104,7 +104,7 @@ def main() -> None:
     from axolotl_paft.const import OFFLINE_ENV
 
     os.environ.update(OFFLINE_ENV)
-    from axolotl_paft.toy import build_toy_setup
+    from axolotl_paft.lab.toy import build_toy_setup
 
     out = opts.out_dir.resolve()
     world = build_toy_setup(out / "world")

@@ -7,7 +7,7 @@
         [--search-budget 24] [--search-rows 48] [--search-sft l0] [--test-rows 48]
     python benchmarks/search_frontier.py OUT --report [--publish [NAME]]
 
-Issue 8, item 4: on the miniature world (`axolotl_paft.world`), in every seed, the
+Issue 8, item 4: on the miniature world (`axolotl_paft.lab.world`), in every seed, the
 searched merge should keep >= 95% of the SFT-only skill gain and >= 95% of the
 preference-only accuracy (and beat sequential SFT->DPO on the score). Per seed,
 with `benchmarks/evidence.py`'s own recipe (lambda 0 SFT adapter, preference
@@ -70,7 +70,7 @@ def adapters(world, out: Path, seed: int, opts) -> dict[str, Path]:
     trains them (same folders' names, so its adapters are reused)."""
     from evidence import SFT_RATE, sft_dir, sft_run, sft_settings, sft_tag
 
-    from axolotl_paft.world import preference_config, train
+    from axolotl_paft.lab.world import preference_config, train
 
     runs = out / "runs"
     settings = {sft_tag(mode, lam): (mode, lam) for mode, lam in sft_settings()}
@@ -121,7 +121,7 @@ class Splits:
     scores both."""
 
     def __init__(self, base: Path, rows: int, test_rows: int):
-        from axolotl_paft.world import (
+        from axolotl_paft.lab.world import (
             Scorer,
             heldout_rows,
             preference_rows,
@@ -239,8 +239,8 @@ def merge_key_of(entry: dict) -> tuple:
 def run_search(world, splits, found, out, seed, opts, result, refs) -> None:
     """`axolotl_paft.search.search` as the code stands, on the validation rows;
     its pick scored on both splits."""
+    from axolotl_paft.lab.world import preference_rows, skill_rows
     from axolotl_paft.search import kept_shares, search
-    from axolotl_paft.world import preference_rows, skill_rows
 
     folder = out / "search" / f"{opts.search}-s{seed}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     opts.densities = [float(d) for d in opts.densities.split(",")]
     opts.sft_weights = [float(w) for w in opts.sft_weights.split(",")]
     opts.preference_weights = [float(w) for w in opts.preference_weights.split(",")]
-    from axolotl_paft.world import build_world
+    from axolotl_paft.lab.world import build_world
 
     world = build_world(opts.world or out / "world", opts.size)
     splits = Splits(world.model_dir, opts.eval_rows, opts.test_rows or opts.eval_rows)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from axolotl_paft.world import SEARCH_GOAL as GOAL
-from axolotl_paft.world import meets_goal
+from axolotl_paft.lab.world import SEARCH_GOAL as GOAL
+from axolotl_paft.lab.world import meets_goal
 
 SPLITS = ("validation", "test")
 PROVENANCE_NOTES = (  # what the seed files of branch searchexp lost or cannot say
@@ -29,7 +29,7 @@ PROVENANCE_NOTES = (  # what the seed files of branch searchexp lost or cannot s
     "(`search.build_candidate`, `evaluate.quick_metrics`) is the same in every "
     "one of them; `before-b14` ran the `src/` of 271df52 (an export of it on "
     "PYTHONPATH), the `after*` searches the commits named above.",
-    "- World: `axolotl_paft.world.build_world(runs/world, 'full')`, built "
+    "- World: `axolotl_paft.lab.world.build_world(runs/world, 'full')`, built "
     "2026-11-23 15:54 to 15:58 UTC; adapters trained once per seed by the first "
     "command (evidence.py's recipe: SFT lambda 0, lr 1e-3, 300 steps; DPO lr "
     "1e-4, 200 steps; seed = the seed). The `before-b14` picks reproduce "

@@ -62,7 +62,7 @@ def build_world(
     field_tokens: int = FIELD_TOKENS,
 ):
     """32k tokenizer, random-init model and rows of 2 * `field_tokens` under `root`."""
-    from axolotl_paft.toy import ToySetup, build_model, build_tokenizer, write_jsonl
+    from axolotl_paft.lab.toy import ToySetup, build_model, build_tokenizer, write_jsonl
 
     rng = random.Random(seed)
     lexicon = _words(rng, 40000)
@@ -96,7 +96,7 @@ def build_world(
 
 
 def configs(world, out: Path, steps: int, micro_batch: int) -> dict[str, dict]:
-    from axolotl_paft.toy import parallel_config
+    from axolotl_paft.lab.toy import parallel_config
 
     common = {
         "max_steps": steps,

@@ -61,15 +61,15 @@ def candidates(sft_weights=SFT_WEIGHTS, preference_weights=PREFERENCE_WEIGHTS):
 
 
 def probe_ratio(world, scorer, sft, out: Path, opts, ratio: float) -> dict:
-    from axolotl_paft.search import Candidate, kept_shares
-    from axolotl_paft.world import SEARCH_GOAL as GOAL
-    from axolotl_paft.world import (
+    from axolotl_paft.lab.world import SEARCH_GOAL as GOAL
+    from axolotl_paft.lab.world import (
         meets_goal,
         preconditions,
         preference_config,
         sequential,
         train,
     )
+    from axolotl_paft.search import Candidate, kept_shares
 
     path = out / f"probe-s{opts.seed}-r{ratio:g}.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
@@ -147,13 +147,13 @@ def weights(text: str) -> tuple[float, ...]:
 
 def report(designs: list[str]) -> None:
     """One row per probe file of each `NAME=OUT@COMMIT`, into HERE."""
-    from axolotl_paft.world import (
+    from axolotl_paft.lab.world import (
         MIN_ALIGNMENT_TAX,
         MIN_INTERFERENCE,
         meets_goal,
         preconditions_hold,
     )
-    from axolotl_paft.world import SEARCH_GOAL as GOAL
+    from axolotl_paft.lab.world import SEARCH_GOAL as GOAL
 
     here = Path(__file__).resolve().parent
     rows, collected = [], {}
@@ -234,7 +234,7 @@ def main() -> None:
     )
     opts = parser.parse_args()
 
-    from axolotl_paft import world as w
+    from axolotl_paft.lab import world as w
 
     if opts.marker is not None:
         w.MARKER = opts.marker

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
 import collections
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from axolotl_paft.const import OFFLINE_ENV
 
-os.environ.update(OFFLINE_ENV, TOKENIZERS_PARALLELISM="false")
+# A fresh HF_HOME per test session, set before anything imports huggingface_hub
+# (which reads it once): the real model sits in its hub cache under its hub id
+# (`smollm2_hf_home`), and no test reads a cache this machine happened to have.
+HF_HOME = Path(tempfile.mkdtemp(prefix="paft-tests-hf-home-"))
+atexit.register(shutil.rmtree, HF_HOME, ignore_errors=True)
+os.environ.update(OFFLINE_ENV, TOKENIZERS_PARALLELISM="false", HF_HOME=str(HF_HOME))
 
 import pytest  # noqa: E402
 
-from axolotl_paft.toy import ToySetup, build_toy_setup  # noqa: E402
+from axolotl_paft.lab.toy import ToySetup, build_toy_setup  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +37,17 @@ def reset_plugin_manager():
 @pytest.fixture(scope="session")
 def llama_world(tmp_path_factory) -> ToySetup:
     return build_toy_setup(tmp_path_factory.mktemp("llama"), arch="llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> str:
+    """The hub id of SmolLM2-135M-Instruct, resolvable offline in this session's
+    HF_HOME (the model is built once per machine from PyPI): name it as users name
+    theirs, in process or in an `axolotl train` subprocess."""
+    from axolotl_paft.lab.smollm2 import HUB_ID, hub_cache
+
+    hub_cache(HF_HOME)
+    return HUB_ID
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 from conftest import validate
 
 from axolotl_paft.args import DEFAULT_MERGE_METHODS, PAFTArgs
-from axolotl_paft.toy import axolotl_config, parallel_config, write_jsonl
+from axolotl_paft.lab.toy import axolotl_config, parallel_config, write_jsonl
 
 
 def assert_refused(config: dict, key: str) -> None:

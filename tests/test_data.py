@@ -19,7 +19,7 @@ from axolotl_paft.data import (
     preference_collator,
     tokenize_preference_dataset,
 )
-from axolotl_paft.toy import axolotl_config, preference_rows, write_jsonl
+from axolotl_paft.lab.toy import axolotl_config, preference_rows, write_jsonl
 
 CHAT_TEMPLATE_ROWS = [
     {

@@ -12,7 +12,7 @@ import yaml
 from test_l1 import scalars_per_writer, tensorboard_scalars
 from test_trainer import max_gap, weights
 
-from axolotl_paft.toy import axolotl_config, parallel_config, run_axolotl_train
+from axolotl_paft.lab.toy import axolotl_config, parallel_config, run_axolotl_train
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from axolotl_paft.evaluate import load_model, main, preference_margins
-from axolotl_paft.toy import preference_rows
+from axolotl_paft.lab.toy import preference_rows
 
 
 @pytest.fixture(scope="module")

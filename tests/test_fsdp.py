@@ -21,7 +21,7 @@ from test_ddp import torchrun_two_processes
 from test_l1 import scalars_per_writer, tensorboard_scalars
 from test_trainer import max_gap, weights
 
-from axolotl_paft.toy import (
+from axolotl_paft.lab.toy import (
     axolotl_config,
     parallel_config,
     preference_rows,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from axolotl_paft.lab.toy import axolotl_config, run_axolotl_train
 from axolotl_paft.sparsity import SUMMARY_MEASURES
-from axolotl_paft.toy import axolotl_config, run_axolotl_train
 
 L1_LAMBDA = 1e-3  # loss mode: the README's measured sweet spot on the toy
 
@@ -105,7 +105,7 @@ def l1_vs_off(llama_world, tmp_path_factory):
     from transformers import AutoTokenizer
 
     from axolotl_paft.evaluate import assistant_loss, load_model
-    from axolotl_paft.toy import sft_rows
+    from axolotl_paft.lab.toy import sft_rows
 
     root = tmp_path_factory.mktemp("l1")
     rows, results = sft_rows(64), {}

@@ -8,8 +8,8 @@ import json
 import pytest
 import yaml
 
+from axolotl_paft.lab.toy import axolotl_config, run_axolotl_train
 from axolotl_paft.merge import validate_config
-from axolotl_paft.toy import axolotl_config, run_axolotl_train
 
 pytestmark = pytest.mark.slow
 

@@ -92,7 +92,7 @@ def test_training_run_searches_on_its_own_held_out_splits(
     from transformers import AutoTokenizer
 
     from axolotl_paft.evaluate import last_labelled_span
-    from axolotl_paft.toy import (
+    from axolotl_paft.lab.toy import (
         parallel_config,
         run_axolotl_train,
         sft_rows,

@@ -12,7 +12,7 @@ import torch
 from conftest import last_trainer
 from safetensors.torch import load_file
 
-from axolotl_paft.toy import axolotl_config, parallel_config, run_axolotl_train
+from axolotl_paft.lab.toy import axolotl_config, parallel_config, run_axolotl_train
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +109,7 @@ def test_qlora_parallel_run_learns_both_skills(mistral_world, tmp_path):
     from transformers import AutoTokenizer
 
     from axolotl_paft.evaluate import assistant_loss, load_model, preference_margins
-    from axolotl_paft.toy import preference_rows, sft_rows
+    from axolotl_paft.lab.toy import preference_rows, sft_rows
 
     out = tmp_path / "qlora"
     run_axolotl_train(

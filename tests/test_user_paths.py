@@ -16,7 +16,7 @@ import yaml
 from conftest import last_trainer
 from test_trainer import max_gap, resume_gaps, weights
 
-from axolotl_paft.toy import axolotl_config, parallel_config, run_axolotl_train
+from axolotl_paft.lab.toy import axolotl_config, parallel_config, run_axolotl_train
 
 pytestmark = pytest.mark.slow
 
@@ -460,9 +460,9 @@ def test_preference_step_and_measures_in_bf16(llama_world):
         factor_parameters,
     )
     from axolotl_paft.data import preference_collator, tokenize_preference_dataset
+    from axolotl_paft.lab.toy import preference_rows
     from axolotl_paft.losses import batch_preference_loss
     from axolotl_paft.sparsity import live_lora_factors, measure, summarize
-    from axolotl_paft.toy import preference_rows
 
     tokenizer = AutoTokenizer.from_pretrained(llama_world.model_dir)
     rows = [

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from axolotl_paft.search import Candidate, _rank, build_candidate, search
-from axolotl_paft.world import (
+from axolotl_paft.lab.world import (
     Scorer,
     build_world,
     heldout_rows,
@@ -20,6 +19,7 @@ from axolotl_paft.world import (
     skill_rows,
     train,
 )
+from axolotl_paft.search import Candidate, _rank, build_candidate, search
 
 pytestmark = pytest.mark.slow
 STEPS = 150

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     """Import the plugin (and with it Axolotl) only when it is asked for, so that
-    `axolotl_paft.toy` and friends stay cheap to import."""
+    `axolotl_paft.lab.toy` and friends stay cheap to import."""
     if name == "PAFTPlugin":
         from axolotl_paft.plugin import PAFTPlugin
 

@@ -2,7 +2,7 @@
 
     axolotl-paft-demo [OUT_DIR]
 
-1. builds the small variant of `axolotl_paft.world` (a pre-trained tiny Llama, three
+1. builds the small variant of `axolotl_paft.lab.world` (a pre-trained tiny Llama, three
    SFT skills, a preference for a polite style on the same kinds of questions
    when they ask for it: "Please answer politely: ...");
 2. runs `axolotl train` in PAFT's parallel mode: the SFT LoRA and the DPO LoRA
@@ -26,9 +26,9 @@ from pathlib import Path
 import yaml
 
 from axolotl_paft.const import OFFLINE_ENV
-from axolotl_paft.toy import parallel_config, write_jsonl
+from axolotl_paft.lab.toy import parallel_config, write_jsonl
 
-# The miniature world's recipe (axolotl_paft.world.recipe), shortened for the demo.
+# The miniature world's recipe (axolotl_paft.lab.world.recipe), shortened for the demo.
 DEMO_RECIPE = {
     "lora_r": 16,
     "lora_alpha": 32,
@@ -82,8 +82,8 @@ def answer(model_dir: Path, question: str) -> str:
 
 def side_by_side(world, candidates: dict[str, Path | None], question: str) -> str:
     """Markdown table: skill exact match and preference accuracy on held-out rows
-    (`axolotl_paft.world.heldout_rows`) and one greedy answer per candidate."""
-    from axolotl_paft.world import Scorer, fold, heldout_rows
+    (`axolotl_paft.lab.world.heldout_rows`) and one greedy answer per candidate."""
+    from axolotl_paft.lab.world import Scorer, fold, heldout_rows
 
     scorer = Scorer(world.model_dir, *heldout_rows(48))
     lines = [
@@ -112,7 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     out = parser.parse_args(argv).out_dir.resolve()
     os.environ.update(OFFLINE_ENV)
     out.mkdir(parents=True, exist_ok=True)
-    from axolotl_paft.world import build_world, preference_rows, sequential, skill_rows
+    from axolotl_paft.lab.world import (
+        build_world,
+        preference_rows,
+        sequential,
+        skill_rows,
+    )
 
     print(f"1/4 building the small miniature world under {out / 'world'}", flush=True)
     world = build_world(out / "world", "small")

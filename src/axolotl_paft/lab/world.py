@@ -1,6 +1,6 @@
 """A miniature world where the alignment tax and merge interference are real.
 
-Built locally, like `axolotl_paft.toy`, but richer: a 4-layer, hidden-256 Llama
+Built locally, like `axolotl_paft.lab.toy`, but richer: a 4-layer, hidden-256 Llama
 pre-trained from scratch on CPU on every fact of three kinds of questions,
 answered bare (sums up to 12 + 12, opposites, the next letter: "19", "cold", "l"),
 and on a little polite small talk (`SMALL_TALK`: "Thank you!" -> "Glad to help.")
@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from axolotl_paft.toy import (
+from axolotl_paft.lab.toy import (
     ToySetup,
     _corpus,
     axolotl_config,
@@ -283,7 +283,7 @@ def preference_config(
 
 def train(config: dict, adapter: Path) -> Path:
     """`axolotl train` in this process unless `adapter` already holds a result."""
-    from axolotl_paft.toy import run_axolotl_train
+    from axolotl_paft.lab.toy import run_axolotl_train
 
     if not (Path(adapter) / "adapter_config.json").is_file():
         start = time.time()
