@@ -1,8 +1,11 @@
 """Merge search: the best mergekit merge of the two deltas on held-out data.
 
 Searches merge method, the SFT and preference weights and the density within a
-budget of candidates, every candidate built by mergekit's engine from a config
-that `axolotl_paft.merge` builds and checks, and scored on held-out rows by
+budget of candidates, every candidate the merge mergekit builds from a config
+that `axolotl_paft.merge` builds and checks (built in memory on the one resident
+base by mergekit's merge methods, `axolotl_paft.inmemory`: no model written per
+candidate; for adapters that module does not take, by `mergekit-yaml` on disk,
+deleted after scoring), and scored on held-out rows by
 `axolotl_paft.evaluate.quick_metrics` (score = (skill exact match + preference
 accuracy) / 2). Candidates are ranked by the balanced objective (`objective=
 "balanced"`, the default): the smaller of the skill kept (share of the SFT-only
@@ -21,12 +24,13 @@ weight and the density, one neighbouring grid value at a time, and a balance
 phase from the best again, while the budget lasts. Writes into `out`:
 
 - `mergekit/best.yml`: the winner's config (run it with `mergekit-yaml`);
-- `merged/best`: the winner, merged;
+- `merged/best`: the winner, written by mergekit from `best.yml` at the end;
 - `leaderboard.json` / `leaderboard.md`: every candidate, best first;
 - `search.png`: skill against preference accuracy per candidate, by method.
 
-Runs the same on CPU and GPU: mergekit picks the device, scoring runs where
-`torch` puts the model (CPU here).
+Candidates are built and scored where the base model sits (`load_model`: CPU,
+fp32 here); only the winner's `mergekit-yaml` run goes through mergekit's own
+device choice.
 """
 
 from __future__ import annotations
@@ -105,10 +109,11 @@ def candidate_config(
     return config
 
 
-def build_candidate(
-    base: Path, sft: Path, preference: Path, candidate: Candidate, out: Path, cache
-) -> Path:
-    """Write `candidate`'s config next to `out` and run it through mergekit."""
+def write_candidate_config(
+    base: Path, sft: Path, preference: Path, candidate: Candidate, out: Path
+) -> tuple[dict, Path]:
+    """Write `candidate`'s config next to `out` (`out`.yml); return it and its
+    path."""
     config = candidate_config(
         str(Path(base).resolve()), Path(sft).resolve(), Path(preference).resolve(),
         candidate,
@@ -116,6 +121,14 @@ def build_candidate(
     path = Path(out).parent / f"{Path(out).name}.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return config, path
+
+
+def build_candidate(
+    base: Path, sft: Path, preference: Path, candidate: Candidate, out: Path, cache
+) -> Path:
+    """Write `candidate`'s config next to `out` and run it through mergekit."""
+    _, path = write_candidate_config(base, sft, preference, candidate, out)
     return run_merge_config(path, Path(out), Path(cache))
 
 
@@ -270,6 +283,7 @@ def search(
     from transformers import AutoTokenizer
 
     from axolotl_paft.evaluate import TextPairs, TextSkill, load_model, quick_metrics
+    from axolotl_paft.inmemory import InMemoryMerges, InMemoryUnsupported
 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} not in {OBJECTIVES}")
@@ -287,33 +301,35 @@ def search(
             model = base_model if adapter is None else load_model(base, adapter)
             references[name] = quick_metrics(model, base_logps, skill, pairs)
             print(f"search reference {name}: {references[name]}", flush=True)
-    kept: dict | None = None  # the entry whose merge is in merged/best
+    try:
+        merges = InMemoryMerges(base_model, sft, preference, cache)
+    except InMemoryUnsupported as err:
+        merges = None
+        print(f"search: candidates merged on disk by mergekit-yaml: {err}", flush=True)
 
     def measure(candidate: Candidate) -> dict:
-        """Build `candidate` with mergekit and score it; keep its merge in
-        merged/best while it ranks first, delete it otherwise."""
-        nonlocal kept
-        merged = build_candidate(
-            base, sft, preference, candidate, out / "candidates" / candidate.name,
-            cache,
-        )  # fmt: skip
-        metrics = quick_metrics(load_model(merged), base_logps, skill, pairs)
+        """Build `candidate` (in memory, or on disk and deleted) and score it."""
+        target = out / "candidates" / candidate.name
+        if merges is None:
+            merged = build_candidate(base, sft, preference, candidate, target, cache)
+            metrics = quick_metrics(load_model(merged), base_logps, skill, pairs)
+            shutil.rmtree(merged)
+        else:
+            config, _ = write_candidate_config(base, sft, preference, candidate, target)
+            with merges.candidate(config) as model:
+                metrics = quick_metrics(model, base_logps, skill, pairs)
         if references:
             metrics |= balanced_metrics(metrics, references)
-        entry = {"metrics": metrics}
-        if kept is None or _rank(entry, objective) > _rank(kept, objective):
-            kept = entry
-            shutil.rmtree(out / "merged" / "best", ignore_errors=True)
-            shutil.move(merged, out / "merged" / "best")
-        else:
-            shutil.rmtree(merged)
         return metrics
 
     leaderboard = explore(measure, methods, budget, objective)
     held_out = {"sft_rows": len(skill.rows), "preference_pairs": len(pairs.rows)}
-    write_search(
+    paths = write_search(
         out, leaderboard, base, sft, preference, held_out, cache, objective, references
     )
+    print(f"search: writing the winner {leaderboard[0]['name']} (mergekit)", flush=True)
+    shutil.rmtree(out / "merged" / "best", ignore_errors=True)
+    run_merge_config(paths[0], out / "merged" / "best", cache)
     return {
         "best": leaderboard[0]["name"],
         "leaderboard": leaderboard,

@@ -1,0 +1,131 @@
+"""In-memory merge candidates (`axolotl_paft.inmemory`) against `mergekit-yaml`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from axolotl_paft.evaluate import load_model
+from axolotl_paft.inmemory import InMemoryMerges, InMemoryUnsupported
+from axolotl_paft.merge import DEFAULT_SEARCH_METHODS, run_merge_config
+from axolotl_paft.search import Candidate, candidate_config
+
+
+def _mergekit_weights(config: dict, tmp_path, cache) -> dict[str, torch.Tensor]:
+    path = tmp_path / f"{config['merge_method']}.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    out = run_merge_config(path, tmp_path / config["merge_method"], cache)
+    return {
+        name: tensor
+        for shard in sorted(out.glob("*.safetensors"))
+        for name, tensor in load_file(shard).items()
+    }
+
+
+@pytest.fixture(scope="module")
+def resident(llama_world, adapters, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("lora-cache") / "run"
+    base = str(llama_world.model_dir)
+    model = load_model(base)
+    merges = InMemoryMerges(model, adapters["sft"], adapters["preference"], cache)
+    return merges, base, cache
+
+
+# Off the default parameters, so density, weights and normalisation all count.
+CANDIDATES = [
+    Candidate(method, sft_weight=1.25, preference_weight=0.5, density=0.7)
+    for method in DEFAULT_SEARCH_METHODS
+]
+
+
+@pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda c: c.method)
+def test_in_memory_candidate_equals_mergekit_yaml(
+    resident, adapters, candidate, tmp_path
+):
+    """Every searched method, DARE and DELLA included (their masks drawn in
+    mergekit's order from the same seed): every tensor of the merge that
+    `mergekit-yaml` writes equals the resident model's, max abs diff <= 1e-6."""
+    merges, base, cache = resident
+    config = candidate_config(
+        base, adapters["sft"].resolve(), adapters["preference"].resolve(), candidate
+    )
+    expected = _mergekit_weights(config, tmp_path, cache)
+    before = {n: t.clone() for n, t in merges.model.state_dict().items()}
+    with merges.candidate(config) as model:
+        ours = model.state_dict()
+        assert set(expected) <= set(ours)
+        changed = 0
+        for name, tensor in expected.items():
+            diff = (ours[name] - tensor).abs().max().item()
+            assert diff <= 1e-6, (name, diff)
+            changed += not torch.equal(ours[name], before[name])
+        assert changed == len(merges.layers)  # every targeted weight, nothing else
+    after = merges.model.state_dict()
+    assert all(torch.equal(after[n], before[n]) for n in before)  # restored
+
+
+def test_two_draws_of_dare_are_the_same_and_differ_by_density(resident, adapters):
+    """The masks are drawn from the seed per candidate, not from whatever the
+    generator holds: the same config builds the same weights twice; another
+    density builds others."""
+    merges, base, _ = resident
+    sft, pref = adapters["sft"].resolve(), adapters["preference"].resolve()
+    name = next(iter(merges.layers))
+    weights = []
+    for density in (0.5, 0.5, 0.3):
+        config = candidate_config(
+            base, sft, pref, Candidate("dare_ties", density=density)
+        )
+        torch.rand(7)  # moves the global generator between candidates
+        with merges.candidate(config) as model:
+            weights.append(model.state_dict()[name].clone())
+    assert torch.equal(weights[0], weights[1])
+    assert not torch.equal(weights[0], weights[2])
+
+
+def test_other_adapters_are_refused_with_the_reason(llama_world, adapters, tmp_path):
+    dora = tmp_path / "dora"
+    dora.mkdir()
+    config = json.loads((adapters["sft"] / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps(config | {"use_dora": True}))
+    base = str(llama_world.model_dir)
+    with pytest.raises(InMemoryUnsupported, match="use_dora=True"):
+        InMemoryMerges(load_model(base), dora, adapters["preference"], tmp_path)
+
+
+def test_the_search_writes_no_candidate_and_its_winner_scores_as_searched(
+    llama_world, adapters, tmp_path
+):
+    """A search in memory: no model folder per candidate, and the winner that
+    mergekit-yaml writes from best.yml scores what the search measured, DARE's
+    random drop included."""
+    from transformers import AutoTokenizer
+
+    from axolotl_paft.evaluate import TextPairs, TextSkill, quick_metrics, read_jsonl
+    from axolotl_paft.search import search
+
+    base = str(llama_world.model_dir)
+    skill_rows = read_jsonl(llama_world.sft_path, 4)
+    pair_rows = read_jsonl(llama_world.preference_path, 4)
+    out = tmp_path / "search"
+    result = search(
+        llama_world.model_dir, adapters["sft"], adapters["preference"],
+        skill_rows, pair_rows, out, budget=3, methods=("dare_ties",),
+        objective="score",
+    )  # fmt: skip
+    assert len(result["leaderboard"]) == 3
+    written = [p for p in (out / "candidates").iterdir() if p.suffix != ".yml"]
+    assert written == []
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    skill, pairs = TextSkill(tokenizer, skill_rows), TextPairs(tokenizer, pair_rows)
+    base_logps = pairs.logps(load_model(base))
+    rebuilt = quick_metrics(
+        load_model(out / "merged" / "best"), base_logps, skill, pairs
+    )
+    searched = result["leaderboard"][0]["metrics"]
+    for key, value in rebuilt.items():
+        assert value == pytest.approx(searched[key], abs=1e-5), key
