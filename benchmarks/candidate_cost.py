@@ -303,12 +303,17 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(DEFAULT_SEARCH_METHODS))
     parser.add_argument("--before-methods", default=",".join(BEFORE_METHODS))
     parser.add_argument("--count", action="store_true", help="count merge traffic")
+    parser.add_argument("--report", type=Path, help="only the tables of this JSON")
     parser.add_argument("--child", choices=["before", "after"])
     parser.add_argument("--kind")
     parser.add_argument("--work")
     args = parser.parse_args()
     args.methods = args.methods.split(",")
     args.before_methods = args.before_methods.split(",")
+    if args.report:
+        results = json.loads(args.report.read_text())
+        (args.out_dir / "candidate_cost.md").write_text(report(results))
+        return
     if args.child:
         args.mode = args.child
         print("RESULT " + json.dumps(child(args)), flush=True)
@@ -337,6 +342,54 @@ def main() -> None:
             print(json.dumps(results["models"][kind][mode], indent=1), flush=True)
         shutil.rmtree(work / "candidates", ignore_errors=True)
     (args.out_dir / "candidate_cost.json").write_text(json.dumps(results, indent=2))
+    (args.out_dir / "candidate_cost.md").write_text(report(results))
+    print(report(results))
+
+
+def report(results: dict) -> str:
+    """The tables of candidate_cost.md (wall seconds; CPU seconds in brackets)."""
+
+    def t(row, key):
+        return f"{row[key + '_s']:.1f} ({row[key + '_cpu_s']:.1f})"
+
+    lines = []
+    for kind, runs in results["models"].items():
+        before, after = runs["before"], runs["after"]
+        lines += [
+            f"## {kind}",
+            "",
+            f"Peak RSS: before {before['peak_rss_gb']:.2f} GB, after "
+            f"{after['peak_rss_gb']:.2f} GB. One-offs: LoRA cache fill "
+            f"{t(before, 'cache_fill')} s writing "
+            f"{before['cache_fill_bytes'] / 1e9:.2f} GB; in memory, base load "
+            f"{t(after, 'load_base')} s and setup (PEFT "
+            f"adapters read, LoRA cache fill) {t(after, 'setup')} s. "
+            f"{after['targeted_parameters'] / 1e6:.1f}M of "
+            f"{after['parameters'] / 1e6:.1f}M parameters targeted; one score pass: "
+            f"{after['score_flops'] / 1e9:.1f} GFLOP (matmuls).",
+            "",
+            "| method | mode | build s | load s | score s | written per candidate "
+            "| merge traffic (GB) | traffic per targeted parameter (B) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for method, row in before["candidates"].items():
+            lines.append(
+                f"| {method} | before: mergekit-yaml to disk | {t(row, 'build')} | "
+                f"{t(row, 'load')} | {t(row, 'score')} | "
+                f"{row['bytes_written'] / 1e9:.2f} GB | | |"
+            )
+        for method, row in after["candidates"].items():
+            traffic_gb = per_param = ""
+            if "merge_bytes" in row:
+                traffic_gb = f"{row['merge_bytes'] / 1e9:.1f}"
+                per_param = f"{row['merge_bytes'] / after['targeted_parameters']:.0f}"
+            lines.append(
+                f"| {method} | after: in memory (plan {t(row, 'plan')}) | "
+                f"{t(row, 'build')} | 0 | {t(row, 'score')} | "
+                f"{row['bytes_written']} B | {traffic_gb} | {per_param} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

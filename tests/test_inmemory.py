@@ -129,3 +129,30 @@ def test_the_search_writes_no_candidate_and_its_winner_scores_as_searched(
     searched = result["leaderboard"][0]["metrics"]
     for key, value in rebuilt.items():
         assert value == pytest.approx(searched[key], abs=1e-5), key
+
+
+def test_the_search_merges_other_adapters_on_disk(
+    llama_world, adapters, tmp_path, capsys
+):
+    """A DoRA adapter is not built in memory: the search says so and builds its
+    candidates with mergekit-yaml, deleting each after scoring."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from axolotl_paft.evaluate import read_jsonl
+    from axolotl_paft.search import search
+
+    model = AutoModelForCausalLM.from_pretrained(llama_world.model_dir)
+    config = LoraConfig(r=4, target_modules=["q_proj"], use_dora=True)
+    get_peft_model(model, config).save_pretrained(tmp_path / "dora")
+    out = tmp_path / "search"
+    result = search(
+        llama_world.model_dir, tmp_path / "dora", adapters["preference"],
+        read_jsonl(llama_world.sft_path, 2), read_jsonl(llama_world.preference_path, 2),
+        out, budget=1, methods=("ties",), objective="score",
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "merged on disk by mergekit-yaml" in printed and "use_dora=True" in printed
+    assert len(result["leaderboard"]) == 1
+    assert [p.suffix for p in (out / "candidates").iterdir()] == [".yml"]
+    assert (out / "merged" / "best" / "model.safetensors").is_file()
