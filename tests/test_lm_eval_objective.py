@@ -201,6 +201,40 @@ def test_search_ranks_candidates_by_the_lm_eval_score(
     assert objective.score(best, tokenizer)["lm_eval"] == scores[0]
 
 
+def test_sweep_search_ranks_by_the_lm_eval_tasks_it_is_given(
+    llama_world, adapters, tasks, tmp_path
+):
+    """`axolotl-paft-sweep --search --lm-eval-tasks`: mergekit-evolve's task list
+    as YAML on the command line."""
+    from axolotl_paft.sweep import main
+
+    out = tmp_path / "search"
+    main(
+        [
+            "--base", str(llama_world.model_dir),
+            "--sft", str(adapters["sft"]),
+            "--preference", str(adapters["preference"]),
+            "--search", "--budget", "2", "--methods", "ties,task_arithmetic",
+            "--sft-data", str(llama_world.sft_path),
+            "--preference-data", str(llama_world.preference_path),
+            "--limit", "4", "--out", str(out),
+            "--lm-eval-tasks", "[toy_sums, {name: toy_sums_wrong, weight: -1}]",
+            "--lm-eval-include-path", tasks, "--lm-eval-limit", "8",
+        ]
+    )  # fmt: skip
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert board["objective"] == "lm_eval"
+    for entry in board["leaderboard"]:
+        m = entry["metrics"]
+        right, wrong = (
+            m["lm_eval/toy_sums/acc,none"],
+            m["lm_eval/toy_sums_wrong/acc,none"],
+        )
+        assert m["lm_eval"] == pytest.approx(right - wrong)
+    scores = [e["metrics"]["lm_eval"] for e in board["leaderboard"]]
+    assert scores == sorted(scores, reverse=True)
+
+
 def test_unknown_task_is_refused_before_any_model_loads(llama_world, tasks, tmp_path):
     """In Axolotl's config validation (the plugin's path), and at the search's
     start (the base here does not even exist)."""
