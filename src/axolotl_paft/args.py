@@ -20,6 +20,12 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from axolotl_paft.const import PEFT_DEFAULT_ADAPTER
+from axolotl_paft.lm_eval_objective import (
+    EVOLVE_DEFAULTS,
+    LmEvalObjective,
+    TaskConfiguration,
+    unknown_tasks,
+)
 from axolotl_paft.losses import PREFERENCE_LOSSES
 from axolotl_paft.merge import (
     DEFAULT_MERGE_METHODS,
@@ -283,6 +289,49 @@ class MergeArgs(BaseModel):
         ge=1,
         description="paft_merge_search: rows read from each held-out file.",
     )
+    paft_merge_search_lm_eval_tasks: list[TaskConfiguration] | None = Field(
+        default=None,
+        description=(
+            "paft_merge_search: rank candidates by lm-evaluation-harness tasks "
+            "instead of the held-out rows' balanced objective, as mergekit-evolve "
+            "takes them: each a task name or {name, weight (1), metric "
+            "(`acc,none`)}; the score is the sum of weight x metric, by "
+            "`lm_eval.simple_evaluate` on each candidate the search holds "
+            "(docs/merge-search.md)."
+        ),
+    )
+    paft_merge_search_lm_eval_include_path: str | None = Field(
+        default=None,
+        description=(
+            "paft_merge_search_lm_eval_tasks: a folder of your own task YAMLs "
+            "(lm-eval's include_path, mergekit-evolve's --task-search-path)."
+        ),
+    )
+    paft_merge_search_lm_eval_limit: int | None = Field(
+        default=EVOLVE_DEFAULTS["limit"],
+        ge=1,
+        description="paft_merge_search_lm_eval_tasks: rows per task; unset: all.",
+    )
+    paft_merge_search_lm_eval_num_fewshot: int | None = Field(
+        default=EVOLVE_DEFAULTS["num_fewshot"],
+        ge=0,
+        description=(
+            "paft_merge_search_lm_eval_tasks: few-shot examples; unset: each "
+            "task's own."
+        ),
+    )
+    paft_merge_search_lm_eval_apply_chat_template: bool = Field(
+        default=EVOLVE_DEFAULTS["apply_chat_template"],
+        description=(
+            "paft_merge_search_lm_eval_tasks: render prompts with the base "
+            "tokenizer's chat template (mergekit-evolve's default)."
+        ),
+    )
+    paft_merge_search_lm_eval_batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="paft_merge_search_lm_eval_tasks: lm-eval's batch size.",
+    )
 
     @field_validator("paft_merge_methods")
     @classmethod
@@ -341,7 +390,42 @@ class MergeArgs(BaseModel):
             path = getattr(self, key)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{key}: no such JSONL file {path!r}")
+        self._check_lm_eval_tasks()
         return self
+
+    def _check_lm_eval_tasks(self) -> None:
+        """Task names lm-eval does not know fail here, not after training."""
+        tasks, folder = (
+            self.paft_merge_search_lm_eval_tasks,
+            self.paft_merge_search_lm_eval_include_path,
+        )
+        if folder is not None and not Path(folder).exists():
+            raise ValueError(
+                f"paft_merge_search_lm_eval_include_path: no such folder {folder!r}"
+            )
+        if tasks is None:
+            return
+        if not tasks:
+            raise ValueError("paft_merge_search_lm_eval_tasks: empty")
+        unknown = unknown_tasks(tasks, folder)
+        if unknown:
+            raise ValueError(
+                f"paft_merge_search_lm_eval_tasks: lm-eval knows no task {unknown} "
+                f"(paft_merge_search_lm_eval_include_path: {folder})"
+            )
+
+    def lm_eval_objective(self) -> LmEvalObjective | None:
+        """paft_merge_search_lm_eval_* as the search takes them (None: unset)."""
+        if not self.paft_merge_search_lm_eval_tasks:
+            return None
+        return LmEvalObjective(
+            self.paft_merge_search_lm_eval_tasks,
+            limit=self.paft_merge_search_lm_eval_limit,
+            include_path=self.paft_merge_search_lm_eval_include_path,
+            batch_size=self.paft_merge_search_lm_eval_batch_size,
+            num_fewshot=self.paft_merge_search_lm_eval_num_fewshot,
+            apply_chat_template=self.paft_merge_search_lm_eval_apply_chat_template,
+        )
 
     @model_validator(mode="after")
     def _della_bounds(self):

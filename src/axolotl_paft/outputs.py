@@ -167,6 +167,7 @@ def run_merge_search(
     from axolotl_paft.search import search
 
     out = output_dir / "search"
+    lm_eval = args.lm_eval_objective()
     result = search(
         Path(base_model_reference(base_model)),
         adapters["sft"],
@@ -175,6 +176,8 @@ def run_merge_search(
         out,
         budget=args.paft_merge_search_budget,
         methods=tuple(args.paft_merge_search_methods),
+        objective="balanced" if lm_eval is None else "lm_eval",
+        lm_eval=lm_eval,
     )
     best = output_dir / MERGEKIT_DIR / "best.yml"
     best.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,9 @@ model's skill gain over the base) and the preference kept (share of the
 preference-only model's accuracy gain), capped at 1, then by the score; the
 search scores the SFT-only and preference-only adapters on the same rows for
 that (two evaluations beyond the budget). `objective="score"` ranks by the score
-alone, which can prefer a merge that gives up one side. The strategy is
+alone, which can prefer a merge that gives up one side; `objective="lm_eval"`
+by the weighted sum of lm-eval tasks (`axolotl_paft.lm_eval_objective`, as
+mergekit-evolve scores), then the score. The strategy is
 deterministic: every method at the default parameters first (weights 1/1,
 density 0.5); with the balanced objective, a balance phase for the two methods
 whose default merge keeps the most in total (bisection of the preference weight
@@ -143,7 +145,7 @@ def _neighbours(candidate: Candidate, field: str) -> list[Candidate]:
     ]
 
 
-OBJECTIVES = ("balanced", "score")
+OBJECTIVES = ("balanced", "score", "lm_eval")
 DEFAULT_BUDGET = 24  # candidates: every method once, then about two balance phases
 BALANCE_STEPS = 6  # bisection steps on the preference weight per balance phase
 BALANCED_METHODS = 2  # methods bisected after the first round
@@ -257,6 +259,8 @@ def _rank(entry: dict, objective: str = "balanced") -> tuple:
     both = min(metrics["sft_exact_match"], metrics["preference_accuracy"])
     rank = (metrics["score"], both, metrics["preference_margin"])
     balanced = metrics.get("balanced", math.nan)
+    if objective == "lm_eval":  # paft lm-eval objective: its weighted sum first
+        return (metrics["lm_eval"], *rank)
     if objective == "score" or math.isnan(balanced):
         return rank
     return (balanced, *rank)
@@ -273,13 +277,16 @@ def search(
     methods: tuple[str, ...] = DEFAULT_SEARCH_METHODS,
     cache: Path | None = None,
     objective: str = "balanced",
+    lm_eval=None,
 ) -> dict:
     """Search within `budget` candidates; write the outputs (module docstring) and
     return {"best": name, "leaderboard": [entries, best first], "references":
     metrics of base / sft / preference ("balanced" objective only)}.
 
     `skill` and `pairs`: the held-out rows (`evaluate.TextSkill`/`TextPairs`,
-    `TokenizedSkill`/`TokenizedPairs`); lists of JSONL rows are read as text."""
+    `TokenizedSkill`/`TokenizedPairs`); lists of JSONL rows are read as text.
+    `lm_eval` (`lm_eval_objective.LmEvalObjective`): every candidate's metrics
+    get its score, and `objective="lm_eval"` ranks by it."""
     from transformers import AutoTokenizer
 
     from axolotl_paft.evaluate import TextPairs, TextSkill, load_model, quick_metrics
@@ -287,6 +294,10 @@ def search(
 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} not in {OBJECTIVES}")
+    if lm_eval is not None:  # paft lm-eval objective: checked before loading
+        lm_eval_tokenizer = lm_eval.prepare(base)
+    elif objective == "lm_eval":
+        raise ValueError('objective "lm_eval" needs lm_eval (its tasks)')
     out = Path(out)
     cache = cache or out / "lora-cache" / time.strftime("run-%Y%m%d-%H%M%S")
     if isinstance(skill, list) or isinstance(pairs, list):
@@ -310,14 +321,21 @@ def search(
     def measure(candidate: Candidate) -> dict:
         """Build `candidate` (in memory, or on disk and deleted) and score it."""
         target = out / "candidates" / candidate.name
+
+        def score(model) -> dict:
+            metrics = quick_metrics(model, base_logps, skill, pairs)
+            if lm_eval is not None:  # the lm-eval objective, on the same model
+                metrics |= lm_eval.score(model, lm_eval_tokenizer)
+            return metrics
+
         if merges is None:
             merged = build_candidate(base, sft, preference, candidate, target, cache)
-            metrics = quick_metrics(load_model(merged), base_logps, skill, pairs)
+            metrics = score(load_model(merged))
             shutil.rmtree(merged)
         else:
             config, _ = write_candidate_config(base, sft, preference, candidate, target)
             with merges.candidate(config) as model:
-                metrics = quick_metrics(model, base_logps, skill, pairs)
+                metrics = score(model)
         if references:
             metrics |= balanced_metrics(metrics, references)
         return metrics

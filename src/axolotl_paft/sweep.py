@@ -12,7 +12,10 @@ Each config is built and checked like the ones a training run emits
 
 With `--search` it runs the merge search of `axolotl_paft.search` instead, over
 `--methods` within `--budget` candidates, and writes `OUT/mergekit/best.yml`,
-`OUT/leaderboard.{json,md}`, `OUT/search.png` and the winner in `OUT/merged/best`.
+`OUT/leaderboard.{json,md}`, `OUT/search.png` and the winner in `OUT/merged/best`;
+with `--lm-eval-tasks` it ranks the candidates by those lm-eval tasks
+(`axolotl_paft.lm_eval_objective`, the training run's
+`paft_merge_search_lm_eval_*` keys).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from axolotl_paft.evaluate import add_data_arguments, evaluate_and_report, read_jsonl
+from axolotl_paft.lm_eval_objective import LmEvalObjective
 from axolotl_paft.merge import (
     METHOD_LAYOUTS,
     MergeDeltas,
@@ -80,8 +84,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--budget", type=int, default=DEFAULT_BUDGET, help="--search: candidates"
     )
+    parser.add_argument(
+        "--lm-eval-tasks",
+        type=yaml.safe_load,
+        help="--search: rank by lm-eval tasks, a name or a YAML list as "
+        "mergekit-evolve's tasks: '[my_task, {name: other, weight: 0.5}]'",
+    )
+    parser.add_argument("--lm-eval-include-path", help="folder of task YAMLs")
+    parser.add_argument("--lm-eval-limit", type=int, help="rows per lm-eval task")
+    parser.add_argument(
+        "--lm-eval-no-chat-template",
+        action="store_true",
+        help="lm-eval prompts without the base tokenizer's chat template",
+    )
     add_data_arguments(parser, out="paft_sweep")
     opts = parser.parse_args(argv)
+    if opts.lm_eval_tasks is not None and not opts.search:
+        parser.error("--lm-eval-tasks: ranks the candidates of --search")
     unknown = set(opts.methods.split(",")) - set(METHOD_LAYOUTS)
     if unknown:
         raise SystemExit(f"--methods: unknown {sorted(unknown)}")
@@ -89,11 +108,21 @@ def main(argv: list[str] | None = None) -> None:
         str(opts.base.resolve()), opts.sft.resolve(), opts.preference.resolve()
     )
     if opts.search:
+        lm_eval = None
+        if opts.lm_eval_tasks is not None:
+            tasks = opts.lm_eval_tasks
+            lm_eval = LmEvalObjective(
+                [tasks] if isinstance(tasks, str | dict) else tasks,
+                limit=opts.lm_eval_limit,
+                include_path=opts.lm_eval_include_path,
+                apply_chat_template=not opts.lm_eval_no_chat_template,
+            )
         result = search(
             opts.base, opts.sft, opts.preference,
             read_jsonl(opts.sft_data, opts.limit),
             read_jsonl(opts.preference_data, opts.limit),
             opts.out, budget=opts.budget, methods=tuple(opts.methods.split(",")),
+            objective="balanced" if lm_eval is None else "lm_eval", lm_eval=lm_eval,
         )  # fmt: skip
         print((opts.out / "leaderboard.md").read_text())
         print(f"best: {result['best']}; config {opts.out / 'mergekit' / 'best.yml'}")
