@@ -128,9 +128,9 @@ class InMemoryMerges:
         with torch.random.fork_rng(devices=[]):  # LoRA init draws before loading
             peft = PeftModel.from_pretrained(model, str(sft), adapter_name="sft")
             peft.load_adapter(str(preference), adapter_name="preference")
-            # the weights are read as they are; no LoRA forward ever runs
         prefix = "base_model.model."
-        # weight name -> the LoRA layer (kept after unloading: its A, B, scaling)
+        # weight name -> its LoRA layer, kept for its factors and scaling after
+        # `unload` puts the plain layers back (no LoRA forward ever runs)
         self.layers = {}
         for name, module in peft.named_modules():
             if not hasattr(module, "lora_A") or not module.lora_A:
