@@ -135,6 +135,19 @@ def test_plain_axolotl_config_has_no_paft_keys(llama_world, tmp_path):
             },
             "paft_merge_search_methods",
         ),
+        # unset, the preference LoRA trained at the SFT rate (4-40x a DPO rate)
+        (
+            {"paft_preference_learning_rate": None},
+            "paft_preference_learning_rate: parallel mode needs",
+        ),
+        # options that would cover the SFT half of each step only
+        ({"torch_compile": True}, "torch_compile: the Trainer compiles"),
+        ({"torch_compile": "auto"}, "torch_compile: the Trainer compiles"),
+        (
+            {"activation_offloading": True, "gradient_checkpointing": True},
+            "activation_offloading: Axolotl offloads",
+        ),
+        ({"activation_offloading": "legacy"}, "activation_offloading: Axolotl"),
     ],
 )
 def test_bad_parallel_config_names_the_key(llama_world, tmp_path, overrides, message):

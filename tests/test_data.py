@@ -112,6 +112,17 @@ def test_preference_cfg_is_a_dpo_copy(setup):
     assert pref.val_set_size == 0
 
 
+def test_a_row_count_holds_out_that_many_rows(llama_world, setup):
+    """`paft_preference_val_set_size: 8` (a float once validated) holds out 8
+    rows; datasets refused a float count before."""
+    cfg, tokenizer = setup
+    entries = [{"path": str(llama_world.preference_path), "type": "chatml.intel"}]
+    train, held_out = load_preference_datasets(
+        cfg, tokenizer, entries, val_set_size=8.0
+    )
+    assert len(held_out) == 8 and len(train) + 8 == 64
+
+
 def test_chat_template_default(setup, tmp_path):
     cfg, tokenizer = setup
     path = write_jsonl(tmp_path / "chat.jsonl", CHAT_TEMPLATE_ROWS)

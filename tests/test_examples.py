@@ -23,3 +23,14 @@ def test_example_passes_the_plugin_checks(path):
 
 def test_the_three_examples_exist():
     assert {p.stem for p in EXAMPLES} >= {"paft_mistral", "paft_llama3", "paft_orpo"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_follows_the_plugins_own_advice(path):
+    """L1 only with the merge search (an L1 adapter's default merges mostly keep
+    none of the skill: paft_l1_lambda's description), and a preference rate of
+    a DPO LoRA recipe, well below the SFT rate (docs/parallel-mode.md)."""
+    config = yaml.safe_load(path.read_text())
+    if config.get("paft_l1_lambda", 0) > 0:
+        assert config.get("paft_merge_search"), "L1 on without paft_merge_search"
+    assert config["paft_preference_learning_rate"] <= config["learning_rate"] / 4

@@ -92,7 +92,14 @@ class ParallelArgs(BaseModel):
     paft_preference_learning_rate: float | None = Field(
         default=None,
         gt=0,
-        description="Learning rate of the preference adapter; unset: `learning_rate`.",
+        description=(
+            "Learning rate of the preference adapter; parallel mode requires it. "
+            "No multiple of `learning_rate` fits every recipe (DPO LoRA recipes "
+            "train at 5e-6 to 5e-5 where SFT LoRA trains at 1e-4 to 2e-4), and the "
+            "SFT rate, the old fallback, is another recipe: on SmolLM2-135M at r 64 "
+            "it moved the held-out reward margin to 2.4 in 12 steps against 0.06 "
+            "at 5e-6 (benchmarks/results_real_defaults.md)."
+        ),
     )
     paft_preference_micro_batch_size: int | None = Field(
         default=None,
@@ -597,6 +604,23 @@ def _check_merge_paths(data: dict) -> None:
             )
 
 
+# Axolotl options that act through the Trainer's wrapped model or its
+# `training_step` and so reach only the SFT half of a parallel step: the
+# preference step (trainer.py) runs its forwards on the unwrapped PEFT model,
+# after `training_step` returned. Refused until they cover both steps.
+PARALLEL_ONLY_SFT_STEP = {
+    "torch_compile": (
+        "the Trainer compiles the model it wraps, and the preference forwards run "
+        "on the unwrapped PEFT model, so half of every step (and the DPO "
+        "reference forward) would run uncompiled"
+    ),
+    "activation_offloading": (
+        "Axolotl offloads activations inside the Trainer's training_step, which "
+        "covers the SFT step only; the preference step's activations (chosen and "
+        "rejected, twice the rows) would stay on the GPU"
+    ),
+}
+
 LORA_KERNELS = (
     "lora_mlp_kernel",
     "lora_qkv_kernel",
@@ -669,7 +693,22 @@ def _check_parallel(data: dict) -> None:
             f"identifiers and not {PEFT_DEFAULT_ADAPTER!r} "
             f"(got {sft!r} and {preference!r})"
         )
+    if data.get("paft_preference_learning_rate") is None:
+        rate = data.get("learning_rate")
+        raise ValueError(
+            "paft_preference_learning_rate: parallel mode needs the preference "
+            f"adapter's own rate (learning_rate {rate} is the SFT adapter's). DPO "
+            "LoRA recipes train at 5e-6 to 5e-5, 4-40x below SFT LoRA rates, and the "
+            "SFT rate over-trains the preference LoRA; e.g. "
+            "paft_preference_learning_rate: 5.0e-6 (docs/parallel-mode.md)"
+        )
     _check_parallel_sharding(data)
+    for key, why in PARALLEL_ONLY_SFT_STEP.items():
+        if data.get(key):
+            raise ValueError(
+                f"{key}: {why}; in parallel mode it would make the run silently "
+                f"weaker than a plain Axolotl run of this YAML: set {key}: false"
+            )
     for key in LORA_KERNELS:
         if data.get(key):
             raise ValueError(

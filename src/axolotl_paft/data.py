@@ -80,7 +80,9 @@ def preference_cfg(
         if test_entries
         else None
     )
-    pref.val_set_size = val_set_size
+    # a count arrives as a float (the key is typed as Axolotl's val_set_size),
+    # and datasets' train_test_split reads a float >= 1 as a bad fraction
+    pref.val_set_size = int(val_set_size) if val_set_size >= 1 else val_set_size
     pref.push_dataset_to_hub = None
     base = cfg.dataset_prepared_path or DEFAULT_DATASET_PREPARED_PATH
     pref.dataset_prepared_path = str(Path(base) / PREFERENCE_SUBDIR)

@@ -14,6 +14,12 @@ ignored (we check names against the method's spec), SLERP's two endpoints are th
 SFT model (as `base_model`) and the preference model, `linear` must not name a
 `base_model`, and the LoRA merge cache is keyed by folder name (so every run gets a
 cache folder of its own).
+
+The merged model carries the run's chat template: mergekit copies the tokenizer of
+its base model, whose own template (or none) a run with `chat_template: llama3`
+or `mistral_v1` replaced. Every config names the template of the tokenizer Axolotl
+saved in output_dir (`run_chat_template`) in mergekit's top-level `chat_template`,
+which `mergekit-yaml` itself writes into the merged model's tokenizer.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -183,6 +189,17 @@ class MergeDeltas:
     base_model: str
     sft_adapter: Path
     preference_adapter: Path | None = None
+    chat_template: str | None = None  # the run's (`run_chat_template`)
+
+
+def run_chat_template(output_dir: Path) -> str | None:
+    """The chat template of the tokenizer Axolotl saved in `output_dir` before
+    training (the run's `chat_template` applied), or None without one."""
+    from transformers import AutoTokenizer
+
+    if not (Path(output_dir) / "tokenizer_config.json").is_file():
+        return None
+    return AutoTokenizer.from_pretrained(output_dir).chat_template
 
 
 @dataclass(frozen=True)
@@ -247,6 +264,8 @@ def build_config(
     if shared:
         config["parameters"] = shared
     config["dtype"] = settings.dtype
+    if deltas.chat_template:
+        config["chat_template"] = deltas.chat_template
     return config
 
 
@@ -299,10 +318,38 @@ def validate_config(config: dict) -> None:
         raise ValueError(f"{method}: {n_inputs} inputs break its contract {contract}")
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (a chat template) as YAML literal blocks, readable."""
+
+
+_Dumper.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None
+    ),
+)
+
+
+def offline_reference(base_model: str) -> str:
+    """The base as mergekit can read it here. mergekit 0.1.5 lists a hub model's
+    files online (`huggingface_hub.list_repo_files`) before every read, cached or
+    not, so under HF_HUB_OFFLINE a hub id fails in `mergekit-yaml`; there the
+    configs name the model's local snapshot folder instead (online, the hub id)."""
+    from huggingface_hub import constants, snapshot_download
+
+    if Path(base_model).exists() or not constants.HF_HUB_OFFLINE:
+        return base_model
+    try:
+        return snapshot_download(base_model, local_files_only=True)
+    except Exception:  # not cached: mergekit will say so, naming the id
+        return base_model
+
+
 def write_merge_configs(
     out_dir: Path, deltas: MergeDeltas, settings: MergeSettings
 ) -> EmittedConfigs:
     """Write one `<method>.yml` per fitting method into `out_dir`."""
+    deltas = replace(deltas, base_model=offline_reference(deltas.base_model))
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     cache_dir = out_dir / "lora-cache" / f"run-{run_id}"
@@ -322,7 +369,7 @@ def write_merge_configs(
             "# The cache folder is new for every training run: mergekit keys its\n"
             "# LoRA cache by folder name and would otherwise reuse stale merges.\n"
         )
-        path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+        path.write_text(header + yaml.dump(config, Dumper=_Dumper, sort_keys=False))
         written[method] = path
     return EmittedConfigs(written=written, skipped=skipped, cache_dir=cache_dir)
 
@@ -330,7 +377,8 @@ def write_merge_configs(
 def run_merge_config(config_path: Path, out_path: Path, cache_dir: Path) -> Path:
     """Run one emitted config through mergekit's Python API, as
     `mergekit_command` does: the LoRA references merged into `cache_dir` first,
-    then the merge seeded with `MERGE_SEED`, tokenizer copied."""
+    then the merge seeded with `MERGE_SEED`, the base's tokenizer copied with
+    the config's `chat_template` (the run's) set."""
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
 

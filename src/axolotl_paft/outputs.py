@@ -9,6 +9,7 @@ from axolotl_paft.args import PAFTArgs
 from axolotl_paft.merge import (
     MergeDeltas,
     mergekit_command,
+    run_chat_template,
     run_merge_config,
     write_merge_configs,
 )
@@ -43,6 +44,7 @@ def write_run_outputs(
             preference_adapter=adapters["preference"].resolve()
             if "preference" in adapters
             else None,
+            chat_template=run_chat_template(output_dir),
         )
         emitted = write_merge_configs(
             output_dir / MERGEKIT_DIR, deltas, args.merge_settings()

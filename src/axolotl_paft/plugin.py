@@ -163,7 +163,7 @@ class PAFTPlugin(BasePlugin):
             preference_adapter=args.paft_preference_adapter_name,
             loss=args.paft_preference_loss,
             beta=args.paft_preference_beta,
-            learning_rate=args.paft_preference_learning_rate or cfg.learning_rate,
+            learning_rate=args.paft_preference_learning_rate,
             micro_batch_size=args.paft_preference_micro_batch_size
             or cfg.micro_batch_size,
             seed=run_seed(cfg),
