@@ -199,6 +199,32 @@ def model_reference(base_model: str, adapter: Path | str) -> str:
     return f"{base_model}+{adapter}"
 
 
+def base_model_reference(base_model: str | Path, revision: str | None = None) -> str:
+    """How everything after training names the base (merge configs, the search,
+    the sweep): a local folder by its absolute path; a hub id (`ORG/NAME`, never a
+    path under the working directory) by its snapshot folder in the local HF cache
+    at `revision` (Axolotl's `revision_of_model`; else the cached `main`), which
+    is what training loaded; a hub id not in the cache as itself.
+
+    Not the hub id itself when cached: mergekit 0.1.5 lists a bare hub id's files
+    on the hub before reading it (`ModelReference.local_path`), so a config whose
+    `base_model:` is a hub id fails under `HF_HUB_OFFLINE=1` even with the model
+    cached (`hub_id+adapter` references do load offline); and a pinned revision
+    would be lost. The snapshot folder names the hub id and revision in its path."""
+    path = Path(base_model)
+    if path.exists():
+        return str(path.resolve())
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config = try_to_load_from_cache(
+            str(base_model), "config.json", revision=revision
+        )
+    except ValueError:  # not a hub id either: the loader names the problem
+        return str(base_model)
+    return str(Path(config).parent) if isinstance(config, str) else str(base_model)
+
+
 def _parameter_values(settings: MergeSettings) -> dict:
     values = {
         "density": settings.density,

@@ -45,6 +45,7 @@ from axolotl_paft.merge import (
     METHOD_LAYOUTS,
     MergeDeltas,
     MergeSettings,
+    base_model_reference,
     build_config,
     mergekit_command,
     run_merge_config,
@@ -110,7 +111,7 @@ def build_candidate(
 ) -> Path:
     """Write `candidate`'s config next to `out` and run it through mergekit."""
     config = candidate_config(
-        str(Path(base).resolve()), Path(sft).resolve(), Path(preference).resolve(),
+        base_model_reference(base), Path(sft).resolve(), Path(preference).resolve(),
         candidate,
     )  # fmt: skip
     path = Path(out).parent / f"{Path(out).name}.yml"
