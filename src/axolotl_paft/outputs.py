@@ -1,4 +1,6 @@
-"""What a PAFT run leaves in `output_dir` after training: report, mergekit configs."""
+"""What a PAFT run leaves in `output_dir` after training: report, mergekit configs,
+the merge search (last, so that its failure loses nothing else), on the machine's
+cores."""
 
 from __future__ import annotations
 
@@ -57,18 +59,19 @@ def machine_threads() -> Iterator[int]:
     import torch
 
     before = torch.get_num_threads()
-    available = len(os.sched_getaffinity(0))
-    cores = min(psutil.cpu_count(logical=False) or available, available)
-    if cores > before and launcher_set_threads():
-        LOG.info(
-            "paft: %s=%s was set by the launcher: the work after training uses "
-            "%d threads (set %s to choose)",
-            THREADS_ENV,
-            os.environ[THREADS_ENV],
-            cores,
-            THREADS_ENV,
-        )
-        torch.set_num_threads(cores)
+    if launcher_set_threads():  # Linux only: sched_getaffinity too
+        available = len(os.sched_getaffinity(0))
+        cores = min(psutil.cpu_count(logical=False) or available, available)
+        if cores > before:
+            LOG.info(
+                "paft: %s=%s was set by the launcher: the work after training "
+                "uses %d threads (set %s to choose)",
+                THREADS_ENV,
+                os.environ[THREADS_ENV],
+                cores,
+                THREADS_ENV,
+            )
+            torch.set_num_threads(cores)
     try:
         yield torch.get_num_threads()
     finally:
