@@ -50,6 +50,20 @@ def smollm2() -> str:
     return HUB_ID
 
 
+TOY_HUB_ID = "paft-tests/tiny-llama"
+
+
+@pytest.fixture(scope="session")
+def llama_hub_id(llama_world) -> str:
+    """The toy Llama of `llama_world` named by a made-up hub id, resolvable
+    offline in this session's HF_HOME as `smollm2` is: every path that takes a
+    base model, tested as users name theirs, at the toy's cost."""
+    from axolotl_paft.lab.hub import place
+
+    place(llama_world.model_dir, TOY_HUB_ID, HF_HOME)
+    return TOY_HUB_ID
+
+
 @pytest.fixture(scope="session")
 def mistral_world(tmp_path_factory) -> ToySetup:
     return build_toy_setup(tmp_path_factory.mktemp("mistral"), arch="mistral")

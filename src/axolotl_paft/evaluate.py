@@ -449,7 +449,9 @@ def evaluate_and_report(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, type=Path)
+    parser.add_argument(
+        "--base", required=True, help="the base model: a folder or a hub id"
+    )
     parser.add_argument("--candidate", action="append", default=[], metavar="NAME=DIR")
     add_data_arguments(parser, out="paft_eval")
     opts = parser.parse_args(argv)

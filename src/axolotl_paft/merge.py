@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -216,6 +216,32 @@ def model_reference(base_model: str, adapter: Path | str) -> str:
     return f"{base_model}+{adapter}"
 
 
+def base_model_reference(base_model: str | Path, revision: str | None = None) -> str:
+    """How everything after training names the base (merge configs, the search,
+    the sweep): a local folder by its absolute path; a hub id (`ORG/NAME`, never a
+    path under the working directory) by its snapshot folder in the local HF cache
+    at `revision` (Axolotl's `revision_of_model`; else the cached `main`), which
+    is what training loaded; a hub id not in the cache as itself.
+
+    Not the hub id itself when cached: mergekit 0.1.5 lists a bare hub id's files
+    on the hub before reading it (`ModelReference.local_path`), so a config whose
+    `base_model:` is a hub id fails under `HF_HUB_OFFLINE=1` even with the model
+    cached (`hub_id+adapter` references do load offline); and a pinned revision
+    would be lost. The snapshot folder names the hub id and revision in its path."""
+    path = Path(base_model)
+    if path.exists():
+        return str(path.resolve())
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config = try_to_load_from_cache(
+            str(base_model), "config.json", revision=revision
+        )
+    except ValueError:  # not a hub id either: the loader names the problem
+        return str(base_model)
+    return str(Path(config).parent) if isinstance(config, str) else str(base_model)
+
+
 def _parameter_values(settings: MergeSettings) -> dict:
     values = {
         "density": settings.density,
@@ -330,26 +356,10 @@ _Dumper.add_representer(
 )
 
 
-def offline_reference(base_model: str) -> str:
-    """The base as mergekit can read it here. mergekit 0.1.5 lists a hub model's
-    files online (`huggingface_hub.list_repo_files`) before every read, cached or
-    not, so under HF_HUB_OFFLINE a hub id fails in `mergekit-yaml`; there the
-    configs name the model's local snapshot folder instead (online, the hub id)."""
-    from huggingface_hub import constants, snapshot_download
-
-    if Path(base_model).exists() or not constants.HF_HUB_OFFLINE:
-        return base_model
-    try:
-        return snapshot_download(base_model, local_files_only=True)
-    except Exception:  # not cached: mergekit will say so, naming the id
-        return base_model
-
-
 def write_merge_configs(
     out_dir: Path, deltas: MergeDeltas, settings: MergeSettings
 ) -> EmittedConfigs:
     """Write one `<method>.yml` per fitting method into `out_dir`."""
-    deltas = replace(deltas, base_model=offline_reference(deltas.base_model))
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     cache_dir = out_dir / "lora-cache" / f"run-{run_id}"

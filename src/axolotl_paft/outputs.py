@@ -1,8 +1,13 @@
-"""What a PAFT run leaves in `output_dir` after training: report, mergekit configs."""
+"""What a PAFT run leaves in `output_dir` after training: report, mergekit configs,
+the merge search (last, so that its failure loses nothing else), on the machine's
+cores."""
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from axolotl_paft.args import PAFTArgs
@@ -18,12 +23,71 @@ from axolotl_paft.report import build_report, write_report
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 
 MERGEKIT_DIR = "mergekit"
+SEARCH_DIR = "search"
 
 
-def base_model_reference(base_model: str) -> str:
-    """An absolute path for a local base model, the hub id otherwise."""
-    path = Path(base_model)
-    return str(path.resolve()) if path.exists() else base_model
+# What the launchers `axolotl train` uses set in every worker's environment:
+# accelerate (launch, both launchers) and torch elastic (torchrun, accelerate's
+# multi-GPU launcher).
+LAUNCHER_ENV = ("ACCELERATE_DYNAMO_BACKEND", "TORCHELASTIC_RUN_ID")
+THREADS_ENV = "OMP_NUM_THREADS"
+
+
+def launcher_set_threads() -> bool:
+    """Whether `OMP_NUM_THREADS` was set by the launcher, not the user.
+
+    `accelerate launch` (what `axolotl train` runs) sets it to 1 in the worker
+    when it is unset (`--num_cpu_threads_per_process`, default 1; torchrun does
+    the same with several processes), and sets it to the user's value
+    otherwise, so the worker's own value cannot tell the two apart. The
+    launcher's environment can: the worker's parent is the launcher process,
+    whose environment is what the user started it with."""
+    if THREADS_ENV not in os.environ or not any(k in os.environ for k in LAUNCHER_ENV):
+        return False
+    try:
+        launcher = Path(f"/proc/{os.getppid()}/environ").read_bytes().split(b"\0")
+    except OSError:  # not Linux: keep what is set
+        return False
+    return not any(entry.startswith(f"{THREADS_ENV}=".encode()) for entry in launcher)
+
+
+@contextmanager
+def machine_threads() -> Iterator[int]:
+    """torch on all the machine's cores for the CPU work after training (report,
+    merges, search scoring), unless the user set `OMP_NUM_THREADS`; the
+    launcher's single thread is restored afterwards. Yields the thread count."""
+    import psutil
+    import torch
+
+    before = torch.get_num_threads()
+    if launcher_set_threads():  # Linux only: sched_getaffinity too
+        available = len(os.sched_getaffinity(0))
+        cores = min(psutil.cpu_count(logical=False) or available, available)
+        if cores > before:
+            LOG.info(
+                "paft: %s=%s was set by the launcher: the work after training "
+                "uses %d threads (set %s to choose)",
+                THREADS_ENV,
+                os.environ[THREADS_ENV],
+                cores,
+                THREADS_ENV,
+            )
+            torch.set_num_threads(cores)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+class MergeSearchFailed(RuntimeError):
+    """`paft_merge_search` failed after training; everything else was written.
+
+    The run then exits non-zero although training succeeded: the user asked for
+    the search, and a pipeline that goes on to read `mergekit/best.yml` (or a
+    scheduler that reports the job done) must not take a run without it for a
+    finished one. Nothing is lost by it: adapters, report and mergekit configs
+    are on disk before the search starts, and the message names the error and
+    the command that reruns only the search."""
 
 
 def write_run_outputs(
@@ -31,15 +95,21 @@ def write_run_outputs(
     base_model: str,
     adapters: dict[str, Path],
     args: PAFTArgs,
-    held_out: tuple | None = None,
+    held_out: Callable[[], tuple] | None = None,
 ) -> list[Path]:
-    """Write the mergekit configs and the report for `adapters` (role -> folder);
-    with `paft_merge_search`, search on `held_out` (`search_rows`)."""
+    """Write the mergekit configs and the report for `adapters` (role -> folder),
+    then, with `paft_merge_search`, search on the rows `held_out()` returns
+    (`search_rows`). `base_model`: a `merge.base_model_reference`.
+
+    The search comes last: one that fails (a bad held-out row, a merge mergekit
+    refuses, memory) leaves the report and configs (and a `paft_merge_run`
+    merge) written, logs where everything is, and raises `MergeSearchFailed`
+    with the command that reruns only the search."""
     written: list[Path] = []
     merge = None
     if args.paft_merge_methods:
         deltas = MergeDeltas(
-            base_model=base_model_reference(base_model),
+            base_model=base_model,
             sft_adapter=adapters["sft"].resolve(),
             preference_adapter=adapters["preference"].resolve()
             if "preference" in adapters
@@ -65,13 +135,6 @@ def write_run_outputs(
         }
         for method, path in emitted.written.items():
             LOG.info("paft: wrote mergekit config %s: %s", method, path)
-        if args.paft_merge_run:
-            merged = output_dir / "merged" / args.paft_merge_run
-            LOG.info("paft: merging with %s into %s", args.paft_merge_run, merged)
-            method_config = emitted.written[args.paft_merge_run]
-            written.append(run_merge_config(method_config, merged, emitted.cache_dir))
-    if args.paft_merge_search and "preference" in adapters:
-        written += run_merge_search(output_dir, base_model, adapters, args, held_out)
     if args.paft_report:
         report = build_report(adapters, args.paft_sparsity_threshold, merge)
         written += write_report(report, output_dir)
@@ -84,8 +147,58 @@ def write_run_outputs(
                 100 * overall["delta_exact_zeros"],
                 100 * overall["lora_exact_zeros"],
             )
+    if merge and args.paft_merge_run:
+        merged = output_dir / "merged" / args.paft_merge_run
+        LOG.info("paft: merging with %s into %s", args.paft_merge_run, merged)
+        method_config = emitted.written[args.paft_merge_run]
+        written.append(run_merge_config(method_config, merged, emitted.cache_dir))
+    failed = None
+    if args.paft_merge_search and "preference" in adapters:
+        try:
+            written += run_merge_search(
+                output_dir, base_model, adapters, args, held_out()
+            )
+        except Exception as err:  # noqa: BLE001 - reported, then raised again
+            failed = err
+            LOG.exception("paft: merge search failed: %s: %s", type(err).__name__, err)
     LOG.info(results_and_next_steps(output_dir, base_model, adapters, written, merge))
+    if failed is not None:
+        raise MergeSearchFailed(
+            f"paft_merge_search failed ({type(failed).__name__}: {failed}); "
+            f"training finished and its outputs are in {output_dir} (adapters, "
+            "report, mergekit configs). Rerun only the search: "
+            + rerun_search_command(output_dir, base_model, adapters, args)
+        ) from failed
     return written
+
+
+def rerun_search_command(
+    output_dir: Path, base_model: str, adapters: dict[str, Path], args: PAFTArgs
+) -> str:
+    """The `axolotl-paft-sweep --search` line that runs this run's search alone,
+    into the run's own `search/` folder. The run's own held-out splits are
+    tokenized rows the command cannot read: then it names the files to write."""
+    sft_data = args.paft_merge_search_sft_data
+    preference_data = args.paft_merge_search_preference_data
+    command = (
+        f"axolotl-paft-sweep --search --base {base_model} "
+        f"--sft {adapters['sft'].resolve()} "
+        f"--preference {adapters['preference'].resolve()} "
+        f"--sft-data {Path(sft_data).resolve() if sft_data else 'SFT.jsonl'} "
+        "--preference-data "
+        f"{Path(preference_data).resolve() if preference_data else 'PREFERENCE.jsonl'} "
+        f"--limit {args.paft_merge_search_rows} "
+        f"--budget {args.paft_merge_search_budget} "
+        f"--methods {','.join(args.paft_merge_search_methods)} "
+        f"--out {(output_dir / SEARCH_DIR).resolve()}"
+    )
+    if not (sft_data and preference_data):
+        command += (
+            " (this run scored its own held-out splits, which the command cannot "
+            "read: write held-out rows as JSONL first, SFT rows with `messages`, "
+            "preference rows with question, chosen, rejected)"
+        )
+    return command
 
 
 def results_and_next_steps(
@@ -131,7 +244,7 @@ def search_rows(base_model: str, args: PAFTArgs, trainer) -> tuple:
     )
 
     limit = args.paft_merge_search_rows
-    tokenizer = AutoTokenizer.from_pretrained(base_model_reference(base_model))
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
 
     def first(rows):
         return [rows[i] for i in range(min(limit, len(rows)))]
@@ -168,10 +281,10 @@ def run_merge_search(
     copied to output_dir/mergekit/best.yml."""
     from axolotl_paft.search import search
 
-    out = output_dir / "search"
+    out = output_dir / SEARCH_DIR
     lm_eval = args.lm_eval_objective()
     result = search(
-        Path(base_model_reference(base_model)),
+        base_model,
         adapters["sft"],
         adapters["preference"],
         *held_out,

@@ -17,7 +17,8 @@ from axolotl_paft.args import (
 )
 from axolotl_paft.const import PEFT_DEFAULT_ADAPTER, run_seed
 from axolotl_paft.l1 import L1SparsityCallback
-from axolotl_paft.outputs import search_rows, write_run_outputs
+from axolotl_paft.merge import base_model_reference
+from axolotl_paft.outputs import machine_threads, search_rows, write_run_outputs
 
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 
@@ -239,7 +240,11 @@ class PAFTPlugin(BasePlugin):
 
     def _write_outputs(self, cfg) -> None:
         """Once per run, after the final adapters were saved (post_train runs
-        twice: before and after Axolotl's final save)."""
+        twice: before and after Axolotl's final save), on the main process, with
+        torch on the machine's cores (`outputs.machine_threads`); the base named
+        as `merge.base_model_reference` names it. A failing merge search raises
+        `outputs.MergeSearchFailed` once everything else is written: nothing of
+        Axolotl's comes after this hook."""
         callback = self._callback
         if self._outputs_written or callback is None or callback.ended_at is None:
             return
@@ -249,10 +254,12 @@ class PAFTPlugin(BasePlugin):
         if not weights.exists() or weights.stat().st_mtime < callback.started_at:
             return
         self._outputs_written = True
-        if is_main_process():
-            held_out = None
-            if args.paft_merge_search:
-                held_out = search_rows(cfg.base_model, args, callback.trainer)
-            write_run_outputs(
-                Path(cfg.output_dir), cfg.base_model, adapters, args, held_out
-            )
+        if not is_main_process():
+            return
+        base = base_model_reference(cfg.base_model, cfg.get("revision_of_model"))
+
+        def held_out():
+            return search_rows(base, args, callback.trainer)
+
+        with machine_threads():
+            write_run_outputs(Path(cfg.output_dir), base, adapters, args, held_out)

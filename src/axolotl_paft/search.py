@@ -51,6 +51,7 @@ from axolotl_paft.merge import (
     METHOD_LAYOUTS,
     MergeDeltas,
     MergeSettings,
+    base_model_reference,
     build_config,
     mergekit_command,
     run_merge_config,
@@ -117,7 +118,7 @@ def write_candidate_config(
     """Write `candidate`'s config next to `out` (`out`.yml); return it and its
     path."""
     config = candidate_config(
-        str(Path(base).resolve()), Path(sft).resolve(), Path(preference).resolve(),
+        base_model_reference(base), Path(sft).resolve(), Path(preference).resolve(),
         candidate,
     )  # fmt: skip
     path = Path(out).parent / f"{Path(out).name}.yml"

@@ -33,6 +33,7 @@ from axolotl_paft.merge import (
     METHOD_LAYOUTS,
     MergeDeltas,
     MergeSettings,
+    base_model_reference,
     build_config,
     run_merge_config,
     validate_config,
@@ -73,7 +74,9 @@ def run_sweep(deltas: MergeDeltas, configs: dict[str, dict], out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, type=Path)
+    parser.add_argument(
+        "--base", required=True, help="the base model: a folder or a hub id"
+    )
     parser.add_argument("--sft", required=True, type=Path)
     parser.add_argument("--preference", required=True, type=Path)
     parser.add_argument("--methods", default="ties,dare_ties,task_arithmetic")
@@ -104,9 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(opts.methods.split(",")) - set(METHOD_LAYOUTS)
     if unknown:
         raise SystemExit(f"--methods: unknown {sorted(unknown)}")
-    deltas = MergeDeltas(
-        str(opts.base.resolve()), opts.sft.resolve(), opts.preference.resolve()
-    )
+    base = base_model_reference(opts.base)
+    deltas = MergeDeltas(base, opts.sft.resolve(), opts.preference.resolve())
     if opts.search:
         lm_eval = None
         if opts.lm_eval_tasks is not None:
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                 apply_chat_template=not opts.lm_eval_no_chat_template,
             )
         result = search(
-            opts.base, opts.sft, opts.preference,
+            base, opts.sft, opts.preference,
             read_jsonl(opts.sft_data, opts.limit),
             read_jsonl(opts.preference_data, opts.limit),
             opts.out, budget=opts.budget, methods=tuple(opts.methods.split(",")),
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     configs = sweep_configs(deltas, opts.methods.split(","), densities)
     merged = run_sweep(deltas, configs, opts.out)
     candidates = {"sft": opts.sft, "preference": opts.preference, **merged}
-    evaluate_and_report(opts, opts.base, candidates)
+    evaluate_and_report(opts, base, candidates)
 
 
 if __name__ == "__main__":

@@ -144,18 +144,10 @@ def build(root: Path | None = None) -> Path:
 
 def hub_cache(hf_home: Path, root: Path | None = None) -> Path:
     """`HUB_ID` in the Hugging Face cache layout under `hf_home` (files linked to
-    the built folder); returns the snapshot folder."""
-    folder = build(root)
-    repo = Path(hf_home) / "hub" / f"models--{HUB_ID.replace('/', '--')}"
-    snapshot = repo / "snapshots" / REVISION
-    snapshot.mkdir(parents=True, exist_ok=True)
-    for path in folder.iterdir():
-        link = snapshot / path.name
-        if not link.exists():
-            link.symlink_to(path.resolve())
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(REVISION)
-    return snapshot
+    the built folder, `axolotl_paft.lab.hub.place`); returns the snapshot folder."""
+    from axolotl_paft.lab.hub import place
+
+    return place(build(root), HUB_ID, hf_home, REVISION)
 
 
 def main(argv: list[str] | None = None) -> None:
