@@ -116,10 +116,10 @@ def results_and_next_steps(
 
 def search_rows(base_model: str, args: PAFTArgs, trainer) -> tuple:
     """The search's held-out rows, at most `paft_merge_search_rows` per side: the
-    named JSONL files, else the run's own held-out splits as it tokenized them
-    (Axolotl's SFT eval rows; the preference rows kept out of training)."""
-    from transformers import AutoTokenizer
-
+    named JSONL files, rendered with the run's tokenizer as Axolotl loaded it
+    (its chat template and end-of-turn token, as training rendered its rows),
+    else the run's own held-out splits as it tokenized them (Axolotl's SFT eval
+    rows; the preference rows kept out of training)."""
     from axolotl_paft.evaluate import (
         TextPairs,
         TextSkill,
@@ -129,7 +129,7 @@ def search_rows(base_model: str, args: PAFTArgs, trainer) -> tuple:
     )
 
     limit = args.paft_merge_search_rows
-    tokenizer = AutoTokenizer.from_pretrained(base_model_reference(base_model))
+    tokenizer = trainer.processing_class
 
     def first(rows):
         return [rows[i] for i in range(min(limit, len(rows)))]
@@ -175,6 +175,8 @@ def run_merge_search(
         out,
         budget=args.paft_merge_search_budget,
         methods=tuple(args.paft_merge_search_methods),
+        skill_measure=args.paft_merge_search_skill_measure,
+        preference_measure=args.paft_merge_search_preference_measure,
     )
     best = output_dir / MERGEKIT_DIR / "best.yml"
     best.parent.mkdir(parents=True, exist_ok=True)
