@@ -54,7 +54,16 @@ def test_search_writes_best_config_leaderboard_and_picture(
     assert (out / "merged" / "best" / "model.safetensors").is_file()
     assert not (out / "candidates" / entries[-1]["name"]).exists()  # not kept
     assert (out / "search.png").stat().st_size > 0
-    assert entries[0]["name"] in (out / "leaderboard.md").read_text()
+    board_md = (out / "leaderboard.md").read_text()
+    assert entries[0]["name"] in board_md
+    # the toy's answers are a few tokens: exact match ranks them, said so
+    assert board["measures"] == {"skill": "exact_match", "preference": "margin"}
+    assert "Skill measure `exact_match`" in board_md
+    assert set(board["reference_gains"]) == {"skill", "preference"}
+    for entry in entries:  # every kept share comes with its interval
+        m = entry["metrics"]
+        assert not m["preference_kept_low"] > m["preference_kept_high"]
+        assert "skill_kept_low" in m
 
 
 def test_a_dare_winner_rebuilds_bit_for_bit_from_best_yml(

@@ -15,6 +15,11 @@ A candidate is a PEFT adapter folder (applied to `--base`) or a full model folde
   candidate's own log-prob of chosen exceeds rejected);
 - `score = (sft_exact_match + preference_accuracy) / 2`: both skills count equally.
 
+The merge search scores the same rows without generation: `MEASURES` is its
+registry of measures (one entry each: side, metric key, direction, per-row
+terms), all read from one batched teacher-forced pass per side
+(`span_stats`, `quick_metrics`); a new measure is one entry.
+
 Writes `eval.json`, `eval.md`, `eval.png` and `lm_eval_commands.sh` (the Open LLM
 suite of the paper, for GPU users) into `--out`, prints the table and names the best.
 """

@@ -2,14 +2,18 @@
 
 Searches merge method, the SFT and preference weights and the density within a
 budget of candidates, every candidate built by mergekit's engine from a config
-that `axolotl_paft.merge` builds and checks, and scored on held-out rows by
-`axolotl_paft.evaluate.quick_metrics` (score = (skill exact match + preference
-accuracy) / 2). Candidates are ranked by the balanced objective (`objective=
-"balanced"`, the default): the smaller of the skill kept (share of the SFT-only
-model's skill gain over the base) and the preference kept (share of the
-preference-only model's accuracy gain), capped at 1, then by the score; the
-search scores the SFT-only and preference-only adapters on the same rows for
-that (two evaluations beyond the budget). `objective="score"` ranks by the score
+that `axolotl_paft.merge` builds and checks, and scored on held-out rows by a
+`Scorer`: a skill measure and a preference measure of `evaluate.MEASURES` (by
+default the skill's is chosen from the answers' lengths: exact match for short
+answers, per-token NLL for free-form ones; the preference's is the mean
+implicit-reward margin against the base). Candidates are ranked by the balanced
+objective (`objective="balanced"`, the default): the smaller of the skill kept
+(share of the SFT-only model's gain over the base) and the preference kept
+(share of the preference-only model's gain), capped at 1, each with a 95%
+paired-bootstrap interval; the search scores the SFT-only and preference-only
+adapters on the same rows for that (two evaluations beyond the budget). A side
+whose reference gains nothing beyond noise is warned about and does not rank.
+`objective="score"` ranks by `(skill exact match + preference accuracy) / 2`
 alone, which can prefer a merge that gives up one side. The strategy is
 deterministic: every method at the default parameters first (weights 1/1,
 density 0.5); with the balanced objective, a balance phase for the two methods
@@ -23,10 +27,10 @@ phase from the best again, while the budget lasts. Writes into `out`:
 - `mergekit/best.yml`: the winner's config (run it with `mergekit-yaml`);
 - `merged/best`: the winner, merged;
 - `leaderboard.json` / `leaderboard.md`: every candidate, best first;
-- `search.png`: skill against preference accuracy per candidate, by method.
+- `search.png`: skill kept against preference kept per candidate, by method.
 
-Runs the same on CPU and GPU: mergekit picks the device, scoring runs where
-`torch` puts the model (CPU here).
+Runs the same on CPU and GPU: mergekit picks the device, scoring runs on the
+GPU when there is one (`evaluate.load_model`).
 """
 
 from __future__ import annotations
