@@ -87,7 +87,7 @@ def train(out: Path, steps: int) -> dict[str, Path]:
     return adapters
 
 
-SUBSETS = (16, 32, 64, 128)  # held-out rows per side, for the interval widths
+SUBSETS = (8, 16, 32, 64, 128)  # held-out rows per side, for the interval widths
 
 
 def score(opts, adapters: dict[str, Path]) -> dict:
@@ -132,7 +132,9 @@ def score(opts, adapters: dict[str, Path]) -> dict:
         started = time.time()
         if base_logps is None:
             base_logps = pairs.logps(model)
-        terms[name] = row_terms(model, base_logps, skill, pairs)
+            terms[name] = row_terms(model, base_logps, skill, pairs, base_logps)
+        else:
+            terms[name] = row_terms(model, base_logps, skill, pairs)
         seconds[name] = round(time.time() - started, 1)
         print(f"scored {name} in {seconds[name]}s", flush=True)
     lengths = sorted(end - start for _, start, end in skill.spans)

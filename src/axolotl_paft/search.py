@@ -147,6 +147,7 @@ MAX_PREFERENCE_WEIGHT = 4.0
 
 
 BOOTSTRAP_SAMPLES = 2000  # resamples of the held-out rows per interval
+FEW_ROWS = 32  # fewer held-out rows per side than this are warned about
 SIDES = ("skill", "preference")
 # the measures `kept_shares` reads by default: the miniature world's, whose
 # answers are short (`evaluate.choose_skill_measure`)
@@ -274,7 +275,8 @@ class Scorer:
         def score_terms(model) -> dict:
             return row_terms(model, base_logps, skill, pairs)
 
-        return cls(measures, score_terms(base_model), score_terms)
+        base_terms = row_terms(base_model, base_logps, skill, pairs, base_logps)
+        return cls(measures, base_terms, score_terms)
 
     def add_reference(self, name: str, terms: dict) -> dict:
         """A reference's `row_terms` (`sft`, `preference`; `base` first); once
@@ -506,6 +508,14 @@ def search(
         scorer.measures["skill"], scorer.measures["preference"],
         len(skill.spans), len(pairs.rows),
     )  # fmt: skip
+    for side, rows in (("SFT rows", len(skill.spans)), ("pairs", len(pairs.rows))):
+        if rows < FEW_ROWS:
+            LOG.warning(
+                "paft: merge search: only %d held-out %s: the kept shares' 95%% "
+                "intervals are wide and close candidates cannot be told apart "
+                "(the leaderboard says where); hold out more rows (a larger split "
+                "or file, paft_merge_search_rows)", rows, side,
+            )  # fmt: skip
     if objective == "balanced":
         for name, adapter in (("sft", sft), ("preference", preference)):
             terms = scorer.score_terms(load_model(base, adapter))
