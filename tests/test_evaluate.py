@@ -90,7 +90,7 @@ def test_held_out_answers_end_in_the_templates_end_of_turn_token(smollm2):
     template (here one whose turns end in `<|endoftext|>`, as `chat_template:
     llama3` ends them in `<|eot_id|>`), the answer's span ends in the template's
     token, and what the template writes after it is not scored."""
-    from axolotl_paft.evaluate import render_answer
+    from axolotl_paft.evaluate import TextPairs, render_answer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     turns = [{"role": "user", "content": "Hi"}]
@@ -107,6 +107,11 @@ def test_held_out_answers_end_in_the_templates_end_of_turn_token(smollm2):
     assert ids[end - 1] != tokenizer.eos_token_id
     assert end == len(ids)  # the newline after it is cut
     assert tokenizer.decode(ids[start : end - 1]) == "Hello there."
+    # pair rows render the same way, `system` optional
+    pairs = TextPairs(
+        tokenizer, [{"question": "Hi", "chosen": "Hello there.", "rejected": "No."}]
+    )
+    assert pairs.spans[0] == (ids, start, end)
 
 
 def test_auto_skill_measure_is_exact_match_for_short_answers_only(smollm2):

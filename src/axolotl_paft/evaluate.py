@@ -332,9 +332,8 @@ class TextPairs:
         self.tokenizer, self.rows = tokenizer, rows
         self.spans = []
         for row in rows:
-            turns = [{"role": "system", "content": row["system"]}] * bool(
-                row.get("system")
-            )
+            system = row.get("system")
+            turns = [{"role": "system", "content": system}] if system else []
             turns.append({"role": "user", "content": row["question"]})
             for key in ("chosen", "rejected"):
                 self.spans.append(render_answer(tokenizer, turns, row[key]))
