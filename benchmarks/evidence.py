@@ -25,7 +25,7 @@ terse SFT format). Per seed:
   validation split, reported on the test split like everything else.
 
 Metrics on held-out rows (`axolotl_paft.lab.world.heldout_rows`): skill = greedy exact
-match of the SFT sentence (`evaluate.forced_exact_match`), preference accuracy =
+match of the SFT sentence (`evaluate.MEASURES["exact_match"]`), preference accuracy =
 implicit reward against the base > 0, score = their mean. Preconditions (lambda 0):
 alignment tax = share of the SFT-only skill gain that sequential loses (>= 20%);
 interference = share of one side's gain that task arithmetic 1:1 loses (>= 10%).
@@ -181,6 +181,7 @@ def run_seed(world, scorer, search_rows, out: Path, seed: int, opts, save) -> No
         found = search(
             world.model_dir, runs[f"sft/{tag}"], runs[f"pref/{g}"], *search_rows,
             folder, budget=opts.search_budget, cache=cache,
+            preference_measure="accuracy",  # the recorded results' measure
         )  # fmt: skip
         scores[f"search/{g}/{tag}"] = scorer(folder / "merged" / "best")
         result["searches"][tag] = {

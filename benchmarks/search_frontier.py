@@ -250,6 +250,7 @@ def run_search(world, splits, found, out, seed, opts, result, refs) -> None:
     picked = search(
         world.model_dir, found["search_sft"], found["preference"], *rows, folder,
         budget=opts.search_budget, cache=out / "lora-cache" / f"seed{seed}",
+        preference_measure="accuracy",  # the recorded results' measure
     )  # fmt: skip
     metrics = splits(folder / "merged" / "best")
     result.setdefault("searches", {})[opts.search] = {

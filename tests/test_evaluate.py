@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from axolotl_paft.evaluate import load_model, main, preference_margins
@@ -62,3 +63,97 @@ def test_lm_eval_commands_for_gpu_users(evaluated, adapters):
     commands = (evaluated / "lm_eval_commands.sh").read_text()
     assert f"peft={adapters['sft']}" in commands
     assert "gsm8k" in commands and commands.count("lm_eval --model hf") == 2
+
+
+def test_batched_span_scoring_equals_one_row_at_a_time(llama_world, adapters):
+    """Padding-aware batching: rows of different lengths scored together (right
+    padding, attention mask) give each row's numbers as a pass on it alone."""
+    from axolotl_paft.evaluate import TextPairs, TextSkill, load_candidate, span_stats
+    from axolotl_paft.lab.toy import sft_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_world.model_dir)
+    model = load_candidate(llama_world.model_dir, adapters["sft"])
+    skill = TextSkill(tokenizer, sft_rows(6, seed=3))
+    pairs = TextPairs(tokenizer, preference_rows(5, seed=4))
+    spans = skill.spans + pairs.spans
+    assert len({end for _, _, end in spans}) > 2  # lengths differ: padding
+    batched = span_stats(model, spans)
+    alone = [span_stats(model, [span], batch_tokens=1) for span in spans]
+    for key, values in batched.items():
+        expected = torch.cat([a[key] for a in alone])
+        assert torch.allclose(values, expected, atol=1e-4), key
+    assert batched["tokens"].min() > 0
+
+
+def test_held_out_answers_end_in_the_templates_end_of_turn_token(smollm2):
+    """Issue 16: text rows were scored on the base's `eos_token`. With another
+    template (here one whose turns end in `<|endoftext|>`, as `chat_template:
+    llama3` ends them in `<|eot_id|>`), the answer's span ends in the template's
+    token, and what the template writes after it is not scored."""
+    from axolotl_paft.evaluate import TextPairs, render_answer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    turns = [{"role": "user", "content": "Hi"}]
+    ids, start, end = render_answer(tokenizer, turns, "Hello there.")
+    assert ids[end - 1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tokenizer.decode(ids[start : end - 1]) == "Hello there."
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}: {{ m['content'] }}"
+        "<|endoftext|>\n{% endfor %}{% if add_generation_prompt %}"
+        "<|im_start|>assistant: {% endif %}"
+    )
+    ids, start, end = render_answer(tokenizer, turns, "Hello there.")
+    assert ids[end - 1] == tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert ids[end - 1] != tokenizer.eos_token_id
+    assert end == len(ids)  # the newline after it is cut
+    assert tokenizer.decode(ids[start : end - 1]) == "Hello there."
+    # pair rows render the same way, `system` optional
+    pairs = TextPairs(
+        tokenizer, [{"question": "Hi", "chosen": "Hello there.", "rejected": "No."}]
+    )
+    assert pairs.spans[0] == (ids, start, end)
+
+
+def test_auto_skill_measure_is_exact_match_for_short_answers_only(smollm2):
+    from axolotl_paft.evaluate import SHORT_ANSWER_TOKENS, TextSkill
+    from axolotl_paft.evaluate import choose_skill_measure as choose
+    from axolotl_paft.lab import freeform, toy
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    short = TextSkill(tokenizer, toy.sft_rows(8))
+    long = TextSkill(tokenizer, freeform.sft_rows(8))
+    assert max(end - start for _, start, end in short.spans) <= SHORT_ANSWER_TOKENS
+    assert choose(short) == "exact_match"
+    assert choose(long) == "nll"
+    assert choose(long, "token_accuracy") == "token_accuracy"
+    with pytest.raises(ValueError, match="not in"):
+        choose(long, "bleu")
+
+
+def test_scorer_names_a_side_whose_reference_gains_nothing(
+    llama_world, adapters, caplog
+):
+    """A reference that gains nothing over the base beyond noise (here the base
+    itself as the SFT-only model) is warned about, its side does not rank, and
+    the balanced objective is the other side's kept share, with an interval."""
+    from axolotl_paft.evaluate import TextPairs, TextSkill, load_candidate, load_model
+    from axolotl_paft.lab.toy import sft_rows
+    from axolotl_paft.search import Scorer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_world.model_dir)
+    base = load_model(llama_world.model_dir)
+    preference = load_candidate(llama_world.model_dir, adapters["preference"])
+    skill = TextSkill(tokenizer, sft_rows(8, seed=5))
+    pairs = TextPairs(tokenizer, preference_rows(8, seed=6))
+    scorer = Scorer.on_rows(skill, pairs, base, skill_measure="nll")
+    scorer.add_reference("sft", scorer.score_terms(base))
+    with caplog.at_level("WARNING"):
+        scorer.add_reference("preference", scorer.score_terms(preference))
+    assert scorer.measures == {"skill": "nll", "preference": "margin"}
+    assert not scorer.gains["skill"]["clear"] and scorer.gains["skill"]["gain"] == 0
+    assert "sft-only adapter gains nothing" in caplog.text
+    assert scorer.ranked_sides == ("preference",)
+    metrics = scorer(preference)
+    assert metrics["preference_kept"] == pytest.approx(1.0)
+    assert metrics["balanced"] == pytest.approx(1.0)
+    assert metrics["balanced_low"] == pytest.approx(1.0)  # itself: no noise

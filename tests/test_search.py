@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from test_merge import assert_same_weights, run_printed_command
 from axolotl_paft.merge import validate_config
 from axolotl_paft.search import (
     DEFAULT_BUDGET,
+    GRID,
     STALL_STEPS,
     _rank,
     balanced_metrics,
@@ -52,7 +54,16 @@ def test_search_writes_best_config_leaderboard_and_picture(
     assert (out / "merged" / "best" / "model.safetensors").is_file()
     assert not (out / "candidates" / entries[-1]["name"]).exists()  # not kept
     assert (out / "search.png").stat().st_size > 0
-    assert entries[0]["name"] in (out / "leaderboard.md").read_text()
+    board_md = (out / "leaderboard.md").read_text()
+    assert entries[0]["name"] in board_md
+    # the toy's answers are a few tokens: exact match ranks them, said so
+    assert board["measures"] == {"skill": "exact_match", "preference": "margin"}
+    assert "Skill measure `exact_match`" in board_md
+    assert set(board["reference_gains"]) == {"skill", "preference"}
+    for entry in entries:  # every kept share comes with its interval
+        m = entry["metrics"]
+        assert not m["preference_kept_low"] > m["preference_kept_high"]
+        assert "skill_kept_low" in m
 
 
 def test_a_dare_winner_rebuilds_bit_for_bit_from_best_yml(
@@ -306,3 +317,21 @@ def test_search_jumps_further_while_the_lagging_side_does_not_move():
     board = explore(landscape({"default": deep}, REFERENCES), methods, DEFAULT_BUDGET)
     assert board[0]["name"] == "dare_ties-s1-p0.125-d0.5"
     assert board[0]["metrics"]["balanced"] == 1.0
+
+
+def test_a_side_whose_reference_gains_nothing_neither_ranks_nor_spends_the_budget():
+    """Issue 16: greedy reproduction of a long answer is 0 for the base, the
+    SFT-only adapter and every merge, so skill kept is 0/0. `min(1, nan, p)`
+    dropped the nan without a word, and the balance phase counted `nan != nan`
+    as movement and halved the preference weight of the first two methods
+    (0.25, 0.125, ...). Now the skill side does not rank by rule (balanced is
+    the preference kept) and no balance line is walked: there is no crossing."""
+    references = REFERENCES | {"sft": REFERENCES["base"]}
+    measure = landscape(
+        {"default": lambda c: (0.0, min(1.0, c.preference_weight / 2))}, references
+    )
+    board = explore(measure, ("ties", "task_arithmetic", "dare_ties"), DEFAULT_BUDGET)
+    best = board[0]["metrics"]
+    assert math.isnan(best["skill_kept"])
+    assert best["balanced"] == best["preference_kept"] == 0.75  # weight 1.5
+    assert {e["preference_weight"] for e in board} <= set(GRID["preference_weight"])

@@ -20,6 +20,14 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from axolotl_paft.const import PEFT_DEFAULT_ADAPTER
+from axolotl_paft.evaluate import (
+    DEFAULT_PREFERENCE_MEASURE,
+    FREE_FORM_MEASURE,
+    MEASURES,
+    PREFERENCE_MEASURES,
+    SHORT_ANSWER_TOKENS,
+    SKILL_MEASURES,
+)
 from axolotl_paft.lm_eval_objective import (
     EVOLVE_DEFAULTS,
     LmEvalObjective,
@@ -40,12 +48,16 @@ from axolotl_paft.search import DEFAULT_BUDGET
 L1Mode = Literal["loss", "proximal"]
 SparsityLogging = Literal["penalised", "all", "off"]
 PreferenceLoss = Literal[PREFERENCE_LOSSES]
+SkillMeasure = Literal[("auto", *SKILL_MEASURES)]
+PreferenceMeasure = Literal[PREFERENCE_MEASURES]
 MergeDtype = Literal["float32", "bfloat16", "float16"]
 
 LORA_ADAPTERS = ("lora", "qlora")
 # The share of each side's data held out for paft_merge_search when the config
 # names neither a file nor a split for it.
 SEARCH_HELD_OUT = 0.05
+# Held-out rows scored per side at most (docs/merge-search.md: interval widths).
+SEARCH_ROWS = 64
 
 
 class ParallelArgs(BaseModel):
@@ -275,8 +287,9 @@ class MergeArgs(BaseModel):
     paft_merge_search_sft_data: str | None = Field(
         default=None,
         description=(
-            "paft_merge_search: held-out SFT rows (JSONL, `messages`); the skill "
-            "score is the greedy exact match of their last answer. Unset: the run's "
+            "paft_merge_search: held-out SFT rows (JSONL, `messages`, rendered "
+            "with the run's tokenizer and chat template); the skill is their last "
+            "answer (paft_merge_search_skill_measure). Unset: the run's "
             "own SFT eval split (val_set_size or test_datasets, as Axolotl tokenized "
             f"it; val_set_size defaults to {SEARCH_HELD_OUT} when neither is set)."
         ),
@@ -285,16 +298,38 @@ class MergeArgs(BaseModel):
         default=None,
         description=(
             "paft_merge_search: held-out preference rows (JSONL: question, chosen, "
-            "rejected); scored by implicit-reward accuracy against the base. Unset, "
+            "rejected); scored by paft_merge_search_preference_measure. Unset, "
             "in parallel mode: the run's held-out preference split "
             "(paft_preference_val_set_size or paft_preference_test_datasets; the "
             f"former defaults to {SEARCH_HELD_OUT} when neither is set)."
         ),
     )
     paft_merge_search_rows: int = Field(
-        default=64,
+        default=SEARCH_ROWS,
         ge=1,
-        description="paft_merge_search: rows read from each held-out file.",
+        description=(
+            "paft_merge_search: most held-out rows scored per side (from a file "
+            "or the run's split). See docs/merge-search.md for the interval "
+            "widths by rows."
+        ),
+    )
+    paft_merge_search_skill_measure: SkillMeasure = Field(
+        default="auto",
+        description=(
+            "paft_merge_search: how the skill is scored on the held-out answers: "
+            + "; ".join(f"{n}: {MEASURES[n].description}" for n in SKILL_MEASURES)
+            + f". auto: exact_match where the median answer is at most "
+            f"{SHORT_ANSWER_TOKENS} tokens, {FREE_FORM_MEASURE} otherwise."
+        ),
+    )
+    paft_merge_search_preference_measure: PreferenceMeasure = Field(
+        default=DEFAULT_PREFERENCE_MEASURE,
+        description=(
+            "paft_merge_search: how the preference is scored on the held-out "
+            "pairs: "
+            + "; ".join(f"{n}: {MEASURES[n].description}" for n in PREFERENCE_MEASURES)
+            + "."
+        ),
     )
     paft_merge_search_lm_eval_tasks: list[TaskConfiguration] | None = Field(
         default=None,

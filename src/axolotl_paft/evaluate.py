@@ -15,6 +15,11 @@ A candidate is a PEFT adapter folder (applied to `--base`) or a full model folde
   candidate's own log-prob of chosen exceeds rejected);
 - `score = (sft_exact_match + preference_accuracy) / 2`: both skills count equally.
 
+The merge search scores the same rows without generation: `MEASURES` is its
+registry of measures (one entry each: side, metric key, direction, per-row
+terms), all read from one batched teacher-forced pass per side
+(`span_stats`, `quick_metrics`); a new measure is one entry.
+
 Writes `eval.json`, `eval.md`, `eval.png` and `lm_eval_commands.sh` (the Open LLM
 suite of the paper, for GPU users) into `--out`, prints the table and names the best.
 """
@@ -23,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,75 +47,27 @@ METRICS = (
 
 
 def load_model(base_model: str | Path, adapter: str | Path | None = None):
-    """The base model in float32 on CPU, with `adapter` applied (not merged)."""
+    """The base model in float32, with `adapter` applied (not merged), on the
+    GPU when there is one (scoring runs where the model is), else on CPU (with
+    torch's threads: all cores unless OMP_NUM_THREADS says otherwise)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, str(adapter))
-    return model.eval()
+    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
-@torch.no_grad()
 def assistant_loss(model, tokenizer, rows: list[dict]) -> float:
-    """Mean NLL per assistant token of chat rows (`messages`, last turn answered)."""
-    total, count = 0.0, 0
-    for row in rows:
-        messages = row["messages"]
-        prompt = tokenizer.apply_chat_template(
-            messages[:-1], add_generation_prompt=True, tokenize=False
-        )
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
-        prompt_len = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        ids = torch.tensor([tokenizer(full, add_special_tokens=False)["input_ids"]])
-        labels = ids.clone()
-        labels[:, :prompt_len] = IGNORE_INDEX
-        logits = model(input_ids=ids).logits[:, :-1].float()
-        targets = labels[:, 1:]
-        losses = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]),
-            targets.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-        total += float(losses)
-        count += int((targets != IGNORE_INDEX).sum())
-    return total / count
+    """Mean NLL per assistant token of chat rows (`messages`, last turn answered):
+    the `nll` measure."""
+    return value("nll", MEASURES["nll"].terms(TextSkill(tokenizer, rows).stats(model)))
 
 
-def _completion_logp(model, tokenizer, prompt: str, completion: str) -> float:
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    ids = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
-    logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
-    logps = torch.log_softmax(logits, -1)
-    targets = torch.tensor(ids[1:])
-    picked = logps.gather(-1, targets[:, None])[:, 0]
-    return float(picked[len(prompt_ids) - 1 :].sum())
-
-
-@torch.no_grad()
 def pair_logps(model, tokenizer, rows: list[dict]) -> torch.Tensor:
-    """`[n, 2]` log-probs of each row's chosen and rejected completion.
-
-    Rows hold `question` (and optionally `system`), `chosen` and `rejected`; the
-    prompt is rendered with the tokenizer's chat template."""
-    logps = []
-    for row in rows:
-        messages = (
-            [{"role": "system", "content": row["system"]}] if row.get("system") else []
-        )
-        messages.append({"role": "user", "content": row["question"]})
-        prompt = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-        logps.append(
-            [
-                _completion_logp(model, tokenizer, prompt, row[k] + tokenizer.eos_token)
-                for k in ("chosen", "rejected")
-            ]
-        )
-    return torch.tensor(logps)
+    """`[n, 2]` log-probs of each row's chosen and rejected completion (`TextPairs`)."""
+    return TextPairs(tokenizer, rows).logps(model)
 
 
 def margins_from(policy: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
@@ -147,7 +106,7 @@ def exact_match(model, tokenizer, rows: list[dict], max_new_tokens: int = 32) ->
             add_generation_prompt=True,
             return_tensors="pt",
             return_dict=True,
-        )
+        ).to(device_of(model))
         ids = model.generate(
             **prompt,
             max_new_tokens=max_new_tokens,
@@ -161,76 +120,227 @@ def exact_match(model, tokenizer, rows: list[dict], max_new_tokens: int = 32) ->
     return hits / len(rows)
 
 
+# Tokens per scoring forward pass (rows x padded length): bounds the logits
+# tensor (tokens x vocabulary floats: 0.8 GB at SmolLM2's 49k vocabulary).
+SCORE_BATCH_TOKENS = 4096
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
-def forced_exact_match(model, tokenizer, rows: list[dict]) -> list[bool]:
-    """Per chat row: does greedy decoding reproduce the reference answer and stop?
+def span_stats(
+    model,
+    spans: list[tuple[list[int], int, int]],
+    batch_tokens: int = SCORE_BATCH_TOKENS,
+) -> dict[str, torch.Tensor]:
+    """Teacher-forced statistics of `ids[start:end]` per `(ids, start, end)`:
+    `nll` (summed over the span), `tokens`, `correct` (tokens that are the argmax
+    of their position) and `exact` (all of them are: greedy decoding from
+    `ids[:start]` emits exactly the span), each `[len(spans)]` on CPU.
 
-    Read from one teacher-forced forward pass instead of a generation loop: greedy
-    decoding emits the reference (in the tokenizer's own tokenization) followed by
-    the end-of-turn token exactly when, at each of those positions, the reference
-    token is the argmax. A lower bound of `exact_match`'s string comparison (which
-    also accepts another tokenization of the same text), and many times cheaper."""
-    hits = []
-    for row in rows:
-        *prompt_turns, reference = row["messages"]
-        prompt = tokenizer.apply_chat_template(
-            prompt_turns, add_generation_prompt=True, tokenize=False
-        )
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(
-            reference["content"].strip() + tokenizer.eos_token,
-            add_special_tokens=False,
-        )["input_ids"]
-        ids = torch.tensor(prompt_ids + answer_ids)
-        hits.append(greedy_reproduces(model, ids, len(prompt_ids), len(ids)))
-    return hits
+    Rows are sorted by length and batched up to `batch_tokens` padded tokens
+    (right padding, attention-masked, so each row scores as it would alone),
+    on the model's device: one forward pass per batch instead of per row."""
+    n = len(spans)
+    stats = {
+        k: torch.zeros(n, dtype=torch.float64) for k in ("nll", "tokens", "correct")
+    }
+    order = sorted(range(n), key=lambda i: spans[i][2])
+    device = device_of(model)
+    while order:
+        batch = [order.pop(0)]
+        while order and (len(batch) + 1) * spans[order[0]][2] <= batch_tokens:
+            batch.append(order.pop(0))
+        width = max(spans[i][2] for i in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        for row, i in enumerate(batch):
+            tokens, start, end = spans[i]
+            ids[row, :end] = torch.as_tensor(tokens[:end])
+            mask[row, :end] = 1
+            labels[row, start:end] = ids[row, start:end]
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        logits, targets = logits[:, :-1].float(), labels[:, 1:].to(device)
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),  # flat: 4x faster than (N, C, L)
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        ).view(targets.shape)
+        scored = targets != IGNORE_INDEX
+        index = torch.tensor(batch)
+        stats["nll"][index] = nll.sum(1).double().cpu()
+        stats["tokens"][index] = scored.sum(1).double().cpu()
+        correct = (logits.argmax(-1) == targets) & scored
+        stats["correct"][index] = correct.sum(1).double().cpu()
+    stats["exact"] = (stats["correct"] == stats["tokens"]).double()
+    return stats
 
 
-def greedy_reproduces(model, ids: torch.Tensor, start: int, end: int) -> bool:
-    """Whether greedy decoding from `ids[:start]` emits exactly `ids[start:end]`:
-    at each of those positions the token is the argmax of one teacher-forced pass."""
-    logits = model(input_ids=ids[None, :end]).logits[0, start - 1 : end - 1]
-    return bool((logits.argmax(-1) == ids[start:end]).all())
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """The tokenizer's special tokens: the chat template's end-of-turn token is
+    one (ChatML's `<|im_end|>`, Llama 3's `<|eot_id|>`, `</s>`)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    return set(tokenizer.all_special_ids) | {i for i, t in added.items() if t.special}
+
+
+def render_answer(
+    tokenizer, turns: list[dict], answer: str
+) -> tuple[list[int], int, int]:
+    """`(ids, start, end)`: `turns` and the assistant `answer` as the tokenizer's
+    chat template renders them, the span being the answer and the template's
+    end-of-turn token (the first special token after the answer; what follows
+    it, e.g. ChatML's newline, is not part of the turn), tokenized after the
+    generation prompt's tokens as a model generating it would. With the run's
+    tokenizer these are the tokens its `chat_template` rows were trained on: a
+    model trained with `chat_template: llama3` is scored on `<|eot_id|>`, not
+    on the base's `eos_token`. Where the template renders the conversation
+    otherwise than prompt + answer (the prompt is not a prefix), the answer
+    is ended by `eos_token`."""
+    prompt = tokenizer.apply_chat_template(
+        turns, add_generation_prompt=True, tokenize=False
+    )
+    full = tokenizer.apply_chat_template(
+        [*turns, {"role": "assistant", "content": answer}], tokenize=False
+    )
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    start = len(ids)
+    if not full.startswith(prompt):
+        text = answer.strip() + tokenizer.eos_token
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids, start, len(ids)
+    ids += tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    ends = end_of_turn_ids(tokenizer)
+    end = next((i + 1 for i in range(start, len(ids)) if ids[i] in ends), len(ids))
+    return ids[:end], start, end
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One way to score a side of the search on held-out rows.
+
+    A measure's value on a set of rows is `sum(numerator) / sum(denominator)` of
+    its per-row terms (`terms`, from `span_stats` for the skill, from the
+    implicit-reward margins against the base for the preference), so that every
+    measure is bootstrapped the same way (`search.kept_interval`) and a mean per
+    token weighs long answers as the tokens they hold."""
+
+    side: str  # "skill" or "preference"
+    metric: str  # its key in metrics dicts
+    higher_is_better: bool
+    terms: Callable[[dict | torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    description: str
+
+
+def _per_row(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    values = values.double()
+    return values, torch.ones_like(values)
+
+
+MEASURES = {
+    "exact_match": Measure(
+        "skill", "sft_exact_match", True, lambda s: _per_row(s["exact"]),
+        "share of rows whose greedy answer is the reference answer and its "
+        "end-of-turn token, token for token (one teacher-forced pass)",
+    ),
+    "token_accuracy": Measure(
+        "skill", "sft_token_accuracy", True, lambda s: (s["correct"], s["tokens"]),
+        "share of answer tokens (and end-of-turn) that are the argmax of their "
+        "position, teacher-forced",
+    ),
+    "nll": Measure(
+        "skill", "sft_loss", False, lambda s: (s["nll"], s["tokens"]),
+        "mean negative log-likelihood per answer token (and end-of-turn), "
+        "teacher-forced: lower is better",
+    ),
+    "margin": Measure(
+        "preference", "preference_margin", True, _per_row,
+        "mean implicit-reward margin against the base, (log pi/ref(chosen) - "
+        "log pi/ref(rejected)) in nats: 0 for the base, no floor",
+    ),
+    "accuracy": Measure(
+        "preference", "preference_accuracy", True, lambda m: _per_row(m > 0),
+        "share of pairs whose implicit-reward margin against the base is > 0 "
+        "(ties are misses: the base scores 0)",
+    ),
+}  # fmt: skip
+SKILL_MEASURES = tuple(n for n, m in MEASURES.items() if m.side == "skill")
+PREFERENCE_MEASURES = tuple(n for n, m in MEASURES.items() if m.side == "preference")
+# `auto` takes exact match where the held-out answers are short (median answer
+# with its end-of-turn token at most SHORT_ANSWER_TOKENS tokens: a sentence, a
+# number, a label), FREE_FORM_MEASURE otherwise: greedy reproduction of a long
+# answer is 0 for every model (benchmarks/results_measure_choice.md).
+SHORT_ANSWER_TOKENS = 16
+FREE_FORM_MEASURE = "nll"
+DEFAULT_PREFERENCE_MEASURE = "margin"
+
+
+def choose_skill_measure(skill, name: str = "auto") -> str:
+    """`name`, or for `auto` the measure the held-out answers' lengths call for."""
+    if name != "auto":
+        if name not in SKILL_MEASURES:
+            raise ValueError(f"skill measure {name!r} not in {SKILL_MEASURES}")
+        return name
+    lengths = sorted(end - start for _, start, end in skill.spans)
+    median = lengths[len(lengths) // 2]
+    return "exact_match" if median <= SHORT_ANSWER_TOKENS else FREE_FORM_MEASURE
+
+
+def value(measure: str, terms: tuple[torch.Tensor, torch.Tensor]) -> float:
+    numerator, denominator = terms
+    return float(numerator.sum() / denominator.sum())
 
 
 class TextSkill:
-    """Held-out chat rows (JSONL, `messages`): the skill is the last answer,
-    scored by `forced_exact_match` with the tokenizer's chat template."""
+    """Held-out chat rows (JSONL, `messages`): the skill is the last answer and
+    its end-of-turn token, rendered with `tokenizer`'s chat template
+    (`render_answer`): give it the run's tokenizer, as Axolotl loaded it."""
 
     def __init__(self, tokenizer, rows: list[dict]):
         self.tokenizer, self.rows = tokenizer, rows
+        self.spans = [
+            render_answer(tokenizer, r["messages"][:-1], r["messages"][-1]["content"])
+            for r in rows
+        ]
 
-    def hits(self, model) -> list[bool]:
-        return forced_exact_match(model, self.tokenizer, self.rows)
-
-
-class TextPairs:
-    """Held-out preference rows (JSONL: `question`, `chosen`, `rejected`)."""
-
-    def __init__(self, tokenizer, rows: list[dict]):
-        self.tokenizer, self.rows = tokenizer, rows
-
-    def logps(self, model) -> torch.Tensor:
-        return pair_logps(model, self.tokenizer, self.rows)
+    def stats(self, model) -> dict[str, torch.Tensor]:
+        return span_stats(model, self.spans)
 
 
-class TokenizedSkill:
+class TokenizedSkill(TextSkill):
     """A run's own SFT eval rows as Axolotl tokenized them (`input_ids`,
     `labels`): the skill is the last labelled span (the last answer and its
     end-of-turn token), so any dataset type and template Axolotl reads works."""
 
     def __init__(self, rows):
         self.rows = rows
-
-    @torch.no_grad()
-    def hits(self, model) -> list[bool]:
-        """`forced_exact_match` on token ids."""
-        hits = []
-        for row in self.rows:
-            ids = torch.as_tensor(row["input_ids"])
+        self.spans = []
+        for row in rows:
             start, end = last_labelled_span(torch.as_tensor(row["labels"]))
-            hits.append(greedy_reproduces(model, ids, start, end))
-        return hits
+            self.spans.append((list(row["input_ids"]), start, end))
+
+
+class TextPairs:
+    """Held-out preference rows (JSONL: `question` and optionally `system`,
+    `chosen`, `rejected`), each completion rendered as the assistant's answer
+    with `tokenizer`'s chat template (`render_answer`)."""
+
+    def __init__(self, tokenizer, rows: list[dict]):
+        self.tokenizer, self.rows = tokenizer, rows
+        self.spans = []
+        for row in rows:
+            system = row.get("system")
+            turns = [{"role": "system", "content": system}] if system else []
+            turns.append({"role": "user", "content": row["question"]})
+            for key in ("chosen", "rejected"):
+                self.spans.append(render_answer(tokenizer, turns, row[key]))
+
+    def logps(self, model) -> torch.Tensor:
+        """`[n, 2]` summed log-probs of each pair's chosen and rejected answer."""
+        return -span_stats(model, self.spans)["nll"].float().view(-1, 2)
 
 
 class TokenizedPairs:
@@ -245,17 +355,22 @@ class TokenizedPairs:
         """`[n, 2]` summed log-probs of each pair's chosen and rejected completion."""
         from axolotl_paft.losses import completion_logps
 
+        device = device_of(model)
         logps = []
         for start in range(0, len(self.rows), self.batch_size):
             stop = min(start + self.batch_size, len(self.rows))
             batch = self.collator([self.rows[i] for i in range(start, stop)])
+            batch = {
+                k: batch[k].to(device)
+                for k in ("input_ids", "attention_mask", "completion_mask")
+            }
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
             summed, _ = completion_logps(
                 logits, batch["input_ids"], batch["completion_mask"]
             )
-            logps.append(torch.stack(summed.float().chunk(2), dim=1))
+            logps.append(torch.stack(summed.float().cpu().chunk(2), dim=1))
         return torch.cat(logps)
 
 
@@ -270,21 +385,35 @@ def last_labelled_span(labels: torch.Tensor) -> tuple[int, int]:
     return start, end
 
 
+def row_terms(
+    model, base_logps: torch.Tensor, skill, pairs, logps: torch.Tensor | None = None
+) -> dict[str, tuple]:
+    """Per measure of `MEASURES`, its per-row `(numerator, denominator)` terms
+    for `model` on the held-out rows (one batched pass over each side; `logps`:
+    the model's `pairs.logps` where already computed, e.g. the base's)."""
+    stats = skill.stats(model)
+    logps = pairs.logps(model) if logps is None else logps
+    margins = margins_from(logps, base_logps).double()
+    return {
+        name: m.terms(stats if m.side == "skill" else margins)
+        for name, m in MEASURES.items()
+    }
+
+
+def summarize(terms: dict[str, tuple]) -> dict[str, float]:
+    """Every measure's value from `row_terms`, under its metric key, and
+    `score = (sft_exact_match + preference_accuracy) / 2` (`evaluate`'s)."""
+    metrics = {MEASURES[name].metric: value(name, t) for name, t in terms.items()}
+    score = (metrics["sft_exact_match"] + metrics["preference_accuracy"]) / 2
+    return metrics | {"score": score}
+
+
 def quick_metrics(model, base_logps: torch.Tensor, skill, pairs) -> dict[str, float]:
     """`evaluate`'s skill, preference and score metrics without generation
-    (`forced_exact_match` for `sft_exact_match`), on held-out rows from a file
-    (`TextSkill`, `TextPairs`) or from the run's own splits (`Tokenized*`): what
-    searches and grids use. `base_logps`: the base's `pairs.logps`."""
-    margins = margins_from(pairs.logps(model), base_logps)
-    hits = skill.hits(model)
-    skill = sum(hits) / len(hits)
-    accuracy = float((margins > 0).float().mean())
-    return {
-        "sft_exact_match": skill,
-        "preference_accuracy": accuracy,
-        "preference_margin": float(margins.mean()),
-        "score": (skill + accuracy) / 2,
-    }
+    (every measure of `MEASURES`), on held-out rows from a file (`TextSkill`,
+    `TextPairs`) or from the run's own splits (`Tokenized*`): what searches
+    and grids use. `base_logps`: the base's `pairs.logps`."""
+    return summarize(row_terms(model, base_logps, skill, pairs))
 
 
 def evaluate(

@@ -231,10 +231,10 @@ def results_and_next_steps(
 
 def search_rows(base_model: str, args: PAFTArgs, trainer) -> tuple:
     """The search's held-out rows, at most `paft_merge_search_rows` per side: the
-    named JSONL files, else the run's own held-out splits as it tokenized them
-    (Axolotl's SFT eval rows; the preference rows kept out of training)."""
-    from transformers import AutoTokenizer
-
+    named JSONL files, rendered with the run's tokenizer as Axolotl loaded it
+    (its chat template and end-of-turn token, as training rendered its rows),
+    else the run's own held-out splits as it tokenized them (Axolotl's SFT eval
+    rows; the preference rows kept out of training)."""
     from axolotl_paft.evaluate import (
         TextPairs,
         TextSkill,
@@ -244,7 +244,7 @@ def search_rows(base_model: str, args: PAFTArgs, trainer) -> tuple:
     )
 
     limit = args.paft_merge_search_rows
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer = trainer.processing_class
 
     def first(rows):
         return [rows[i] for i in range(min(limit, len(rows)))]
@@ -293,6 +293,8 @@ def run_merge_search(
         methods=tuple(args.paft_merge_search_methods),
         objective="balanced" if lm_eval is None else "lm_eval",
         lm_eval=lm_eval,
+        skill_measure=args.paft_merge_search_skill_measure,
+        preference_measure=args.paft_merge_search_preference_measure,
     )
     best = output_dir / MERGEKIT_DIR / "best.yml"
     best.parent.mkdir(parents=True, exist_ok=True)

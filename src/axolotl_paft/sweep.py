@@ -27,7 +27,14 @@ from pathlib import Path
 
 import yaml
 
-from axolotl_paft.evaluate import add_data_arguments, evaluate_and_report, read_jsonl
+from axolotl_paft.evaluate import (
+    DEFAULT_PREFERENCE_MEASURE,
+    PREFERENCE_MEASURES,
+    SKILL_MEASURES,
+    add_data_arguments,
+    evaluate_and_report,
+    read_jsonl,
+)
 from axolotl_paft.lm_eval_objective import LmEvalObjective
 from axolotl_paft.merge import (
     METHOD_LAYOUTS,
@@ -100,6 +107,14 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="lm-eval prompts without the base tokenizer's chat template",
     )
+    parser.add_argument(
+        "--skill-measure", default="auto", choices=("auto", *SKILL_MEASURES),
+        help="--search: the skill measure (auto: by the answers' lengths)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--preference-measure", default=DEFAULT_PREFERENCE_MEASURE,
+        choices=PREFERENCE_MEASURES, help="--search: the preference measure",
+    )  # fmt: skip
     add_data_arguments(parser, out="paft_sweep")
     opts = parser.parse_args(argv)
     if opts.lm_eval_tasks is not None and not opts.search:
@@ -125,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
             read_jsonl(opts.preference_data, opts.limit),
             opts.out, budget=opts.budget, methods=tuple(opts.methods.split(",")),
             objective="balanced" if lm_eval is None else "lm_eval", lm_eval=lm_eval,
+            skill_measure=opts.skill_measure,
+            preference_measure=opts.preference_measure,
         )  # fmt: skip
         print((opts.out / "leaderboard.md").read_text())
         print(f"best: {result['best']}; config {opts.out / 'mergekit' / 'best.yml'}")
