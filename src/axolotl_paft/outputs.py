@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from axolotl_paft.args import PAFTArgs
+from axolotl_paft.export import export_run_adapters
 from axolotl_paft.merge import (
     MergeDeltas,
     mergekit_command,
@@ -83,6 +84,10 @@ def write_run_outputs(
                 100 * overall["lora_exact_zeros"],
             )
     LOG.info(results_and_next_steps(output_dir, base_model, adapters, written, merge))
+    # paft_merge_export: one adapter per merge; its log lines name it and its use
+    written += export_run_adapters(
+        output_dir, base_model_reference(base_model), adapters, args, held_out
+    )
     return written
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from axolotl_paft.evaluate import add_data_arguments, evaluate_and_report, read_jsonl
+from axolotl_paft.export import EXPORTS, export_search_best
 from axolotl_paft.merge import (
     METHOD_LAYOUTS,
     MergeDeltas,
@@ -80,6 +81,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--budget", type=int, default=DEFAULT_BUDGET, help="--search: candidates"
     )
+    parser.add_argument(
+        "--export", choices=EXPORTS, default="model",
+        help="--search: adapter or both also writes the best merge as one LoRA "
+        "adapter in OUT/adapter/best (docs/export.md)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--export-rank", type=int, default=None,
+        help="--export: the extracted adapter's rank (default r_s + r_p)",
+    )  # fmt: skip
     add_data_arguments(parser, out="paft_sweep")
     opts = parser.parse_args(argv)
     unknown = set(opts.methods.split(",")) - set(METHOD_LAYOUTS)
@@ -97,6 +107,15 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
         print((opts.out / "leaderboard.md").read_text())
         print(f"best: {result['best']}; config {opts.out / 'mergekit' / 'best.yml'}")
+        if opts.export != "model":
+            rows = (
+                read_jsonl(opts.sft_data, opts.limit),
+                read_jsonl(opts.preference_data, opts.limit),
+            )
+            export_search_best(
+                opts.out, str(opts.base.resolve()), [opts.sft, opts.preference],
+                opts.export_rank, rows, print,
+            )  # fmt: skip
         return
     densities = [float(d) for d in opts.densities.split(",")]
     configs = sweep_configs(deltas, opts.methods.split(","), densities)
