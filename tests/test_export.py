@@ -174,39 +174,57 @@ def test_dora_is_refused_by_name(llama_world, tmp_path):
 def test_extracted_adapter_error_falls_with_rank_and_it_generates(
     llama_world, adapters, tmp_path
 ):
-    """TIES is not low rank: mergekit-extract-lora's adapter has an error that
-    falls with the rank and reaches 0 at full rank; it loads with PEFT,
-    generates, and its scores sit beside the merged model's."""
+    """TIES is not low rank. `paft_merge_export: adapter` on a run's TIES config
+    builds the merge (with the config's own LoRA cache), extracts it with
+    mergekit-extract-lora at `paft_merge_export_rank` 2, reports the error and
+    the scores beside the merged model's, and removes the merge; at rank 64 (full
+    rank on the toy) the error is 0. The adapter loads with PEFT and generates."""
     from transformers import AutoTokenizer
 
+    from axolotl_paft.args import PAFTArgs
     from axolotl_paft.evaluate import TextPairs, TextSkill, read_jsonl
+    from axolotl_paft.export import export_run_adapters
+    from axolotl_paft.merge import write_merge_configs
 
-    sft, preference = adapters["sft"], adapters["preference"]
-    config, merged = merge(llama_world, sft, preference, tmp_path, "ties")
-    tokenizer = AutoTokenizer.from_pretrained(llama_world.model_dir)
+    base = str(llama_world.model_dir)
+    args = PAFTArgs(
+        paft_merge_methods=["ties"], paft_merge_export="adapter",
+        paft_merge_export_rank=2, paft_merge_dtype="float32",
+    )  # fmt: skip
+    deltas = MergeDeltas(
+        base, adapters["sft"].resolve(), adapters["preference"].resolve()
+    )
+    emitted = write_merge_configs(tmp_path / "mergekit", deltas, args.merge_settings())
+    tokenizer = AutoTokenizer.from_pretrained(base)
     held_out = (
         TextSkill(tokenizer, read_jsonl(llama_world.sft_path, 4)),
         TextPairs(tokenizer, read_jsonl(llama_world.preference_path, 4)),
     )
-    errors = {}
-    for rank in (2, 64):
-        out = tmp_path / f"r{rank}"
-        summary = export_adapter(
-            config, str(llama_world.model_dir), [sft, preference], out,
-            merged=merged, rank=rank, held_out=held_out if rank == 2 else None,
-        )  # fmt: skip
-        assert summary["kind"] == "extracted" and "ties" in summary["why_not_exact"]
-        errors[rank] = summary["gap"]["relative_frobenius"]
-        modules = summary["gap"]["per_module"]
-        assert len(modules) == 3 * 2  # q, v, down in both layers: nothing else
-        assert all(n.endswith(("q_proj", "v_proj", "down_proj")) for n in modules)
-    scores = json.loads((tmp_path / "r2" / "paft_export.json").read_text())["scores"]
+    written = export_run_adapters(tmp_path, base, adapters, args, held_out)
+    assert written == [tmp_path / "adapter" / "ties"]
+    summary = json.loads((written[0] / "paft_export.json").read_text())
+    assert summary["kind"] == "extracted" and "ties" in summary["why_not_exact"]
+    assert summary["rank"] == 2
+    assert summary["gap"]["relative_frobenius"] > 0.05  # rank 2 loses part of it
+    modules = summary["gap"]["per_module"]
+    assert len(modules) == 3 * 2  # q, v, down in both layers: nothing else
+    assert all(n.endswith(("q_proj", "v_proj", "down_proj")) for n in modules)
+    scores = summary["scores"]
     assert set(scores) == {"merged", "adapter"}
     assert set(scores["adapter"]) >= {"sft_exact_match", "preference_accuracy"}
     assert scores["adapter"] != scores["merged"]  # rank 2 costs something
-    assert errors[2] > 0.05  # a rank-2 TIES merge loses part of the delta
-    assert errors[64] < 1e-5  # the toy's widths are under 64: full rank
-    model = peft_merged(llama_world.model_dir, tmp_path / "r2")
+    assert not (tmp_path / "merged" / "ties").exists()  # built for it, removed
+    assert any(emitted.cache_dir.iterdir())  # the config's own LoRA cache
+
+    full = export_adapter(
+        emitted.written["ties"], base, [adapters["sft"], adapters["preference"]],
+        tmp_path / "r64", rank=64,
+        build_merged=lambda: run_merge_config(
+            emitted.written["ties"], tmp_path / "merged-ties", emitted.cache_dir
+        ),
+    )  # fmt: skip
+    assert full["gap"]["relative_frobenius"] < 1e-5  # the toy's widths are < 64
+    model = peft_merged(llama_world.model_dir, written[0])
     ids = tokenizer("What is 2 plus 3?", return_tensors="pt").input_ids
     answer = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert answer.shape[1] > ids.shape[1]
@@ -230,20 +248,24 @@ def test_vllm_rank_choice():
     assert [target_rank(r) for r in (6, 16, 17, 512, 513)] == [8, 16, 32, 512, None]
 
 
-def test_a_run_with_paft_merge_export_hands_back_adapters(llama_world, tmp_path):
-    """`paft_merge_export: both` after a parallel run: the first config's merge
-    (task arithmetic) as the merged model and as an exact adapter, its gap to
-    that model measured."""
+def test_a_qlora_run_exports_against_the_full_precision_base(llama_world, tmp_path):
+    """`paft_merge_export: both` after a parallel QLoRA (`load_in_4bit`) run:
+    the emitted config names the full-precision base, and the first config's
+    merge (task arithmetic) is kept as a merged model and exported as an exact
+    adapter whose delta equals merged - base within 1e-6 (a 4-bit base, off by
+    its quantization error, could not match), the log naming the adapter."""
     from axolotl_paft.lab.toy import parallel_config, run_axolotl_train
 
     out = tmp_path / "run"
     run_axolotl_train(
         parallel_config(
-            llama_world, out, max_steps=2, paft_merge_export="both",
-            paft_merge_methods=["task_arithmetic", "ties"],
+            llama_world, out, max_steps=2, adapter="qlora", load_in_4bit=True,
+            paft_merge_export="both", paft_merge_methods=["task_arithmetic", "ties"],
             paft_merge_dtype="float32",
         )
     )  # fmt: skip
+    config = yaml.safe_load((out / "mergekit/task_arithmetic.yml").read_text())
+    assert config["base_model"] == str(llama_world.model_dir.resolve())
     exact = json.loads((out / "adapter/task_arithmetic/paft_export.json").read_text())
     assert exact["kind"] == "exact" and exact["rank"] == 16  # lora_r 8 + 8
     assert exact["gap"]["max_abs"] < 1e-6

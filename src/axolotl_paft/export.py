@@ -364,7 +364,11 @@ def export_adapter(
     `held_out` (skill, pairs) when given and a merged model exists, go to
     `out/paft_export.json`; returns that summary."""
     config = yaml.safe_load(Path(config_path).read_text())
-    summary: dict = {"config": str(config_path), "method": config["merge_method"]}
+    summary: dict = {
+        "config": str(config_path),
+        "method": config["merge_method"],
+        "merged_dtype": config.get("dtype"),
+    }
     if out.exists():
         shutil.rmtree(out)
     try:
@@ -419,6 +423,9 @@ def usage_lines(base: str, summary: dict, out: Path) -> list[str]:
     )
     if "gap" in summary:
         how += f", relative error {summary['gap']['relative_frobenius']:.2e}"
+        dtype = summary["merged_dtype"]
+        if dtype != "float32":
+            how += f" against the {dtype} merge, its rounding included"
     lines = [
         f"paft: one adapter for {summary['method']} ({how}, "
         f"{summary['size_bytes'] / 1e6:.1f} MB): {out}",
