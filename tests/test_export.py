@@ -316,10 +316,15 @@ def test_sweep_search_exports_the_best_as_one_adapter(llama_world, adapters, tmp
 
 @pytest.mark.slow
 def test_real_model_exact_and_extracted_adapters(smollm2, tmp_path):
-    """SmolLM2-135M-Instruct named by its hub id (tied embeddings, GQA): the
-    exact adapter reproduces mergekit's task-arithmetic merge within 1e-6; the
-    extracted TIES adapter at rank 8 loads, generates, and reports its error."""
+    """SmolLM2-135M-Instruct (tied embeddings, GQA): the exact adapter
+    reproduces mergekit's task-arithmetic merge within 1e-6; the extracted TIES
+    adapter at rank 8 loads, generates, and reports its error. The base is the
+    hub id's cached snapshot folder: mergekit 0.1.5 lists a hub id's files
+    online even when it is cached (hub ids offline are the hub-id work's)."""
+    from huggingface_hub import snapshot_download
     from transformers import AutoTokenizer
+
+    smollm2 = snapshot_download(smollm2, local_files_only=True)
 
     sft = lora(smollm2, tmp_path / "sft", 1, r=8, lora_alpha=16)
     preference = lora(smollm2, tmp_path / "pref", 2, r=8, lora_alpha=16,
