@@ -28,6 +28,7 @@ from axolotl_paft.evaluate import (
     SHORT_ANSWER_TOKENS,
     SKILL_MEASURES,
 )
+from axolotl_paft.export import EXPORTS
 from axolotl_paft.lm_eval_objective import (
     EVOLVE_DEFAULTS,
     LmEvalObjective,
@@ -51,6 +52,7 @@ PreferenceLoss = Literal[PREFERENCE_LOSSES]
 SkillMeasure = Literal[("auto", *SKILL_MEASURES)]
 PreferenceMeasure = Literal[PREFERENCE_MEASURES]
 MergeDtype = Literal["float32", "bfloat16", "float16"]
+MergeExport = Literal[EXPORTS]
 
 LORA_ADAPTERS = ("lora", "qlora")
 # The share of each side's data held out for paft_merge_search when the config
@@ -374,6 +376,24 @@ class MergeArgs(BaseModel):
         ge=1,
         description="paft_merge_search_lm_eval_tasks: lm-eval's batch size.",
     )
+    paft_merge_export: MergeExport = Field(
+        default="model",
+        description=(
+            "The merge as `model` (mergekit's merged model), `adapter` (one PEFT "
+            "LoRA in output_dir/adapter/<method> for paft_merge_run or the first "
+            "config, and adapter/best for the search's best: exact for "
+            "task_arithmetic and linear, else extracted by mergekit-extract-lora "
+            "with its error reported) or `both`."
+        ),
+    )
+    paft_merge_export_rank: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "paft_merge_export: the extracted adapter's rank (mergekit-extract-lora "
+            "--max-rank); unset: r_s + r_p, the exact adapter's rank."
+        ),
+    )
 
     @field_validator("paft_merge_methods")
     @classmethod
@@ -414,6 +434,17 @@ class MergeArgs(BaseModel):
             raise ValueError(
                 f"paft_merge_run: {run!r} is not among paft_merge_methods "
                 f"{self.paft_merge_methods}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _something_to_export(self):
+        if self.paft_merge_export != "model" and not (
+            self.paft_merge_methods or self.paft_merge_search
+        ):
+            raise ValueError(
+                f"paft_merge_export: {self.paft_merge_export!r} has nothing to "
+                "export: paft_merge_methods is empty and paft_merge_search is off"
             )
         return self
 

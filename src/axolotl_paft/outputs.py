@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from axolotl_paft.args import PAFTArgs
+from axolotl_paft.export import export_run_adapters
 from axolotl_paft.merge import (
     MergeDeltas,
     mergekit_command,
@@ -104,7 +105,9 @@ def write_run_outputs(
     The search comes last: one that fails (a bad held-out row, a merge mergekit
     refuses, memory) leaves the report and configs (and a `paft_merge_run`
     merge) written, logs where everything is, and raises `MergeSearchFailed`
-    with the command that reruns only the search."""
+    with the command that reruns only the search (which takes `--export` too:
+    `paft_merge_export` runs only after a search that ended, last, so that its
+    lines close the log)."""
     written: list[Path] = []
     merge = None
     if args.paft_merge_methods:
@@ -152,12 +155,11 @@ def write_run_outputs(
         LOG.info("paft: merging with %s into %s", args.paft_merge_run, merged)
         method_config = emitted.written[args.paft_merge_run]
         written.append(run_merge_config(method_config, merged, emitted.cache_dir))
-    failed = None
+    failed, rows = None, None
     if args.paft_merge_search and "preference" in adapters:
         try:
-            written += run_merge_search(
-                output_dir, base_model, adapters, args, held_out()
-            )
+            rows = held_out()
+            written += run_merge_search(output_dir, base_model, adapters, args, rows)
         except Exception as err:  # noqa: BLE001 - reported, then raised again
             failed = err
             LOG.exception("paft: merge search failed: %s: %s", type(err).__name__, err)
@@ -169,6 +171,8 @@ def write_run_outputs(
             "report, mergekit configs). Rerun only the search: "
             + rerun_search_command(output_dir, base_model, adapters, args)
         ) from failed
+    # paft_merge_export: one adapter per merge; its log lines name it and its use
+    written += export_run_adapters(output_dir, base_model, adapters, args, rows)
     return written
 
 

@@ -35,6 +35,7 @@ from axolotl_paft.evaluate import (
     evaluate_and_report,
     read_jsonl,
 )
+from axolotl_paft.export import EXPORTS, export_search_best
 from axolotl_paft.lm_eval_objective import LmEvalObjective
 from axolotl_paft.merge import (
     METHOD_LAYOUTS,
@@ -115,6 +116,15 @@ def main(argv: list[str] | None = None) -> None:
         "--preference-measure", default=DEFAULT_PREFERENCE_MEASURE,
         choices=PREFERENCE_MEASURES, help="--search: the preference measure",
     )  # fmt: skip
+    parser.add_argument(
+        "--export", choices=EXPORTS, default="model",
+        help="--search: adapter or both also writes the best merge as one LoRA "
+        "adapter in OUT/adapter/best (docs/export.md)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--export-rank", type=int, default=None,
+        help="--export: the extracted adapter's rank (default r_s + r_p)",
+    )  # fmt: skip
     add_data_arguments(parser, out="paft_sweep")
     opts = parser.parse_args(argv)
     if opts.lm_eval_tasks is not None and not opts.search:
@@ -145,6 +155,15 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
         print((opts.out / "leaderboard.md").read_text())
         print(f"best: {result['best']}; config {opts.out / 'mergekit' / 'best.yml'}")
+        if opts.export != "model":
+            rows = (
+                read_jsonl(opts.sft_data, opts.limit),
+                read_jsonl(opts.preference_data, opts.limit),
+            )
+            export_search_best(
+                opts.out, base, [opts.sft, opts.preference],
+                opts.export_rank, rows, print,
+            )  # fmt: skip
         return
     densities = [float(d) for d in opts.densities.split(",")]
     configs = sweep_configs(deltas, opts.methods.split(","), densities)

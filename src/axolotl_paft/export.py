@@ -1,0 +1,535 @@
+"""One adapter out: a PAFT merge as a single PEFT LoRA adapter folder.
+
+Users who serve many fine-tunes keep one base and load adapters (PEFT, vLLM's
+multi-LoRA, LoRAX); a full merged model per experiment is the wrong artifact for
+them. `paft_merge_export: adapter | both` (and `axolotl-paft-sweep --export`)
+writes the merge as one LoRA:
+
+- **exact** where the algebra allows: task arithmetic and linear (normalized, or
+  with weights summing to 1) add the scaled deltas, and a sum of LoRA deltas is a
+  LoRA, c_s B_s A_s + c_p B_p A_p = [c_s B_s | c_p B_p] [A_s ; A_p], of rank
+  r_s + r_p. Each adapter's own scaling (lora_alpha / r, or / sqrt(r) with
+  rsLoRA, per module with rank_pattern / alpha_pattern) and the merge's
+  coefficient (weight, lambda, normalize, read from the mergekit config with
+  mergekit's own defaults) are folded into B; the combined adapter has
+  lora_alpha = r (scaling 1). A module only one adapter targets gets zero blocks
+  from the other, so every module has the same rank (vLLM takes no rank_pattern).
+  Refused (and extracted instead), by name: DoRA (its magnitude vector makes the
+  merge no plain sum), `modules_to_save`, bias training, trainable tokens, layer
+  replication, initialisations that rewrite the base (PiSSA, OLoRA, LoftQ, ...),
+  mixed `fan_in_fan_out`.
+- **extracted** where it does not: TIES, DARE, DELLA, breadcrumbs and SLERP
+  deltas are not low rank. mergekit's own `mergekit-extract-lora` (truncated SVD
+  per module) extracts a LoRA from the merged model, on the modules the two
+  adapters target only (other tensors are the base's in every PAFT merge), and
+  we report the relative Frobenius error ||D - B A|| / ||D|| per module and
+  overall, with D = merged - base in float32, so the user sees what the smaller
+  artifact costs; with held-out rows, the adapter's scores beside the merged
+  model's (`_scores`, the search's measures).
+
+The folder carries `adapter_config.json`, `adapter_model.safetensors` and
+`paft_export.json` (how it was made, its rank, its error or gap, its scores).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+if TYPE_CHECKING:
+    import torch
+
+LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
+
+EXPORTS = ("model", "adapter", "both")
+# mergekit methods whose merge of LoRA deltas is a LoRA (`exact_plan`)
+EXACT_METHODS = ("task_arithmetic", "linear")
+# vLLM's `--max-lora-rank` choices (vllm.config.lora.MaxLoRARanks, 0.14)
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+SUMMARY = "paft_export.json"
+# PEFT adapter settings that make an adapter's delta something else than
+# scaling * B A, or add tensors a plain LoRA sum cannot carry
+_REFUSED = {
+    "use_dora": "DoRA's magnitude vector rescales each merged column: not a sum",
+    "modules_to_save": "full copies of modules are no low-rank delta",
+    "trainable_token_indices": "trained token rows are no low-rank delta",
+    "layer_replication": "replicated layers share base weights",
+    "lora_bias": "a trained bias on B is no low-rank delta",
+}
+_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "eva", "loftq", "orthogonal")
+_KEY = re.compile(
+    r"^base_model\.model\.(?P<module>.+)\."
+    r"(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?$"
+)
+
+
+class NotExact(ValueError):
+    """The merge is not a LoRA: the reason, by name."""
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """One module of a saved LoRA: A, B and PEFT's scaling for it."""
+
+    a: torch.Tensor  # r x in (Linear) or r x vocab (Embedding)
+    b: torch.Tensor  # out x r (Linear) or dim x r (Embedding)
+    scaling: float
+    embedding: bool
+    fan_in_fan_out: bool
+
+    def delta(self) -> torch.Tensor:
+        """The module's weight delta, in the weight's layout, float32 (as PEFT's
+        `get_delta_weight`)."""
+        d = self.b.float() @ self.a.float() * self.scaling
+        return d.T if self.embedding or self.fan_in_fan_out else d
+
+
+def read_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A PEFT adapter folder's config and tensors."""
+    folder = Path(folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    if (folder / "adapter_model.safetensors").exists():
+        from safetensors.torch import load_file
+
+        tensors = load_file(folder / "adapter_model.safetensors")
+    else:
+        import torch
+
+        tensors = torch.load(folder / "adapter_model.bin", map_location="cpu")
+    return config, tensors
+
+
+def _scaling(config: dict, module: str, rank: int) -> float:
+    """PEFT's scaling of `module` (LoraModel._create_and_replace)."""
+    from peft.utils.other import get_pattern_key
+
+    alpha_pattern = config.get("alpha_pattern") or {}
+    alpha = alpha_pattern.get(
+        get_pattern_key(alpha_pattern.keys(), module), config["lora_alpha"]
+    )
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
+def lora_modules(folder: Path) -> dict[str, LoraModule]:
+    """Module name (as in the model, e.g. `model.layers.0.self_attn.q_proj`) ->
+    its LoRA; raises NotExact for an adapter that is not a plain LoRA."""
+    config, tensors = read_adapter(folder)
+    refuse_unless_plain(config, folder)
+    parts: dict[str, dict] = {}
+    for key, tensor in tensors.items():
+        match = _KEY.match(key)
+        if key.endswith(".lora_B.bias") and not tensor.any():
+            continue  # mergekit-extract-lora saves a module's bias delta: zero here
+        if not match:
+            raise NotExact(f"{folder}: tensor {key} is not a LoRA A or B")
+        parts.setdefault(match["module"], {})[match["kind"]] = tensor
+    modules = {}
+    for name, p in parts.items():
+        embedding = "lora_embedding_A" in p
+        a = p["lora_embedding_A" if embedding else "lora_A"]
+        b = p["lora_embedding_B" if embedding else "lora_B"]
+        if a.dim() != 2:
+            raise NotExact(f"{folder}: {name} is a convolution LoRA")
+        modules[name] = LoraModule(
+            a, b, _scaling(config, name, a.shape[0]), embedding,
+            bool(config.get("fan_in_fan_out")),
+        )  # fmt: skip
+    return modules
+
+
+def refuse_unless_plain(config: dict, folder: Path) -> None:
+    """Raise NotExact naming the adapter setting that makes its delta other than
+    scaling * B A."""
+    if config.get("peft_type", "LORA") != "LORA":
+        raise NotExact(f"{folder}: peft_type {config['peft_type']} is not LORA")
+    for key, why in _REFUSED.items():
+        if config.get(key):
+            raise NotExact(f"{folder}: {key} is set ({why})")
+    if config.get("bias", "none") != "none":
+        raise NotExact(f"{folder}: bias {config['bias']!r} trains biases")
+    init = config.get("init_lora_weights", True)
+    if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
+        raise NotExact(f"{folder}: init_lora_weights {init!r} rewrites the base")
+
+
+def _adapter_of(reference: str, adapters: list[Path]) -> Path:
+    for adapter in adapters:
+        if reference.endswith("+" + str(Path(adapter).resolve())):
+            return Path(adapter)
+    raise NotExact(f"model {reference} is none of the adapters {adapters}")
+
+
+def exact_plan(config: dict, adapters: list[Path]) -> list[tuple[Path, float]]:
+    """(adapter, coefficient) per delta when `config`'s merge of `adapters` is
+    sum_i c_i * delta_i on the base (mergekit's arithmetic, its defaults from
+    the method's spec); raises NotExact with the reason otherwise."""
+    from mergekit.merge_methods import get as get_method
+
+    method = config["merge_method"]
+    if method not in EXACT_METHODS:
+        raise NotExact(f"{method} merges are not a sum of the LoRA deltas")
+    defaults = {p.name: p.default for p in get_method(method).spec.parameters}
+    shared = {**defaults, **config.get("parameters", {})}
+    plan = [
+        (
+            _adapter_of(model["model"], adapters),
+            float(model.get("parameters", {}).get("weight", defaults.get("weight"))),
+        )
+        for model in config["models"]
+    ]
+    total = sum(w for _, w in plan)
+    if method == "linear":
+        # linear averages whole models: the base's coefficient is sum(w) / divisor
+        if not shared["normalize"] and abs(total - 1) > 1e-6:
+            raise NotExact(
+                f"linear without normalize scales the base by {total:g}: "
+                "no delta on the base"
+            )
+        divisor = total if shared["normalize"] else 1.0
+        return [(a, w / divisor) for a, w in plan]
+    # generalized task arithmetic: sum(w_i d_i) [/ sum(w_i)] * lambda
+    divisor = total if shared["normalize"] and abs(total) >= 1e-8 else 1.0
+    return [(a, w * shared["lambda"] / divisor) for a, w in plan]
+
+
+def combine_adapters(plan: list[tuple[Path, float]], out: Path) -> dict:
+    """Write sum_i c_i * delta_i (`plan`) as one LoRA into `out`: A stacked, B
+    side by side times c_i and each adapter's scaling, lora_alpha = r. Returns
+    {"rank", "modules"}."""
+    import torch
+    from safetensors.torch import save_file
+
+    loras = [lora_modules(adapter) for adapter, _ in plan]
+    configs = [read_adapter(adapter)[0] for adapter, _ in plan]
+    if len({bool(c.get("fan_in_fan_out")) for c in configs}) > 1:
+        raise NotExact("the adapters differ in fan_in_fan_out")
+    ranks = [max(m.a.shape[0] for m in lora.values()) for lora in loras]
+    names = sorted({name for lora in loras for name in lora})
+    dtype = torch.float32
+    for lora in loras:
+        for m in lora.values():
+            dtype = torch.promote_types(dtype, m.a.dtype)
+    tensors = {}
+    for name in names:
+        present = [lora[name] for lora in loras if name in lora]
+        if len({m.embedding for m in present}) > 1:
+            raise NotExact(f"{name}: an embedding LoRA in one adapter only")
+        shape_a, shape_b = present[0].a.shape[1], present[0].b.shape[0]
+        a_blocks, b_blocks = [], []
+        for lora, (_, coefficient), rank in zip(loras, plan, ranks, strict=True):
+            a = torch.zeros(rank, shape_a)
+            b = torch.zeros(shape_b, rank)
+            if name in lora:
+                m = lora[name]
+                r = m.a.shape[0]
+                a[:r] = m.a.float()
+                b[:, :r] = m.b.float() * (coefficient * m.scaling)
+            a_blocks.append(a)
+            b_blocks.append(b)
+        kind = "lora_embedding" if present[0].embedding else "lora"
+        suffix = "" if present[0].embedding else ".weight"
+        prefix = f"base_model.model.{name}.{kind}"
+        tensors[f"{prefix}_A{suffix}"] = torch.cat(a_blocks).to(dtype).contiguous()
+        tensors[f"{prefix}_B{suffix}"] = torch.cat(b_blocks, 1).to(dtype).contiguous()
+    rank = sum(ranks)
+    config = dict(configs[0])
+    config.update(
+        r=rank,
+        lora_alpha=rank,
+        use_rslora=False,
+        rank_pattern={},
+        alpha_pattern={},
+        lora_dropout=0.0,  # training only
+        target_modules=sorted({n.rsplit(".", 1)[-1] for n in names}),
+        inference_mode=True,
+        use_dora=False,
+        modules_to_save=None,
+    )
+    if any(
+        c.get("layers_to_transform") != config.get("layers_to_transform")
+        for c in configs
+    ):
+        config["layers_to_transform"] = None  # modules left out: their B is 0
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, out / "adapter_model.safetensors")
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return {"rank": rank, "modules": len(names)}
+
+
+def extract_command(
+    base: str, merged: Path, out: Path, rank: int, modules: list[str],
+    sv_epsilon: float = 0.0,
+) -> list[str]:  # fmt: skip
+    """`mergekit-extract-lora` on the modules named `modules` (leaf names) only:
+    one exclusion regex for every other module, embeddings included (mergekit
+    would otherwise save them whole, 2 x 262 MB at Mistral-7B)."""
+    leaves = "|".join(sorted({re.escape(m) for m in modules}))
+    command = [
+        sys.executable, "-m", "mergekit.scripts.extract_lora",
+        "--model", str(merged), "--base-model", str(base), "--out-path", str(out),
+        "--max-rank", str(rank), "--exclude-regex", rf"^(?!(.*\.)?({leaves})$)",
+    ]  # fmt: skip
+    if sv_epsilon:
+        command += ["--sv-epsilon", str(sv_epsilon)]
+    if any(m in ("embed_tokens", "wte", "embed_in") for m in modules):
+        command.append("--embed-lora")
+    return command
+
+
+def extract_adapter(
+    base: str, merged: Path, out: Path, rank: int, modules: list[str],
+    sv_epsilon: float = 0.0,
+) -> Path:  # fmt: skip
+    """Run `mergekit-extract-lora` (`extract_command`) into `out`."""
+    command = extract_command(base, merged, out, rank, modules, sv_epsilon)
+    LOG.info("paft: extracting a rank-%d LoRA: %s", rank, " ".join(command))
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(
+            f"mergekit-extract-lora failed ({done.returncode}):\n{done.stderr[-3000:]}"
+        )
+    return out
+
+
+def delta_gap(base: str, merged: Path, adapter: Path) -> dict:
+    """How far `adapter`'s delta is from merged - base (float32) on the modules it
+    targets: the relative Frobenius error per module and overall, and the
+    largest absolute difference."""
+    from mergekit.common import ModelReference
+
+    base_tensors = ModelReference.model_validate(str(base)).lazy_loader()
+    merged_tensors = ModelReference.model_validate(str(merged)).lazy_loader()
+    per_module, err2, norm2, largest = {}, 0.0, 0.0, 0.0
+    for name, module in sorted(lora_modules(adapter).items()):
+        key = f"{name}.weight"
+        delta = (
+            merged_tensors.get_tensor(key).float()
+            - base_tensors.get_tensor(key).float()
+        )
+        diff = delta - module.delta()
+        e2, n2 = float(diff.square().sum()), float(delta.square().sum())
+        per_module[name] = math.sqrt(e2 / n2) if n2 else math.sqrt(e2)
+        err2, norm2 = err2 + e2, norm2 + n2
+        largest = max(largest, float(diff.abs().max()))
+    return {
+        "relative_frobenius": math.sqrt(err2 / norm2) if norm2 else math.sqrt(err2),
+        "max_abs": largest,
+        "per_module": per_module,
+    }
+
+
+def _scores(base: str, merged: Path, adapter: Path, held_out: tuple) -> dict:
+    """The merged model's and the adapter's scores on the held-out rows, by the
+    search's measures (`search.Scorer`: the skill measure chosen from the answers'
+    lengths, the preference margin against the base)."""
+    from axolotl_paft.evaluate import load_model
+    from axolotl_paft.search import Scorer
+
+    scorer = Scorer.on_rows(*held_out, load_model(base))
+    return {
+        "measures": scorer.measures,
+        "merged": scorer(load_model(merged)),
+        "adapter": scorer(load_model(base, adapter)),
+    }
+
+
+def target_rank(rank: int) -> int | None:
+    """The smallest vLLM `--max-lora-rank` that takes `rank` (None: none does)."""
+    return next((r for r in VLLM_MAX_LORA_RANKS if r >= rank), None)
+
+
+def export_adapter(
+    config_path: Path,
+    base: str,
+    adapters: list[Path],
+    out: Path,
+    merged: Path | None = None,
+    rank: int | None = None,
+    sv_epsilon: float = 0.0,
+    build_merged=None,
+    held_out: tuple | None = None,
+) -> dict:
+    """Export the merge that `config_path` (a mergekit config of `adapters` on
+    `base`) describes as one adapter in `out`: exact when `exact_plan` allows,
+    else extracted at `rank` (default: r_s + r_p, the exact adapter's size) from
+    `merged` (built by `build_merged()` when absent). Gap or error, and scores on
+    `held_out` (skill, pairs) when given and a merged model exists, go to
+    `out/paft_export.json`; returns that summary."""
+    config = yaml.safe_load(Path(config_path).read_text())
+    summary: dict = {
+        "config": str(config_path),
+        "method": config["merge_method"],
+        "merged_dtype": config.get("dtype"),
+    }
+    if out.exists():
+        shutil.rmtree(out)
+    try:
+        plan = exact_plan(config, adapters)
+        summary |= {"kind": "exact", "coefficients": [c for _, c in plan]}
+        summary |= combine_adapters(plan, out)
+    except NotExact as why:
+        modules = {
+            name.rsplit(".", 1)[-1]
+            for adapter in adapters
+            for name in lora_modules_or_names(adapter)
+        }
+        if rank is None:
+            rank = sum(_adapter_rank(a) for a in adapters)
+        if merged is None or not Path(merged).exists():
+            merged = build_merged()
+        extract_adapter(base, merged, out, rank, sorted(modules), sv_epsilon)
+        summary |= {"kind": "extracted", "why_not_exact": str(why), "max_rank": rank}
+        summary["rank"] = json.loads((out / "adapter_config.json").read_text())["r"]
+    if merged is not None and Path(merged).exists():
+        summary["gap"] = delta_gap(base, Path(merged), out)
+        if held_out is not None:
+            summary["scores"] = _scores(base, Path(merged), out, held_out)
+    summary["size_bytes"] = folder_size(out)
+    summary["vllm_max_lora_rank"] = target_rank(summary["rank"])
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def lora_modules_or_names(adapter: Path) -> list[str]:
+    """The module names an adapter targets, read from its tensor names (works
+    for adapters `lora_modules` refuses, such as DoRA)."""
+    _, tensors = read_adapter(adapter)
+    return sorted({m["module"] for k in tensors if (m := _KEY.match(k))})
+
+
+def _adapter_rank(adapter: Path) -> int:
+    config, _ = read_adapter(adapter)
+    return max([config["r"], *(config.get("rank_pattern") or {}).values()])
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def usage_lines(base: str, summary: dict, out: Path) -> list[str]:
+    """The log lines that name the adapter and the commands that use it."""
+    how = (
+        f"exact, rank {summary['rank']}"
+        if summary["kind"] == "exact"
+        else f"extracted at rank {summary['rank']} ({summary['why_not_exact']})"
+    )
+    if "gap" in summary:
+        how += f", relative error {summary['gap']['relative_frobenius']:.2e}"
+        dtype = summary["merged_dtype"]
+        if dtype != "float32":
+            how += f" against the {dtype} merge, its rounding included"
+    lines = [
+        f"paft: one adapter for {summary['method']} ({how}, "
+        f"{summary['size_bytes'] / 1e6:.1f} MB): {out}",
+        f"  PEFT: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("
+        f"'{base}'), '{out}')",
+        f"  axolotl inference CONFIG --lora-model-dir {out}",
+    ]
+    vllm = summary["vllm_max_lora_rank"]
+    if vllm is None:
+        lines.append(
+            f"  vLLM: rank {summary['rank']} exceeds every --max-lora-rank choice; "
+            "extract at a lower rank (paft_merge_export_rank)"
+        )
+    else:
+        lines.append(
+            f"  vllm serve {base} --enable-lora --max-lora-rank {vllm} "
+            f"--lora-modules paft={out}"
+        )
+    return lines
+
+
+def export_search_best(
+    search_out: Path, base: str, adapters: list[Path], rank: int | None = None,
+    rows: tuple[list, list] | None = None, say=LOG.info,
+) -> Path:  # fmt: skip
+    """`axolotl-paft-sweep --search --export`: the search's best (its config and
+    merged model in `search_out`) as one adapter in search_out/adapter/best,
+    scored on the held-out `rows` (SFT rows, preference rows) as the search
+    scored them."""
+    from transformers import AutoTokenizer
+
+    from axolotl_paft.evaluate import TextPairs, TextSkill
+
+    held_out = None
+    if rows is not None:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        held_out = (TextSkill(tokenizer, rows[0]), TextPairs(tokenizer, rows[1]))
+    out = Path(search_out) / "adapter" / "best"
+    summary = export_adapter(
+        Path(search_out) / "mergekit" / "best.yml", base,
+        [Path(a).resolve() for a in adapters], out,
+        merged=Path(search_out) / "merged" / "best", rank=rank, held_out=held_out,
+    )  # fmt: skip
+    for line in usage_lines(base, summary, out):
+        say(line)
+    return out
+
+
+def export_run_adapters(
+    output_dir: Path, base: str, adapters: dict[str, Path], args,
+    held_out: tuple | None = None,
+) -> list[Path]:  # fmt: skip
+    """`paft_merge_export` after training: the search's best into
+    output_dir/adapter/best (when the search ran) and the emitted configs'
+    choice (`paft_merge_run`, else the first method written) into
+    output_dir/adapter/<method>. A merged model built only for the extraction is
+    kept with `both` and removed with `adapter`."""
+    from axolotl_paft.merge import run_merge_config
+
+    if args.paft_merge_export == "model":
+        return []
+    mergekit_dir = output_dir / "mergekit"
+    folders = [adapters[r].resolve() for r in ("sft", "preference") if r in adapters]
+    targets = []  # (config, out, merged model folder, whether a run built it)
+    if (mergekit_dir / "best.yml").exists():
+        targets.append(
+            (mergekit_dir / "best.yml", output_dir / "search/merged/best", True)
+        )
+    method = args.paft_merge_run or next(
+        (m for m in args.paft_merge_methods if (mergekit_dir / f"{m}.yml").exists()),
+        None,
+    )
+    if method:
+        merged = output_dir / "merged" / method
+        targets.append((mergekit_dir / f"{method}.yml", merged, merged.exists()))
+    written = []
+    for config, merged, existed in targets:
+        name = "best" if config.name == "best.yml" else config.stem
+        out = output_dir / "adapter" / name
+
+        def build(config=config, merged=merged):
+            LOG.info("paft: merging %s into %s for the adapter", config, merged)
+            return run_merge_config(config, merged, lora_cache_of(config))
+
+        if args.paft_merge_export == "both" and not merged.exists():
+            build()
+        summary = export_adapter(
+            config, base, folders, out,
+            merged=merged if merged.exists() else None,
+            rank=args.paft_merge_export_rank, build_merged=build,
+            held_out=held_out,
+        )  # fmt: skip
+        if args.paft_merge_export == "adapter" and not existed and merged.exists():
+            shutil.rmtree(merged)  # built for the extraction only
+        for line in usage_lines(base, summary, out):
+            LOG.info(line)
+        written.append(out)
+    return written
+
+
+def lora_cache_of(config: Path) -> Path:
+    """The LoRA merge cache an emitted config's header names (with it, a DARE or
+    DELLA merge rebuilds bit for bit: `merge.mergekit_command`)."""
+    found = re.search(r"--lora-merge-cache (\S+)", Path(config).read_text())
+    return Path(found[1]) if found else Path(config).parent / "lora-cache" / "export"
