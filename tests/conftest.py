@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import logging
 import os
 import shutil
 import tempfile
@@ -20,7 +21,11 @@ os.environ.update(OFFLINE_ENV, TOKENIZERS_PARALLELISM="false", HF_HOME=str(HF_HO
 
 import pytest  # noqa: E402
 
-from axolotl_paft.lab.toy import ToySetup, build_toy_setup  # noqa: E402
+from axolotl_paft.lab.toy import (  # noqa: E402
+    ToySetup,
+    build_toy_setup,
+    run_axolotl_train,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -87,6 +92,23 @@ def last_trainer():
     plugins = PluginManager.get_instance().plugins.values()
     (plugin,) = [p for p in plugins if isinstance(p, PAFTPlugin)]
     return plugin._callback.trainer
+
+
+def logged_run(config: dict) -> list[str]:
+    """`run_axolotl_train`, returning the messages of the plugin's outputs log
+    (the handler added after Axolotl's logging config, which drops it)."""
+    import axolotl.cli  # noqa: F401 - configures Axolotl's logging on import
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("axolotl.axolotl_paft.outputs")
+    logger.addHandler(handler)
+    try:
+        run_axolotl_train(config)
+    finally:
+        logger.removeHandler(handler)
+    return messages
 
 
 def make_adapter(base_dir: Path, out_dir: Path, seed: int, zero_fraction=0.0) -> Path:

@@ -7,13 +7,12 @@ the real model (`smollm2`) goes through one whole run."""
 from __future__ import annotations
 
 import json
-import logging
 import shlex
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import HF_HOME
+from conftest import HF_HOME, logged_run
 from test_merge import assert_same_weights, run_printed_command
 
 from axolotl_paft import evaluate, sweep
@@ -32,23 +31,6 @@ def held_out_files(world, root: Path, rows: int = 4) -> dict:
         ),
         "paft_merge_search_rows": rows,
     }
-
-
-def logged_run(config: dict) -> list[str]:
-    """`run_axolotl_train`, returning the messages of the plugin's outputs log
-    (the handler added after Axolotl's logging config, which drops it)."""
-    import axolotl.cli  # noqa: F401 - configures Axolotl's logging on import
-
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("axolotl.axolotl_paft.outputs")
-    logger.addHandler(handler)
-    try:
-        run_axolotl_train(config)
-    finally:
-        logger.removeHandler(handler)
-    return messages
 
 
 def test_a_hub_id_resolves_to_its_cached_snapshot(llama_world, llama_hub_id):

@@ -312,8 +312,9 @@ def test_qlora_parallel_run_trains_both_adapters_on_the_4bit_base(smollm2, tmp_p
 
 def test_merged_model_carries_a_chat_template_its_base_lacks(llama_world, tmp_path):
     """A run with `chat_template: mistral_v1` on a ChatML base: every emitted
-    config names the run's template, and mergekit writes it into the merged
-    model's tokenizer (before: the base's ChatML template came back)."""
+    config and the search's best.yml name the run's template, and mergekit writes
+    it into the merged models' tokenizers (before: the base's ChatML template
+    came back)."""
     from transformers import AutoTokenizer
 
     out = tmp_path / "out"
@@ -326,6 +327,9 @@ def test_merged_model_carries_a_chat_template_its_base_lacks(llama_world, tmp_pa
             paft_merge_methods=["ties", "slerp"],
             paft_merge_run="ties",
             paft_report=False,
+            paft_merge_search=True,
+            paft_merge_search_budget=1,
+            paft_merge_search_methods=["ties"],
         )
     )
     run_template = AutoTokenizer.from_pretrained(out).chat_template
@@ -334,5 +338,7 @@ def test_merged_model_carries_a_chat_template_its_base_lacks(llama_world, tmp_pa
     for method in ("ties", "slerp"):
         config = yaml.safe_load((out / "mergekit" / f"{method}.yml").read_text())
         assert config["chat_template"] == run_template
-    merged = AutoTokenizer.from_pretrained(out / "merged" / "ties")
-    assert merged.chat_template == run_template
+    best = yaml.safe_load((out / "mergekit" / "best.yml").read_text())
+    assert best["chat_template"] == run_template
+    for merged in (out / "merged" / "ties", out / "search" / "merged" / "best"):
+        assert AutoTokenizer.from_pretrained(merged).chat_template == run_template

@@ -6,14 +6,13 @@ recomputation."""
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import last_trainer
+from conftest import last_trainer, logged_run
 from test_trainer import max_gap, resume_gaps, weights
 
 from axolotl_paft.lab.toy import axolotl_config, parallel_config, run_axolotl_train
@@ -333,15 +332,7 @@ def trained(llama_world, tmp_path_factory) -> dict:
         return sorted(p.name for p in cache.iterdir() if p.is_dir())
 
     after_preprocess = prepared()
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("axolotl.axolotl_paft.outputs")
-    logger.addHandler(handler)
-    try:
-        run_axolotl_train(config)
-    finally:
-        logger.removeHandler(handler)
+    messages = logged_run(config)
     history = last_trainer().state.log_history
     return {
         "messages": messages,

@@ -299,6 +299,7 @@ def run_merge_search(
         lm_eval=lm_eval,
         skill_measure=args.paft_merge_search_skill_measure,
         preference_measure=args.paft_merge_search_preference_measure,
+        chat_template=run_chat_template(output_dir),
     )
     best = output_dir / MERGEKIT_DIR / "best.yml"
     best.parent.mkdir(parents=True, exist_ok=True)

@@ -95,10 +95,15 @@ class Candidate:
 
 
 def candidate_config(
-    base: str, sft: Path, preference: Path, candidate: Candidate
+    base: str,
+    sft: Path,
+    preference: Path,
+    candidate: Candidate,
+    chat_template: str | None = None,
 ) -> dict:
     """The checked mergekit config of `candidate`. SLERP's `t` is the preference
-    share of the two weights."""
+    share of the two weights; `chat_template`: the run's (`merge.MergeDeltas`),
+    which mergekit then writes into the merged model's tokenizer."""
     share = candidate.preference_weight / (
         candidate.sft_weight + candidate.preference_weight
     )
@@ -110,7 +115,7 @@ def candidate_config(
         slerp_t=share,
         dtype="float32",
     )
-    deltas = MergeDeltas(base, sft, preference)
+    deltas = MergeDeltas(base, sft, preference, chat_template=chat_template)
     config = build_config(candidate.method, deltas, settings)
     if isinstance(config, str):
         raise ValueError(config)
@@ -119,13 +124,18 @@ def candidate_config(
 
 
 def write_candidate_config(
-    base: Path, sft: Path, preference: Path, candidate: Candidate, out: Path
+    base: Path,
+    sft: Path,
+    preference: Path,
+    candidate: Candidate,
+    out: Path,
+    chat_template: str | None = None,
 ) -> tuple[dict, Path]:
     """Write `candidate`'s config next to `out` (`out`.yml); return it and its
     path."""
     config = candidate_config(
         base_model_reference(base), Path(sft).resolve(), Path(preference).resolve(),
-        candidate,
+        candidate, chat_template,
     )  # fmt: skip
     path = Path(out).parent / f"{Path(out).name}.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,10 +144,18 @@ def write_candidate_config(
 
 
 def build_candidate(
-    base: Path, sft: Path, preference: Path, candidate: Candidate, out: Path, cache
+    base: Path,
+    sft: Path,
+    preference: Path,
+    candidate: Candidate,
+    out: Path,
+    cache,
+    chat_template: str | None = None,
 ) -> Path:
     """Write `candidate`'s config next to `out` and run it through mergekit."""
-    _, path = write_candidate_config(base, sft, preference, candidate, out)
+    _, path = write_candidate_config(
+        base, sft, preference, candidate, out, chat_template
+    )
     return run_merge_config(path, Path(out), Path(cache))
 
 
@@ -497,6 +515,7 @@ def search(
     skill_measure: str = "auto",
     preference_measure: str | None = None,
     lm_eval=None,
+    chat_template: str | None = None,
 ) -> dict:
     """Search within `budget` candidates; write the outputs (module docstring) and
     return {"best": name, "leaderboard": [entries, best first], "references":
@@ -508,7 +527,8 @@ def search(
     `evaluate.MEASURES` (`auto`: `evaluate.choose_skill_measure`; None: its
     `DEFAULT_PREFERENCE_MEASURE`). `lm_eval` (`lm_eval_objective.LmEvalObjective`):
     every candidate's metrics get its score, and `objective="lm_eval"` ranks by
-    it."""
+    it. `chat_template`: the run's, written into every candidate's config and so
+    into the winner mergekit writes (else the base's template comes back)."""
     from transformers import AutoTokenizer
 
     from axolotl_paft.evaluate import TextPairs, TextSkill, load_model
@@ -572,11 +592,15 @@ def search(
             return metrics
 
         if merges is None:
-            merged = build_candidate(base, sft, preference, candidate, target, cache)
+            merged = build_candidate(
+                base, sft, preference, candidate, target, cache, chat_template
+            )
             metrics = score(load_model(merged))
             shutil.rmtree(merged)
         else:
-            config, _ = write_candidate_config(base, sft, preference, candidate, target)
+            config, _ = write_candidate_config(
+                base, sft, preference, candidate, target, chat_template
+            )
             with merges.candidate(config) as model:
                 metrics = score(model)
         return metrics
