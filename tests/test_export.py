@@ -210,8 +210,9 @@ def test_extracted_adapter_error_falls_with_rank_and_it_generates(
     assert len(modules) == 3 * 2  # q, v, down in both layers: nothing else
     assert all(n.endswith(("q_proj", "v_proj", "down_proj")) for n in modules)
     scores = summary["scores"]
-    assert set(scores) == {"merged", "adapter"}
-    assert set(scores["adapter"]) >= {"sft_exact_match", "preference_accuracy"}
+    assert set(scores) == {"measures", "merged", "adapter"}
+    assert scores["measures"] == {"skill": "exact_match", "preference": "margin"}
+    assert set(scores["adapter"]) >= {"sft_exact_match", "preference_margin"}
     assert scores["adapter"] != scores["merged"]  # rank 2 costs something
     assert not (tmp_path / "merged" / "ties").exists()  # built for it, removed
     assert any(emitted.cache_dir.iterdir())  # the config's own LoRA cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -132,7 +133,7 @@ def test_the_search_writes_no_candidate_and_its_winner_scores_as_searched(
 
 
 def test_the_search_merges_other_adapters_on_disk(
-    llama_world, adapters, tmp_path, capsys
+    llama_world, adapters, tmp_path, caplog
 ):
     """A DoRA adapter is not built in memory: the search says so and builds its
     candidates with mergekit-yaml, deleting each after scoring."""
@@ -146,13 +147,14 @@ def test_the_search_merges_other_adapters_on_disk(
     config = LoraConfig(r=4, target_modules=["q_proj"], use_dora=True)
     get_peft_model(model, config).save_pretrained(tmp_path / "dora")
     out = tmp_path / "search"
+    caplog.set_level(logging.INFO, logger="axolotl.axolotl_paft.search")
     result = search(
         llama_world.model_dir, tmp_path / "dora", adapters["preference"],
         read_jsonl(llama_world.sft_path, 2), read_jsonl(llama_world.preference_path, 2),
         out, budget=1, methods=("ties",), objective="score",
     )  # fmt: skip
-    printed = capsys.readouterr().out
-    assert "merged on disk by mergekit-yaml" in printed and "use_dora=True" in printed
+    logged = caplog.text
+    assert "merged on disk by mergekit" in logged and "use_dora=True" in logged
     assert len(result["leaderboard"]) == 1
     assert [p.suffix for p in (out / "candidates").iterdir()] == [".yml"]
     assert (out / "merged" / "best" / "model.safetensors").is_file()

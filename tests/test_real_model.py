@@ -327,6 +327,7 @@ def test_merged_model_carries_a_chat_template_its_base_lacks(llama_world, tmp_pa
             paft_merge_methods=["ties", "slerp"],
             paft_merge_run="ties",
             paft_report=False,
+            val_set_size=0.25,
             paft_merge_search=True,
             paft_merge_search_budget=1,
             paft_merge_search_methods=["ties"],
