@@ -18,6 +18,7 @@ from axolotl_paft.search import (
     _rank,
     balanced_metrics,
     explore,
+    progress_text,
 )
 from axolotl_paft.sweep import main
 
@@ -190,6 +191,25 @@ REFERENCES = {
         ("preference", 0.0, 1.0),
     )
 }
+
+
+def test_a_candidates_log_line_shows_what_ranks_it_with_its_intervals():
+    """The trainer's log shows each candidate's kept shares with their 95%
+    intervals (before: the raw metrics dict, cut off by the demo before the
+    kept shares); a side whose reference gains nothing (nan) is left out."""
+    metrics = {"score": 0.5, "sft_loss": 0.51, "preference_margin": 89.5}
+    for key, (low, value, high) in {
+        "balanced": (0.79, 0.847, 0.91),
+        "skill_kept": (0.977, 0.981, 0.985),
+        "preference_kept": (0.79, 0.847, 0.91),
+    }.items():
+        metrics |= {f"{key}_low": low, key: value, f"{key}_high": high}
+    assert progress_text(metrics) == (
+        "balanced 0.847 [0.790, 0.910], skill_kept 0.981 [0.977, 0.985], "
+        "preference_kept 0.847 [0.790, 0.910]"
+    )
+    nan = {"score": 0.25, "balanced": math.nan, "skill_kept": math.nan}
+    assert progress_text(nan) == "score 0.250"
 
 
 def test_search_prefers_the_balanced_merge_over_a_lopsided_higher_score():

@@ -487,6 +487,9 @@ def _total_kept(entry: dict) -> float:
     return sum(0.0 if math.isnan(share) else share for share in shares)
 
 
+RANKED_KEYS = ("lm_eval", "balanced", "skill_kept", "preference_kept")
+
+
 def _rank(entry: dict, objective: str = "balanced") -> tuple:
     """Balanced, then both kept shares summed (the two break the balanced
     objective's ties by what a merge keeps in total), then the score."""
@@ -643,7 +646,11 @@ def explore(measure, methods, budget: int, objective: str = "balanced") -> list[
         entries[candidate.name] = entry
         if best is None or rank(entry) > rank(best):
             best = entry
-        print(f"search {len(entries)}/{budget}: {candidate.name} {metrics}", flush=True)
+        print(
+            f"search {len(entries)}/{budget}: {candidate.name}: "
+            + progress_text(metrics),
+            flush=True,
+        )
         return entry
 
     def coordinate(start: dict) -> None:
@@ -729,13 +736,21 @@ def write_search(
     return paths
 
 
-def _interval(metrics: dict, key: str) -> str:
+def interval_text(metrics: dict, key: str, digits: int = 3) -> str:
+    """`metrics[key]` with its 95% interval where it has one: "0.85 [0.79, 0.91]"."""
     if key not in metrics:
         return "n/a"
-    text = f"{metrics[key]:.3f}"
-    if f"{key}_low" in metrics:
-        text += f" [{metrics[f'{key}_low']:.2f}, {metrics[f'{key}_high']:.2f}]"
-    return text
+    low, value, high = (metrics.get(f"{key}{end}") for end in ("_low", "", "_high"))
+    text = f"{value:.{digits}f}"
+    return text if low is None else text + f" [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def progress_text(metrics: dict) -> str:
+    """A candidate's log line: what ranks it, with intervals (every measure is
+    in leaderboard.json): the balanced objective and both kept shares, the
+    lm-eval sum, else the score."""
+    keys = [k for k in RANKED_KEYS if k in metrics and not math.isnan(metrics[k])]
+    return ", ".join(f"{k} {interval_text(metrics, k)}" for k in keys or ["score"])
 
 
 def leaderboard_markdown(
@@ -786,8 +801,9 @@ def leaderboard_markdown(
         )
         lines.append(
             f"- Winner {leaderboard[0]['name']} against runner-up "
-            f"{leaderboard[1]['name']}: balanced {_interval(first, 'balanced')} and "
-            f"{_interval(second, 'balanced')}: "
+            f"{leaderboard[1]['name']}: balanced "
+            f"{interval_text(first, 'balanced')} and "
+            f"{interval_text(second, 'balanced')}: "
             + (
                 "**the intervals overlap: these rows do not tell the two apart.**"
                 if overlap
@@ -808,8 +824,8 @@ def leaderboard_markdown(
         m = entry["metrics"]
         lines.append(
             f"| {i} | {entry['name']} | {m[skill_metric]:.4g} | "
-            f"{m[preference_metric]:.4g} | {_interval(m, 'skill_kept')} | "
-            f"{_interval(m, 'preference_kept')} | {_interval(m, 'balanced')} | "
+            f"{m[preference_metric]:.4g} | {interval_text(m, 'skill_kept')} | "
+            f"{interval_text(m, 'preference_kept')} | {interval_text(m, 'balanced')} | "
             f"{m['score']:.3f} |"
         )
     return "\n".join(lines) + "\n"
