@@ -81,16 +81,16 @@ def uneven_preference_data(folder: Path) -> dict:
     }
 
 
-@pytest.mark.parametrize(("mode", "l1_lambda"), [("loss", 0.05), ("proximal", 1.0)])
-def test_fsdp2_matches_one_process(llama_world, tmp_path, mode, l1_lambda):
-    """Micro-batch 2 on each of 2 FSDP2 processes against micro-batch 4 on one."""
+def test_fsdp2_matches_one_process(llama_world, tmp_path):
+    """Micro-batch 2 on each of 2 FSDP2 processes against micro-batch 4 on one,
+    L1 in `loss` mode on both adapters (the `proximal` step on FSDP2 shards is
+    test_fsdp2_sft_only_l1_matches_one_process's: one callback for both modes'
+    runs; one launch less keeps the suite within its time)."""
     two, one = tmp_path / "two", tmp_path / "one"
     common = {
         **COMMON,
         **uneven_preference_data(tmp_path / "data"),
-        "paft_l1_mode": mode,
-        "paft_l1_lambda": l1_lambda,
-        "paft_preference_l1_lambda": l1_lambda,
+        "paft_l1_mode": "loss",
     }
     output = torchrun_fsdp(
         parallel_config(llama_world, two, micro_batch_size=2, **FSDP, **common),
@@ -105,7 +105,7 @@ def test_fsdp2_matches_one_process(llama_world, tmp_path, mode, l1_lambda):
     largest = {
         a: max(float(t.abs().max()) for t in weights(one / a).values()) for a in gaps
     }
-    print(f"L1 {mode}: 2 FSDP2 processes vs 1: max |gap| {gaps}, largest {largest}")
+    print(f"L1 loss: 2 FSDP2 processes vs 1: max |gap| {gaps}, largest {largest}")
     assert gaps["sft"] < 1e-5
     assert gaps["dpo"] < 1e-5
 
@@ -114,17 +114,9 @@ def test_fsdp2_matches_one_process(llama_world, tmp_path, mode, l1_lambda):
     one_logs = tensorboard_scalars(one)
     keys = [*LOGGED, "train/sft/l1_norm", "train/dpo/l1_norm", "train/sft/sparsity"]
     keys += ["eval/loss", "eval/dpo/loss", "eval/dpo/rewards/margins"]
-    zeros = "train/sft/lora_exact_zeros"
     for writer in scalars_per_writer(two):
         for key in keys:
             assert writer[key] == pytest.approx(one_logs[key], rel=1e-4), key
-        if mode == "proximal":
-            # the shrink acts (exact zeros), and the fraction of exact zeros
-            # agrees; not to float precision: a weight within float noise of the
-            # threshold lands on 0 in one run only
-            print(f"{zeros}: 2 processes {writer[zeros]}, 1 process {one_logs[zeros]}")
-            assert one_logs[zeros][-1] > 0.1
-            assert writer[zeros] == pytest.approx(one_logs[zeros], abs=1e-3)
 
 
 def test_fsdp2_resume_is_exact(llama_world, tmp_path):

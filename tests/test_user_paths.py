@@ -192,14 +192,14 @@ def matrix(llama_world, tmp_path_factory) -> dict:
             {"sft", "dpo"},
         ),
         ("alone", axolotl_config, {}, {"default"}),
-        (
+        (  # read for its rates only, constant over steps (lr_scheduler constant)
             "alone_at_preference_lr",
             axolotl_config,
-            {"learning_rate": 3e-4},
+            {"learning_rate": 3e-4, "max_steps": 1},
             {"default"},
         ),
     ):
-        run_axolotl_train(build(llama_world, root / name, **MATRIX, **overrides))
+        run_axolotl_train(build(llama_world, root / name, **(MATRIX | overrides)))
         trainer = last_trainer()
         runs[name] = {
             "out": root / name,
