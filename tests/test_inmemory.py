@@ -59,11 +59,13 @@ def test_in_memory_candidate_equals_mergekit_yaml(
     with merges.candidate(config) as model:
         ours = model.state_dict()
         assert set(expected) <= set(ours)
-        changed = 0
+        changed, largest = 0, 0.0
         for name, tensor in expected.items():
             diff = (ours[name] - tensor).abs().max().item()
             assert diff <= 1e-6, (name, diff)
             changed += not torch.equal(ours[name], before[name])
+            largest = max(largest, diff)
+        print(f"{candidate.method}: largest gap to mergekit-yaml {largest:.3g}")
         assert changed == len(merges.layers)  # every targeted weight, nothing else
     after = merges.model.state_dict()
     assert all(torch.equal(after[n], before[n]) for n in before)  # restored
