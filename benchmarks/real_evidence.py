@@ -22,8 +22,9 @@ by the search's measures (per-token NLL of the answers, implicit-reward margin
 against the base) with the lambda-0 SFT-only and preference-only adapters as
 references (`search.Scorer`: kept shares with paired-bootstrap 95% intervals).
 Writes OUT/real_evidence.{json,md} (provenance included), a seed at a time so an
-interrupted run keeps what is done. CPU: about 15 minutes a seed at lambda 0 on
-2 idle cores, about 5 more per L1 setting.
+interrupted run keeps what is done. CPU: about 15 minutes a seed (lambda 0 and
+one L1 setting) on 2 nearly idle cores at the demo's sizes; 8 of them are the
+lambda-0 runs, which the demo's OUT (as seed 0) already holds.
 """
 
 from __future__ import annotations
