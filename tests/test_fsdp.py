@@ -85,7 +85,7 @@ def test_fsdp2_matches_one_process(llama_world, tmp_path):
     """Micro-batch 2 on each of 2 FSDP2 processes against micro-batch 4 on one,
     L1 in `loss` mode on both adapters (the `proximal` step on FSDP2 shards is
     test_fsdp2_sft_only_l1_matches_one_process's: one callback for both modes'
-    runs; one launch less keeps the suite within its time)."""
+    runs; the parallel proximal case left the suite for its time)."""
     two, one = tmp_path / "two", tmp_path / "one"
     common = {
         **COMMON,
