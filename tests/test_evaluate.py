@@ -112,6 +112,17 @@ def test_held_out_answers_end_in_the_templates_end_of_turn_token(smollm2):
         tokenizer, [{"question": "Hi", "chosen": "Hello there.", "rejected": "No."}]
     )
     assert pairs.spans[0] == (ids, start, end)
+    # ... and so do `chat_template.default` rows, answers as messages or strings
+    same = [
+        {
+            "messages": turns,
+            "chosen": {"role": "assistant", "content": "Hello there."},
+            "rejected": "No.",
+        }
+    ]
+    assert TextPairs(tokenizer, same).spans == pairs.spans
+    with pytest.raises(ValueError, match="row 2 has keys .'chosen', 'prompt'"):
+        TextPairs(tokenizer, [*same, {"prompt": "Hi", "chosen": "Hello."}])
 
 
 def test_auto_skill_measure_is_exact_match_for_short_answers_only(smollm2):

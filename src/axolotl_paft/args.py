@@ -300,7 +300,9 @@ class MergeArgs(BaseModel):
         default=None,
         description=(
             "paft_merge_search: held-out preference rows (JSONL: question, chosen, "
-            "rejected); scored by paft_merge_search_preference_measure. Unset, "
+            "rejected, as chatml.intel; or messages, chosen, rejected, as "
+            "chat_template.default); scored by "
+            "paft_merge_search_preference_measure. Unset, "
             "in parallel mode: the run's held-out preference split "
             "(paft_preference_val_set_size or paft_preference_test_datasets; the "
             f"former defaults to {SEARCH_HELD_OUT} when neither is set)."
@@ -638,8 +640,8 @@ def _check_search_rows(data: dict) -> None:
         )
         raise ValueError(
             "paft_merge_search_preference_data: the search scores preference "
-            "accuracy on held-out pairs: name a JSONL file (question, chosen, "
-            f"rejected) {where}"
+            "accuracy on held-out pairs: name a JSONL file (question or messages, "
+            f"chosen, rejected) {where}"
         )
 
 

@@ -323,20 +323,38 @@ class TokenizedSkill(TextSkill):
             self.spans.append((list(row["input_ids"]), start, end))
 
 
+def prompt_turns(row: dict, number: int) -> list[dict]:
+    """The prompt of held-out pair `row` (row `number` of its file) as chat turns."""
+    prompt = row.keys() & {"messages", "question"}
+    if not (prompt and {"chosen", "rejected"} <= row.keys()):
+        raise ValueError(
+            f"held-out preference row {number} has keys {sorted(row)}: a pair needs "
+            "`question` (or `messages`), `chosen` and `rejected`"
+        )
+    if "messages" in row:
+        return list(row["messages"])
+    system = row.get("system")
+    turns = [{"role": "system", "content": system}] if system else []
+    return [*turns, {"role": "user", "content": row["question"]}]
+
+
 class TextPairs:
-    """Held-out preference rows (JSONL: `question` and optionally `system`,
-    `chosen`, `rejected`), each completion rendered as the assistant's answer
-    with `tokenizer`'s chat template (`render_answer`)."""
+    """Held-out preference rows (JSONL), each completion rendered as the
+    assistant's answer with `tokenizer`'s chat template (`render_answer`). A row
+    is either `chatml.intel`'s shape (`question`, optionally `system`, `chosen`
+    and `rejected` strings) or `chat_template.default`'s (`messages`, the prompt
+    turns, and `chosen` / `rejected` assistant messages or strings), so a held-out
+    file can be a split of the run's own preference data in either format."""
 
     def __init__(self, tokenizer, rows: list[dict]):
         self.tokenizer, self.rows = tokenizer, rows
         self.spans = []
-        for row in rows:
-            system = row.get("system")
-            turns = [{"role": "system", "content": system}] if system else []
-            turns.append({"role": "user", "content": row["question"]})
+        for number, row in enumerate(rows, 1):
+            turns = prompt_turns(row, number)
             for key in ("chosen", "rejected"):
-                self.spans.append(render_answer(tokenizer, turns, row[key]))
+                answer = row[key]
+                answer = answer["content"] if isinstance(answer, dict) else answer
+                self.spans.append(render_answer(tokenizer, turns, answer))
 
     def logps(self, model) -> torch.Tensor:
         """`[n, 2]` summed log-probs of each pair's chosen and rejected answer."""

@@ -200,7 +200,7 @@ def rerun_search_command(
         command += (
             " (this run scored its own held-out splits, which the command cannot "
             "read: write held-out rows as JSONL first, SFT rows with `messages`, "
-            "preference rows with question, chosen, rejected)"
+            "preference rows with question (or messages), chosen, rejected)"
         )
     return command
 
