@@ -106,7 +106,7 @@ def test_missing_inputs_are_errors():
     lengths = {"chosen_lengths": one, "rejected_lengths": one}
     with pytest.raises(ValueError, match="chosen_nll"):
         preference_loss("orpo", one, one, None, None, 0.1, **lengths)
-    assert PREFERENCE_LOSSES == ("dpo", "ipo", "orpo")
+    assert PREFERENCE_LOSSES == ("dpo", "ipo", "rpo", "orpo")
 
 
 # Parity with TRL on the toy llama.
@@ -193,7 +193,12 @@ def trl_trainer(trainer_cls, config_cls, toy, tmp_path, **config):
 
 
 @pytest.mark.parametrize(
-    ("kind", "loss_type", "beta"), [("dpo", "sigmoid", 0.1), ("ipo", "ipo", 0.5)]
+    ("kind", "loss_type", "beta"),
+    [
+        ("dpo", ["sigmoid"], 0.1),
+        ("ipo", ["ipo"], 0.5),
+        ("rpo", ["sigmoid", "sft"], 0.1),
+    ],
 )
 def test_matches_trl_dpo_trainer(toy, tmp_path, kind, loss_type, beta):
     from trl import DPOConfig, DPOTrainer
@@ -201,7 +206,7 @@ def test_matches_trl_dpo_trainer(toy, tmp_path, kind, loss_type, beta):
     # A `peft_config` (not a ready PeftModel, for which TRL would add a "ref" copy
     # of the adapter): TRL's reference is then the base with adapters disabled.
     trainer = trl_trainer(
-        DPOTrainer, DPOConfig, toy, tmp_path, beta=beta, loss_type=[loss_type]
+        DPOTrainer, DPOConfig, toy, tmp_path, beta=beta, loss_type=loss_type
     )
     model = trainer.model
     assert list(model.peft_config) == ["default"]

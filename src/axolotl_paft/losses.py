@@ -7,6 +7,11 @@ Pure tensor functions, checked against TRL 1.14 in `tests/test_losses.py`:
   and the `aot*` losses read it);
 - `ipo` is `loss_type="ipo"`: TRL divides each log-ratio by its number of
   completion tokens before the squared loss; its reward metrics stay summed;
+- `rpo` is `loss_type=["sigmoid", "sft"]` at weights 1 and 1 (Axolotl's
+  `dpo_loss_type: [sigmoid, sft]`): DPO plus the token-mean NLL of the chosen
+  completions. Why offer it: DPO alone can win its pairs by pushing the
+  rejected answers down while the chosen one never becomes what the model says
+  (measured on SmolLM2, docs/evidence.md); the NLL term trains the chosen;
 - `orpo` is `trl.experimental.orpo.ORPOTrainer`: odds from per-token *average*
   completion log-probs, plus the NLL of the chosen rows over prompt *and*
   completion tokens (token mean over the batch); no reference model.
@@ -137,6 +142,12 @@ def _dpo(pairs: PairLogps, beta: float) -> tuple[Tensor, dict[str, Tensor]]:
     return losses.mean(), _reference_metrics(pairs, beta)
 
 
+def _rpo(pairs: PairLogps, beta: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """TRL's `sft` term: cross-entropy over every chosen completion token."""
+    loss, metrics = _dpo(pairs, beta)
+    return loss - pairs.chosen.sum() / pairs.chosen_lengths.sum(), metrics
+
+
 def _ipo(pairs: PairLogps, beta: float) -> tuple[Tensor, dict[str, Tensor]]:
     """TRL averages the log-ratios per completion token; rewards stay summed."""
     chosen_logratios, rejected_logratios = pairs.logratios()
@@ -170,6 +181,7 @@ LOSS_SPECS: dict[str, LossSpec] = {
     "ipo": LossSpec(
         _ipo, "https://arxiv.org/abs/2310.12036", lengths="completion_mask"
     ),
+    "rpo": LossSpec(_rpo, "https://arxiv.org/abs/2404.19733", lengths="scored"),
     "orpo": LossSpec(
         _orpo,
         "https://arxiv.org/abs/2403.07691",
@@ -202,8 +214,9 @@ def preference_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Loss (mean over pairs) and TRL-named metrics (detached 0-d tensors).
 
-    All log-probs are per-pair sums over completion tokens (`[B]`). `dpo` and `ipo`
-    need the reference log-probs; `ipo` and `orpo` need the completion lengths;
+    All log-probs are per-pair sums over completion tokens (`[B]`). `dpo`, `rpo` and
+    `ipo` need the reference log-probs; `ipo`, `rpo` and `orpo` need the
+    completion lengths;
     `orpo` needs `chosen_nll` and ignores the reference. Metrics:
     `rewards/{chosen,rejected,accuracies,margins}`, `logps/{chosen,rejected}`, and
     for ORPO also `nll_loss`, `log_odds_ratio` (mean log-sigmoid of the log odds
