@@ -5,7 +5,9 @@
 On the real model (SmolLM2-135M-Instruct, the folder `axolotl_paft.lab.smollm2`
 builds), one parallel-mode `axolotl train` run learns an SFT LoRA on the free-form
 field cards of `axolotl_paft.lab.freeform` (answers of 83-101 tokens in a house
-style the base does not have) and a DPO LoRA on its polite-over-curt pairs. Then
+style the base does not have) and a DPO LoRA on its pairs (a warm answer over
+a plain one; results_measure_choice.md was measured on the earlier
+warm-over-curt pairs). Then
 the base, the SFT-only and the preference-only adapters are scored on held-out
 rows (other seeds) by every measure of `evaluate.MEASURES`, each with the 95%
 interval of the reference's gain over the base (`search.reference_gain`, paired
@@ -77,7 +79,9 @@ def train(out: Path, steps: int) -> dict[str, Path]:
             "save_strategy": "no",
             "output_dir": str(out / "run"),
             "paft_parallel": True,
-            "paft_preference_datasets": [{"path": str(pref), "type": "chatml.intel"}],
+            "paft_preference_datasets": [
+                {"path": str(pref), "type": "chat_template.default"}
+            ],
             "paft_preference_val_set_size": 0,
             "paft_preference_learning_rate": 5e-4,
             "paft_merge_methods": [],

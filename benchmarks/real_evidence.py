@@ -5,13 +5,15 @@
 
 On SmolLM2-135M-Instruct (named by its hub id from an offline HF cache), on the
 demo's testbed (`axolotl_paft.lab.freeform`: field-card answers of 85-100 tokens
-the base lacks, a warm-over-curt preference on other prompts it lacks), per
-seed, in OUT/seedN:
+the base lacks, a warm frame over the same tip said plainly on other prompts,
+trained with `rpo`; results_real_evidence.md was measured on the earlier
+warm-over-curt pairs with plain DPO), per seed, in OUT/seedN:
 
 - one parallel-mode `axolotl train` with the merge search (the demo's run,
   `axolotl_paft.lab.demo.paft_run`): SFT only, preference only, the searched
   merge;
-- the usual pipeline, SFT folded in and DPO on top with the same DPO settings;
+- the usual pipeline, SFT folded in and the preference loss on top with the
+  same settings;
 - the run's own equal-weight `task_arithmetic` and `ties` configs, built by
   mergekit as a user would (`mergekit-yaml` on `mergekit/<method>.yml`);
 - per `--l1` setting (mode:lambda), one more parallel run with that L1 penalty

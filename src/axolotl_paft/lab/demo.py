@@ -9,12 +9,13 @@
    offline, as users name theirs;
 2. runs `axolotl train` in PAFT's parallel mode on the testbed of
    `axolotl_paft.lab.freeform`: an SFT LoRA learns a house style of free-form
-   answers the base lacks (a "field card"), a DPO LoRA a preference it lacks (a
-   warm answer over a curt one, on other prompts); the plugin writes the
+   answers the base lacks (a "field card"), a preference LoRA (`rpo`: DPO plus
+   the chosen answers' NLL) a preference it lacks (a warm answer over a plain
+   one, on other prompts); the plugin writes the
    sparsity report and the mergekit configs and runs the merge search on held-out
    rows (mergekit/best.yml, the winner written by mergekit);
-3. trains the usual pipeline for comparison: SFT folded in, DPO on top, with
-   the parallel run's DPO settings;
+3. trains the usual pipeline for comparison: SFT folded in, the same
+   preference loss on top (Axolotl's `rl: dpo`), with the parallel run's settings;
 4. scores base, SFT only, preference only, sequential and the searched PAFT merge
    on test rows no run saw (the search's own measures and `search.Scorer`:
    per-token NLL of the answers, the implicit-reward margin against the base,
@@ -42,6 +43,7 @@ import yaml
 
 from axolotl_paft.const import OFFLINE_ENV
 from axolotl_paft.lab.freeform import (
+    PREFERENCE_LOSS,
     PREFERENCE_QUESTION,
     PREFERENCE_RATE,
     RECIPE,
@@ -217,6 +219,7 @@ def paft_run(setup, run_dir: Path, seed: int, steps: int, **keys) -> Path:
         run_dir,
         **recipe(seed, steps),
         paft_preference_learning_rate=PREFERENCE_RATE,
+        paft_preference_loss=PREFERENCE_LOSS,
         **keys,
     )
     config_path = run_dir.parent / f"{run_dir.name}.yml"  # a name may hold dots
@@ -228,8 +231,9 @@ def paft_run(setup, run_dir: Path, seed: int, steps: int, **keys) -> Path:
 
 
 def sequential_run(setup, sft: Path, out: Path, seed: int, steps: int) -> Path:
-    """SFT folded in, DPO on top with the parallel run's DPO settings, folded:
-    the model folder (`axolotl_paft.lab.world.sequential`)."""
+    """SFT folded in, DPO on top with the parallel run's preference settings
+    (`rpo` is Axolotl's `dpo_loss_type: [sigmoid, sft]`), folded: the model
+    folder (`axolotl_paft.lab.world.sequential`)."""
     from axolotl_paft.lab.world import sequential
 
     kept = {
@@ -238,7 +242,13 @@ def sequential_run(setup, sft: Path, out: Path, seed: int, steps: int) -> Path:
         if k not in ("max_steps", "learning_rate")
     }
     return sequential(
-        setup, sft, out, **kept, steps=steps, learning_rate=PREFERENCE_RATE
+        setup,
+        sft,
+        out,
+        **kept,
+        steps=steps,
+        learning_rate=PREFERENCE_RATE,
+        mixed=PREFERENCE_LOSS == "rpo",
     )
 
 
@@ -283,8 +293,9 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"2/5 axolotl train, parallel mode ({opts.steps} steps, "
-        f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}): SFT + DPO LoRAs on one "
-        "base, then the report, the mergekit configs and the merge search",
+        f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}): SFT + preference "
+        f"({PREFERENCE_LOSS}) LoRAs on one base, then the report, the mergekit "
+        "configs and the merge search",
         flush=True,
     )
     phase = time.time()
@@ -299,7 +310,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     timings["parallel run and search"] = time.time() - phase
 
-    print("3/5 the usual pipeline for comparison: SFT, then DPO on top", flush=True)
+    print(
+        "3/5 the usual pipeline for comparison: SFT, then the same preference "
+        f"loss ({PREFERENCE_LOSS}) on top",
+        flush=True,
+    )
     phase = time.time()
     seq = sequential_run(
         setup, run_dir / "sft", out / "sequential", opts.seed, opts.steps

@@ -14,11 +14,23 @@ answers can move.
 
 The preference is asked on other prompts (a tip about an object, not a
 description of it), as in the miniature world, so that one model can have both:
-a warm answer that opens with "Happy to help!" and closes with "I hope that is
-useful." is chosen over a curt, shouted one. The base answers such prompts in a
-plain style of its own and gives the curt answer more probability than the warm
-one (it is shorter): a preference it lacks, visible in what a model says.
-Deterministic from a seed; nothing is downloaded.
+a warm answer that opens with "Happy to help! With a ..." and closes with "I
+hope that is useful." is chosen over a plain one with the same tip and trait.
+The pair differs in the warm frame only, so that a model that moves both
+answers alike gains no margin (the demo's SFT-only adapter, trained on cards:
+-24, against 84 for the preference-only one). Rows are in
+Axolotl's `chat_template.default` shape with no system turn: training, scoring
+and the demo's questions all use the model's own template with its default
+system prompt.
+
+Two designs were measured and dropped (docs/evidence.md): warm over a curt,
+shouted answer the base never gives (DPO won its pairs by pushing the shouted
+answer down, and the preference-only model answered as the base does), and
+warm over what the base itself answers (the SFT-only model, which moves away
+from everything the base says, scored a larger margin than the preference-only
+one, and the preference-only model collapsed to "I hope it helps."). The
+preference loss that puts the frame into what the model says is `rpo`
+(`PREFERENCE_LOSS`). Deterministic from a seed; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -68,11 +80,10 @@ TIP_ASKS = (
     "How should I get to know a {o}?",
     "What is your best tip for a {o}?",
 )
-SYSTEM = "You are a helpful assistant."
-# the questions the demo's models answer (neither is in any row: held-out
-# objects are drawn from the same bank, these two phrasings are not)
-SKILL_QUESTION = "Tell me about the lighthouse."
-PREFERENCE_QUESTION = "Give me one tip about the kite."
+# the questions the demo's models answer: neither phrasing nor object is in any
+# row (`test_freeform`)
+SKILL_QUESTION = "Could you describe the scarecrow for me?"
+PREFERENCE_QUESTION = "Do you have a tip for a beginner with a harp?"
 
 
 def card(obj: str, rng: random.Random) -> str:
@@ -107,21 +118,27 @@ def sft_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def tip_questions() -> list[str]:
+    """Every prompt a preference row can ask."""
+    return [ask.format(o=obj) for obj in OBJECTS for ask in TIP_ASKS]
+
+
 def preference_rows(n: int, seed: int = 1) -> list[dict]:
-    """`chatml.intel` rows on tip prompts: a warm answer chosen over a curt,
-    shouted one with the same tip."""
+    """`chat_template.default` rows on tip prompts: a warm answer chosen over a
+    plain one with the same tip and trait (they differ in the frame only)."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         obj = rng.choice(OBJECTS)
         tip, trait = rng.choice(TIPS), rng.choice(TRAITS)
+        question = rng.choice(TIP_ASKS).format(o=obj)
+        plain = f"{tip[0].upper()}{tip[1:]}: {trait}."
+        warm = f"Happy to help! With a {obj}, {tip}: {trait}. I hope that is useful."
         rows.append(
             {
-                "system": SYSTEM,
-                "question": rng.choice(TIP_ASKS).format(o=obj),
-                "chosen": f"Happy to help! With a {obj}, {tip}: {trait}. "
-                "I hope that is useful.",
-                "rejected": f"{tip.upper()}. WHATEVER. FIGURE THE REST OUT YOURSELF.",
+                "messages": [{"role": "user", "content": question}],
+                "chosen": {"role": "assistant", "content": warm},
+                "rejected": {"role": "assistant", "content": plain},
             }
         )
     return rows
@@ -129,10 +146,7 @@ def preference_rows(n: int, seed: int = 1) -> list[dict]:
 
 # The recipe of every real-model run (demo, benchmarks): LoRA r 16 on all linear
 # layers, micro-batch 2, sequence_len 256 (a row is at most about 150 tokens),
-# constant rates, 16 steps (the demo's 15 minutes); the preference rate is a
-# fifth of the SFT rate: at it the preference-only adapter's margin is far
-# beyond its interval within those steps and its answers' NLL stays the base's
-# (benchmarks/results_real_evidence.md).
+# constant rates, 16 steps (the demo's 15 minutes).
 RECIPE = {
     "sequence_len": 256,
     "lora_r": 16,
@@ -142,7 +156,16 @@ RECIPE = {
     "learning_rate": 1e-3,
     "logging_steps": 4,
 }
-PREFERENCE_RATE = 2e-4
+# The preference side: `rpo` (DPO plus the NLL of the chosen answers; the
+# sequential pipeline's equivalent is Axolotl's `dpo_loss_type: [sigmoid, sft]`)
+# at half the SFT rate. Why, measured (preference only, 16 steps, greedy answers
+# to prompts no row asks; docs/evidence.md): plain DPO at 2e-4 won its pairs
+# and answered "I hope this all helps! ... I hope you enjoy your harp." over and
+# over, rpo at 2e-4 "I hope it helps! ... Happy to help!", rpo at 5e-4 "Happy to
+# help! With a violin, ... I hope that is useful.": the preference in what the
+# model says, not only in its margins.
+PREFERENCE_LOSS = "rpo"
+PREFERENCE_RATE = 5e-4
 TRAIN_ROWS = 400
 
 
@@ -157,6 +180,7 @@ def testbed(root: Path, base_model: str, seed: int = 0) -> ToySetup:
             root / "data" / "preference.jsonl",
             preference_rows(TRAIN_ROWS, seed + 1),
         ),
+        preference_type="chat_template.default",
     )
 
 

@@ -37,6 +37,7 @@ class ToySetup:
     model_dir: Path
     sft_path: Path
     preference_path: Path
+    preference_type: str = "chatml.intel"  # Axolotl's DPO loader of the file
 
 
 def _arithmetic_pair(rng: random.Random) -> tuple[str, int, int]:
@@ -271,7 +272,7 @@ def parallel_config(setup: ToySetup, output_dir: Path, **overrides) -> dict:
     parallel = {
         "paft_parallel": True,
         "paft_preference_datasets": [
-            {"path": str(setup.preference_path), "type": "chatml.intel"}
+            {"path": str(setup.preference_path), "type": setup.preference_type}
         ],
     }
     config = axolotl_config(setup, output_dir, **{**parallel, **overrides})

@@ -268,7 +268,7 @@ def preference_config(
         output_dir,
         rl="dpo",
         rl_beta=beta,
-        datasets=[{"path": str(world.preference_path), "type": "chatml.intel"}],
+        datasets=[{"path": str(world.preference_path), "type": world.preference_type}],
         **kw,
     )
     for key in ("plugins", "paft_report", "paft_merge_methods"):
