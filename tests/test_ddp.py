@@ -12,7 +12,7 @@ import yaml
 from test_l1 import scalars_per_writer, tensorboard_scalars
 from test_trainer import max_gap, weights
 
-from axolotl_paft.lab.toy import axolotl_config, parallel_config, run_axolotl_train
+from axolotl_paft.lab.toy import parallel_config, run_axolotl_train
 
 pytestmark = pytest.mark.slow
 
@@ -54,25 +54,14 @@ def test_two_processes(llama_world, tmp_path):
         parallel_config(llama_world, two, micro_batch_size=2, **COMMON),
         tmp_path / "two.yml",
     )
-    plain_ddp = tmp_path / "plain_ddp"
-    torchrun_two_processes(
-        axolotl_config(llama_world, plain_ddp, micro_batch_size=2, **COMMON),
-        tmp_path / "plain_ddp.yml",
-    )
     one = tmp_path / "one"
     run_axolotl_train(parallel_config(llama_world, one, micro_batch_size=4, **COMMON))
 
-    # the SFT side is exactly what Axolotl's own DDP computes for one adapter
-    sft_vs_ddp = max_gap(weights(two / "sft"), weights(plain_ddp))
-    # the preference side (our sharding) matches one process with the same batch
+    # both sides (Axolotl's DDP step for the SFT adapter, our sharding for the
+    # preference one) match one process with the same global batch
     dpo_vs_one = max_gap(weights(two / "dpo"), weights(one / "dpo"))
-    # and both match one process with the same global batch
     sft_vs_one = max_gap(weights(two / "sft"), weights(one / "sft"))
-    print(
-        f"2-process SFT vs Axolotl DDP SFT: {sft_vs_ddp:.3g}; 2-process DPO vs "
-        f"1 process: {dpo_vs_one:.3g}; SFT vs 1 process: {sft_vs_one:.3g}"
-    )
-    assert sft_vs_ddp < 1e-6
+    print(f"2 processes vs 1: DPO {dpo_vs_one:.3g}, SFT {sft_vs_one:.3g}")
     assert dpo_vs_one < 1e-4
     assert sft_vs_one < 1e-4
     # the logged preference metrics are means over both processes' pairs (every

@@ -81,25 +81,46 @@ def uneven_preference_data(folder: Path) -> dict:
     }
 
 
-def test_fsdp2_matches_one_process(llama_world, tmp_path):
-    """Micro-batch 2 on each of 2 FSDP2 processes against micro-batch 4 on one,
-    L1 in `loss` mode on both adapters (the `proximal` step on FSDP2 shards is
+# sharded checkpoints every 3 steps: one 2-process run serves both the
+# comparison with one process and the resume from its checkpoint-3
+SHARDED = {
+    "fsdp_config": {**FSDP["fsdp_config"], "state_dict_type": "SHARDED_STATE_DICT"}
+}
+STEPS = {"save_strategy": "steps", "save_steps": 3, "micro_batch_size": 2}
+
+
+def parallel_fsdp_config(world, out: Path, data: dict) -> dict:
+    return parallel_config(
+        world, out, **SHARDED, **COMMON, **data, **STEPS, paft_l1_mode="loss"
+    )
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(llama_world, tmp_path_factory) -> dict:
+    """The 2-process FSDP2 parallel run: micro-batch 2 on each process, L1 in
+    `loss` mode on both adapters, uneven preference data with an eval split."""
+    root = tmp_path_factory.mktemp("fsdp2")
+    data = uneven_preference_data(root / "data")
+    out = root / "two"
+    output = torchrun_fsdp(
+        parallel_fsdp_config(llama_world, out, data), root / "two.yml"
+    )
+    return {"root": root, "data": data, "out": out, "output": output}
+
+
+def test_fsdp2_matches_one_process(llama_world, fsdp_run):
+    """Micro-batch 2 on each of 2 FSDP2 processes against micro-batch 4 on one
+    (the `proximal` step on FSDP2 shards is
     test_fsdp2_sft_only_l1_matches_one_process's: one callback for both modes'
     runs; the parallel proximal case left the suite for its time)."""
-    two, one = tmp_path / "two", tmp_path / "one"
-    common = {
-        **COMMON,
-        **uneven_preference_data(tmp_path / "data"),
-        "paft_l1_mode": "loss",
-    }
-    output = torchrun_fsdp(
-        parallel_config(llama_world, two, micro_batch_size=2, **FSDP, **common),
-        tmp_path / "two.yml",
-    )
+    two, one = fsdp_run["out"], fsdp_run["root"] / "one"
     # the adapters really were sharded (and gathered for the save)
-    assert "of them gathered from FSDP2 shards" in output
-    assert ", 0 of them gathered" not in output
-    run_axolotl_train(parallel_config(llama_world, one, micro_batch_size=4, **common))
+    assert "of them gathered from FSDP2 shards" in fsdp_run["output"]
+    assert ", 0 of them gathered" not in fsdp_run["output"]
+    config = parallel_fsdp_config(llama_world, one, fsdp_run["data"])
+    for key in ("fsdp_config", "save_strategy", "save_steps"):
+        del config[key]
+    run_axolotl_train({**config, "micro_batch_size": 4})
 
     gaps = {a: max_gap(weights(two / a), weights(one / a)) for a in ("sft", "dpo")}
     largest = {
@@ -119,25 +140,18 @@ def test_fsdp2_matches_one_process(llama_world, tmp_path):
             assert writer[key] == pytest.approx(one_logs[key], rel=1e-4), key
 
 
-def test_fsdp2_resume_is_exact(llama_world, tmp_path):
+def test_fsdp2_resume_is_exact(llama_world, fsdp_run):
     """Sharded checkpoints hold both adapters (Accelerate's FSDP save keeps only
     the active one); resuming at step 3 ends where the uninterrupted run ends."""
-    sharded = {"fsdp_config": {**FSDP["fsdp_config"]}}
-    sharded["fsdp_config"]["state_dict_type"] = "SHARDED_STATE_DICT"
-    steps = {"save_strategy": "steps", "save_steps": 3, "micro_batch_size": 2}
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    torchrun_fsdp(
-        parallel_config(llama_world, full, **sharded, **COMMON, **steps),
-        tmp_path / "full.yml",
-    )
+    full, resumed = fsdp_run["out"], fsdp_run["root"] / "resumed"
     checkpoint = full / "checkpoint-3"
     assert {"pytorch_model_fsdp_0", "pytorch_model_fsdp_1"} <= {
         p.name for p in checkpoint.iterdir()
     }
     shutil.copytree(checkpoint, resumed / "checkpoint-3")
-    config = parallel_config(llama_world, resumed, **sharded, **COMMON, **steps)
+    config = parallel_fsdp_config(llama_world, resumed, fsdp_run["data"])
     config["resume_from_checkpoint"] = str(resumed / "checkpoint-3")
-    torchrun_fsdp(config, tmp_path / "resumed.yml")
+    torchrun_fsdp(config, fsdp_run["root"] / "resumed.yml")
     for adapter in ("sft", "dpo"):
         assert max_gap(weights(resumed / adapter), weights(full / adapter)) == 0
 

@@ -15,7 +15,7 @@ import pytest
 
 PROBE = """
 import json, torch
-from axolotl_paft.outputs import machine_threads
+from axolotl_paft.threads import machine_threads
 before = torch.get_num_threads()
 with machine_threads() as inside:
     used = torch.get_num_threads()

@@ -164,14 +164,14 @@ def test_training_logs_follow_one_documented_scheme(evaluated):
 # --- the config matrix users run ------------------------------------------------
 
 MATRIX = {
-    "max_steps": 10,
+    "max_steps": 6,
     "micro_batch_size": 2,
     "gradient_accumulation_steps": 2,
     "gradient_checkpointing": True,
     "lora_dropout": 0.05,
     "loraplus_lr_ratio": 16,
     "val_set_size": 0.2,
-    "eval_steps": 5,
+    "eval_steps": 3,
     "paft_l1_lambda": 1e-3,
     # Axolotl packs on CPU (without cross-sample masking: no flash attention here)
     "sample_packing": True,

@@ -18,7 +18,8 @@ from axolotl_paft.args import (
 from axolotl_paft.const import PEFT_DEFAULT_ADAPTER, run_seed
 from axolotl_paft.l1 import L1SparsityCallback
 from axolotl_paft.merge import base_model_reference
-from axolotl_paft.outputs import machine_threads, search_rows, write_run_outputs
+from axolotl_paft.outputs import search_rows, write_run_outputs
+from axolotl_paft.threads import machine_threads
 
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 
@@ -241,7 +242,7 @@ class PAFTPlugin(BasePlugin):
     def _write_outputs(self, cfg) -> None:
         """Once per run, after the final adapters were saved (post_train runs
         twice: before and after Axolotl's final save), on the main process, with
-        torch on the machine's cores (`outputs.machine_threads`); the base named
+        torch on the machine's cores (`threads.machine_threads`); the base named
         as `merge.base_model_reference` names it. A failing merge search raises
         `outputs.MergeSearchFailed` once everything else is written: nothing of
         Axolotl's comes after this hook."""
