@@ -1,12 +1,22 @@
 """The miniature world's quick grid: its two preconditions hold at lambda 0, the
 merge search's pick is at least as balanced as the equal-weight merge on the rows
 it searches and beats sequential SFT->DPO on held-out rows (benchmarks/evidence.py
-is the full grid)."""
+is the full grid).
+
+    python benchmarks/world_check.py OUT
+
+A check, not a measurement: it left the test suite for its 1.5 minutes; run it
+after changing `axolotl_paft.lab.world`. Exits non-zero naming what failed.
+"""
 
 from __future__ import annotations
 
-import pytest
+import argparse
+import os
+import time
+from pathlib import Path
 
+from axolotl_paft.const import OFFLINE_ENV
 from axolotl_paft.lab.world import (
     Scorer,
     build_world,
@@ -21,12 +31,12 @@ from axolotl_paft.lab.world import (
 )
 from axolotl_paft.search import Candidate, _rank, build_candidate, search
 
-pytestmark = pytest.mark.slow
 STEPS = 150
 RATE = 1e-3
 
 
-def test_world_preconditions_and_search_beats_equal_weights(tmp_path):
+def check(tmp_path: Path) -> None:
+    """Build the small world under `tmp_path` and assert the quick grid."""
     world = build_world(tmp_path / "world", "small")
     scorer = Scorer(world.model_dir, *heldout_rows(96))
     common = {"seed": 0, "steps": STEPS}
@@ -70,3 +80,16 @@ def test_world_preconditions_and_search_beats_equal_weights(tmp_path):
     # ... and on the test rows it beats the usual pipeline (docs/evidence.md: on
     # the test rows it does not reliably beat the equal-weight merge)
     assert best["score"] > scores["seq"]["score"] + 0.1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    os.environ.update(OFFLINE_ENV)  # nothing is downloaded, nothing reported
+    start = time.time()
+    check(parser.parse_args().out)
+    print(f"world check passed in {time.time() - start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
