@@ -22,6 +22,7 @@ Both are idempotent: a finished build (its `build.json`) is reused.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -102,13 +103,24 @@ def check_logits(reference, model, tokenizer) -> float:
 
 def build(root: Path | None = None) -> Path:
     """The HF model folder (built once; `root/model`)."""
-    import torch
-    from transformers import LlamaForCausalLM
-
     root = Path(root or default_root())
     folder = root / "model"
     if (folder / STAMP).exists():
         return folder
+    root.mkdir(parents=True, exist_ok=True)
+    # the suite's pytest-xdist workers all ask for it at once on a clean machine:
+    # one builds, the others wait and reuse its folder
+    with (root / "build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / STAMP).exists():
+            return folder
+        return _build(root, folder)
+
+
+def _build(root: Path, folder: Path) -> Path:
+    import torch
+    from transformers import LlamaForCausalLM
+
     started = time.time()
     gguf = fetch_gguf(root)
     _progress(f"dequantizing {gguf.name} with transformers + gguf (about a minute)")
