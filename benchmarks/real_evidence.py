@@ -22,8 +22,9 @@ warm-over-curt pairs with plain DPO), per seed, in OUT/seedN:
 Everything is scored on test rows no run or search saw (`heldout(..., "test")`),
 by the search's measures (per-token NLL of the answers, implicit-reward margin
 against the base) with the lambda-0 SFT-only and preference-only adapters as
-references (`search.Scorer`: kept shares with paired-bootstrap 95% intervals).
-Writes OUT/real_evidence.{json,md} (provenance included), a seed at a time so an
+references (`search.Scorer`: kept shares with paired-bootstrap 95% intervals),
+and by what the models say (`freeform.says`: the share of greedy answers that
+open as a card / with the warm frame). Writes OUT/real_evidence.{json,md} (provenance included), a seed at a time so an
 interrupted run keeps what is done. CPU: about 15 minutes a seed (lambda 0 and
 one L1 setting) on 2 nearly idle cores at the demo's sizes; 8 of them are the
 lambda-0 runs, which the demo's OUT (as seed 0) already holds.
@@ -117,6 +118,7 @@ def seed_results(opts, seed: int) -> dict:
         *heldout(opts.test_rows, "test", seed),
         (SKILL_QUESTION, PREFERENCE_QUESTION),
         opts.answer_tokens,
+        openings=True,
     )
     board = json.loads(
         (opts.out / f"seed{seed}" / "paft" / "search" / "leaderboard.json").read_text()
@@ -156,6 +158,25 @@ def markdown(record: dict) -> str:
         lines.append(
             f"| {name} | " + " | ".join(cells) + f" | {statistics.mean(balanced):.2f} |"
         )
+    lines += [
+        "",
+        "What the models say: the share of the test prompts whose greedy answer "
+        "opens in the taught format (`freeform.says`: a card, \"FIELD CARD\", to "
+        "the skill questions / the warm frame, \"Happy to help\", to the tip "
+        "questions), which teacher-forced NLL does not see",
+        "",
+        "| model | " + " | ".join(f"seed {s}: card / warm" for s in seeds)
+        + " | mean card / warm |",
+        "|---|" + "---|" * (len(seeds) + 1),
+    ]  # fmt: skip
+    for name in names:
+        said = [result["models"][name]["says"] for result in seeds.values()]
+        cells = [f"{x['skill']:.2f} / {x['preference']:.2f}" for x in said]
+        mean = {k: statistics.mean(x[k] for x in said) for k in said[0]}
+        lines.append(
+            f"| {name} | " + " | ".join(cells)
+            + f" | {mean['skill']:.2f} / {mean['preference']:.2f} |"
+        )  # fmt: skip
     lines += ["", "Searched winners: " + ", ".join(
         f"seed {s}: `{r['searched']}`" for s, r in seeds.items()
     ), "", "Raw values (seed " + str(next(iter(seeds))) + "): answer NLL and margin",

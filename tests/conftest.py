@@ -18,6 +18,13 @@ from axolotl_paft.const import OFFLINE_ENV
 HF_HOME = Path(tempfile.mkdtemp(prefix="paft-tests-hf-home-"))
 atexit.register(shutil.rmtree, HF_HOME, ignore_errors=True)
 os.environ.update(OFFLINE_ENV, TOKENIZERS_PARALLELISM="false", HF_HOME=str(HF_HOME))
+# Under pytest-xdist (scripts/test.sh), the cores are shared among the workers:
+# torch's default (every core per process) oversubscribes them, and OpenMP's
+# spinning threads then wait on each other. Set as a user would (the plugin
+# keeps a user's OMP_NUM_THREADS; test_threads clears it for its launches).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // workers))
 
 import pytest  # noqa: E402
 

@@ -4,6 +4,8 @@ frame only, in Axolotl's `chat_template.default` shape."""
 
 import json
 
+import pytest
+
 from axolotl_paft.lab import freeform
 
 
@@ -44,3 +46,30 @@ def test_pairs_differ_in_the_warm_frame_only():
         assert f"{plain[0].lower()}{plain[1:-1]}." in warm
     assert freeform.preference_rows(50, seed=3) == rows  # deterministic
     assert len({row["messages"][0]["content"] for row in rows}) > 25
+
+
+@pytest.mark.slow
+def test_openings_batched_are_the_answers_one_at_a_time_and_the_base_has_neither(
+    smollm2,
+):
+    """`says` reads greedy openings from one left-padded batch: each must be what
+    the prompt alone yields; the base opens in neither taught format (what the
+    testbed needs: both effects are new to it)."""
+    from transformers import AutoTokenizer
+
+    from axolotl_paft.evaluate import load_model
+    from axolotl_paft.lab.demo import answer
+
+    model, tokenizer = load_model(smollm2), AutoTokenizer.from_pretrained(smollm2)
+    skill, pairs = freeform.heldout(4, "test")
+    chats = [row["messages"][:-1] for row in skill] + [r["messages"] for r in pairs]
+    alone = [
+        answer(model, tokenizer, chat[0]["content"], freeform.OPENING_TOKENS)
+        for chat in chats
+    ]
+    assert freeform.openings(model, tokenizer, chats) == alone
+    assert len(set(alone)) > 1
+    assert freeform.says(model, tokenizer, skill, pairs) == {
+        "skill": 0.0,
+        "preference": 0.0,
+    }

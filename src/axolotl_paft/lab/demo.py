@@ -134,19 +134,22 @@ def score_models(
     pairs_rows,
     questions,
     answer_tokens: int = ANSWER_TOKENS,
+    openings: bool = False,
 ) -> dict[str, dict]:
     """`search.Scorer` metrics (NLL skill, margin preference, kept shares with
     95% intervals against the `SFT only` and `preference only` entries) and a
     greedy answer to each of `questions`, for each of `models` (an adapter or a
-    model folder; None: the base)."""
+    model folder; None: the base); with `openings`, also `freeform.says` on the
+    same rows (the share of answers that open in each taught format)."""
     from transformers import AutoTokenizer
 
     from axolotl_paft.evaluate import TextPairs, TextSkill, load_candidate, load_model
+    from axolotl_paft.lab.freeform import says
     from axolotl_paft.search import Scorer
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     skill, pairs = TextSkill(tokenizer, skill_rows), TextPairs(tokenizer, pairs_rows)
-    terms, answers = {}, {}
+    terms, answers, opened = {}, {}, {}
     scorer = None
     for name, path in models.items():
         started = time.time()
@@ -155,12 +158,18 @@ def score_models(
             scorer = Scorer.on_rows(skill, pairs, model, "nll", "margin")
         terms[name] = scorer.score_terms(model)
         answers[name] = [answer(model, tokenizer, q, answer_tokens) for q in questions]
+        if openings:
+            opened[name] = says(model, tokenizer, skill_rows, pairs_rows)
         seconds = time.time() - started
         print(f"   scored {name} and let it answer ({seconds:.0f}s)", flush=True)
     scorer.add_reference("sft", terms["SFT only"])
     scorer.add_reference("preference", terms["preference only"])
     return {
-        name: {"metrics": scorer.metrics(terms[name]), "answers": answers[name]}
+        name: {
+            "metrics": scorer.metrics(terms[name]),
+            "answers": answers[name],
+            **({"says": opened[name]} if openings else {}),
+        }
         for name in models
     }
 

@@ -184,6 +184,51 @@ def testbed(root: Path, base_model: str, seed: int = 0) -> ToySetup:
     )
 
 
+# What greedy decoding shows of each effect: the first words of an answer decide
+# between a card and the warm frame (where the merged deltas compete), and
+# teacher-forced NLL, which scores every token of the reference answer, does not
+# see it (docs/evidence.md, the demo). `says` counts the openings.
+OPENINGS = {"skill": "FIELD CARD", "preference": "Happy to help"}
+OPENING_TOKENS = 6  # "FIELD CARD:" and "Happy to help!" are 4 and 4 tokens
+
+
+def openings(model, tokenizer, chats: list[list[dict]]) -> list[str]:
+    """The first `OPENING_TOKENS` of each chat's greedy answer (one left-padded
+    batch; the template's default system prompt included)."""
+    import torch
+
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        batch = tokenizer.apply_chat_template(
+            chats,
+            add_generation_prompt=True,
+            padding=True,
+            return_tensors="pt",
+            return_dict=True,
+        ).to(model.device)
+    finally:
+        tokenizer.padding_side = side
+    with torch.no_grad():
+        ids = model.generate(**batch, max_new_tokens=OPENING_TOKENS, do_sample=False)
+    new = ids[:, batch["input_ids"].shape[1] :]
+    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def says(model, tokenizer, skill_rows, pairs_rows) -> dict[str, float]:
+    """Share of held-out prompts whose greedy answer opens with the taught
+    format: a card to the skill rows' questions, the warm frame to the pairs'."""
+    chats = {
+        "skill": [row["messages"][:-1] for row in skill_rows],
+        "preference": [row["messages"] for row in pairs_rows],
+    }
+    shares = {}
+    for side, prompts in chats.items():
+        texts = openings(model, tokenizer, prompts)
+        shares[side] = sum(t.startswith(OPENINGS[side]) for t in texts) / len(texts)
+    return shares
+
+
 def heldout(n: int, split: str, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """`n` SFT rows and `n` pairs no run trains on: `split` "search" (what the
     merge search ranks on) or "test" (what the demo and the evidence report)."""
