@@ -6,8 +6,8 @@
 On SmolLM2-135M-Instruct (named by its hub id from an offline HF cache), on the
 demo's testbed (`axolotl_paft.lab.freeform`: field-card answers of 85-100 tokens
 the base lacks, a warm frame over the same tip said plainly on other prompts,
-trained with `rpo`; results_real_evidence.md was measured on the earlier
-warm-over-curt pairs with plain DPO), per seed, in OUT/seedN:
+trained with `rpo`; results_real_evidence_earlier_testbed.md was measured on
+the earlier warm-over-curt pairs with plain DPO), per seed, in OUT/seedN:
 
 - one parallel-mode `axolotl train` with the merge search (the demo's run,
   `axolotl_paft.lab.demo.paft_run`): SFT only, preference only, the searched
@@ -24,10 +24,12 @@ by the search's measures (per-token NLL of the answers, implicit-reward margin
 against the base) with the lambda-0 SFT-only and preference-only adapters as
 references (`search.Scorer`: kept shares with paired-bootstrap 95% intervals),
 and by what the models say (`freeform.says`: the share of greedy answers that
-open as a card / with the warm frame). Writes OUT/real_evidence.{json,md} (provenance included), a seed at a time so an
-interrupted run keeps what is done. CPU: about 15 minutes a seed (lambda 0 and
-one L1 setting) on 2 nearly idle cores at the demo's sizes; 8 of them are the
-lambda-0 runs, which the demo's OUT (as seed 0) already holds.
+open as a card / with the warm frame). Writes OUT/real_evidence.{json,md}
+(provenance included), a seed at a time so an interrupted run keeps what is
+done. CPU, at the demo's sizes on 2 nearly idle cores: 8 minutes a seed at
+lambda 0 only (`--l1` with no setting; results_real_evidence.md, 2026-12-03), and
+each L1 setting adds a parallel run with its search; the demo's OUT holds seed
+0's lambda-0 runs.
 """
 
 from __future__ import annotations
