@@ -92,9 +92,10 @@ def check(out: Path) -> None:
     merged = metric["PAFT merged (searched)"]
     assert merged["skill_kept_low"] <= merged["skill_kept"] <= merged["skill_kept_high"]
     assert merged["skill_kept"] > 0.5 and merged["preference_kept"] > 0
-    # every model answered both questions in words
+    # every model answered both questions in words, and its openings were read
     for result in results.values():
         assert all(len(answer.split()) >= 3 for answer in result["answers"])
+        assert set(result["says"]) == {"skill", "preference"}
 
 
 def main() -> None:

@@ -120,7 +120,6 @@ def seed_results(opts, seed: int) -> dict:
         *heldout(opts.test_rows, "test", seed),
         (SKILL_QUESTION, PREFERENCE_QUESTION),
         opts.answer_tokens,
-        openings=True,
     )
     board = json.loads(
         (opts.out / f"seed{seed}" / "paft" / "search" / "leaderboard.json").read_text()

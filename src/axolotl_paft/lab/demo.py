@@ -134,13 +134,12 @@ def score_models(
     pairs_rows,
     questions,
     answer_tokens: int = ANSWER_TOKENS,
-    openings: bool = False,
 ) -> dict[str, dict]:
     """`search.Scorer` metrics (NLL skill, margin preference, kept shares with
     95% intervals against the `SFT only` and `preference only` entries) and a
     greedy answer to each of `questions`, for each of `models` (an adapter or a
-    model folder; None: the base); with `openings`, also `freeform.says` on the
-    same rows (the share of answers that open in each taught format)."""
+    model folder; None: the base), and `freeform.says` on the same rows (the
+    share of greedy answers that open in each taught format)."""
     from transformers import AutoTokenizer
 
     from axolotl_paft.evaluate import TextPairs, TextSkill, load_candidate, load_model
@@ -158,8 +157,7 @@ def score_models(
             scorer = Scorer.on_rows(skill, pairs, model, "nll", "margin")
         terms[name] = scorer.score_terms(model)
         answers[name] = [answer(model, tokenizer, q, answer_tokens) for q in questions]
-        if openings:
-            opened[name] = says(model, tokenizer, skill_rows, pairs_rows)
+        opened[name] = says(model, tokenizer, skill_rows, pairs_rows)
         seconds = time.time() - started
         print(f"   scored {name} and let it answer ({seconds:.0f}s)", flush=True)
     scorer.add_reference("sft", terms["SFT only"])
@@ -168,7 +166,7 @@ def score_models(
         name: {
             "metrics": scorer.metrics(terms[name]),
             "answers": answers[name],
-            **({"says": opened[name]} if openings else {}),
+            "says": opened[name],
         }
         for name in models
     }
@@ -180,15 +178,19 @@ def side_by_side(results: dict[str, dict], questions) -> str:
 
     lines = [
         "| model | answer NLL (skill) | skill kept [95%] | preference margin | "
-        "preference kept [95%] | " + " | ".join(repr(q) for q in questions) + " |",
-        "|---|---|---|---|---|" + "---|" * len(questions),
+        "preference kept [95%] | opens as a card / warm | "
+        + " | ".join(repr(q) for q in questions)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * (len(questions) + 1),
     ]
     for name, result in results.items():
         m = result["metrics"]
         skill, preference = (interval_text(m, f"{side}_kept", 2) for side in SIDES)
+        opens = result["says"]
         lines.append(
             f"| {name} | {m['sft_loss']:.3f} | {skill} | "
             f"{m['preference_margin']:.2f} | {preference} | "
+            f"{opens['skill']:.2f} / {opens['preference']:.2f} | "
             + " | ".join(_cell(a) for a in result["answers"])
             + " |"
         )
