@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
-from axolotl.utils.distributed import is_main_process
 
 from axolotl_paft.args import (
     LORA_KERNELS,
@@ -45,6 +45,19 @@ def adapter_folders(cfg, args: PAFTArgs) -> dict[str, Path]:
     if args.paft_preference_adapter:
         folders["preference"] = Path(args.paft_preference_adapter)
     return folders
+
+
+def main_process() -> bool:
+    """Whether this process writes the run's outputs, in `post_train`, which
+    Axolotl calls after `train()` has destroyed the process group. Axolotl
+    0.19's `is_main_process` then asks torch for the rank and raises under
+    DDP/FSDP (measured: scripts/test_old_line.sh, test_fsdp); the launcher's
+    global `RANK` still says which process is first, on every node."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
 
 
 class PAFTPlugin(BasePlugin):
@@ -255,7 +268,7 @@ class PAFTPlugin(BasePlugin):
         if not weights.exists() or weights.stat().st_mtime < callback.started_at:
             return
         self._outputs_written = True
-        if not is_main_process():
+        if not main_process():
             return
         base = base_model_reference(cfg.base_model, cfg.get("revision_of_model"))
 
