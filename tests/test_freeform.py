@@ -52,9 +52,10 @@ def test_pairs_differ_in_the_warm_frame_only():
 def test_openings_batched_are_the_answers_one_at_a_time_and_the_base_has_neither(
     smollm2,
 ):
-    """`says` reads greedy openings from one left-padded batch: each must be what
-    the prompt alone yields; the base opens in neither taught format (what the
-    testbed needs: both effects are new to it)."""
+    """`says` reads greedy openings from one left-padded batch
+    (`greedy_answers`): each must be what the prompt alone yields; the base
+    opens in neither taught format (what the testbed needs: both effects are new
+    to it)."""
     from transformers import AutoTokenizer
 
     from axolotl_paft.evaluate import load_model
@@ -67,7 +68,8 @@ def test_openings_batched_are_the_answers_one_at_a_time_and_the_base_has_neither
         answer(model, tokenizer, chat[0]["content"], freeform.OPENING_TOKENS)
         for chat in chats
     ]
-    assert freeform.openings(model, tokenizer, chats) == alone
+    opened = freeform.greedy_answers(model, tokenizer, chats, freeform.OPENING_TOKENS)
+    assert opened == alone
     assert len(set(alone)) > 1
     assert freeform.says(model, tokenizer, skill, pairs) == {
         "skill": 0.0,

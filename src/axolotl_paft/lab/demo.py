@@ -48,6 +48,7 @@ from axolotl_paft.lab.freeform import (
     PREFERENCE_RATE,
     RECIPE,
     SKILL_QUESTION,
+    greedy_answers,
 )
 
 # lines of a run's log worth showing while it runs: the trainer's log dicts
@@ -112,15 +113,9 @@ def _run(command: list[str], log: Path, env: dict) -> None:
 def answer(model, tokenizer, question: str, max_new_tokens: int = ANSWER_TOKENS) -> str:
     """Greedy answer of a causal LM to one chat question (its template's default
     system prompt included)."""
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    ).to(model.device)
-    ids = model.generate(**prompt, max_new_tokens=max_new_tokens, do_sample=False)
-    new = ids[0, prompt["input_ids"].shape[1] :]
-    return tokenizer.decode(new, skip_special_tokens=True).strip()
+    chat = [{"role": "user", "content": question}]
+    (text,) = greedy_answers(model, tokenizer, [chat], max_new_tokens)
+    return text
 
 
 def _cell(text: str) -> str:

@@ -192,9 +192,11 @@ OPENINGS = {"skill": "FIELD CARD", "preference": "Happy to help"}
 OPENING_TOKENS = 6  # "FIELD CARD:" and "Happy to help!" are 4 and 4 tokens
 
 
-def openings(model, tokenizer, chats: list[list[dict]]) -> list[str]:
-    """The first `OPENING_TOKENS` of each chat's greedy answer (one left-padded
-    batch; the template's default system prompt included)."""
+def greedy_answers(
+    model, tokenizer, chats: list[list[dict]], max_new_tokens: int
+) -> list[str]:
+    """Each chat's greedy answer, at most `max_new_tokens` (one left-padded batch;
+    the template's default system prompt included)."""
     import torch
 
     side = tokenizer.padding_side
@@ -210,7 +212,7 @@ def openings(model, tokenizer, chats: list[list[dict]]) -> list[str]:
     finally:
         tokenizer.padding_side = side
     with torch.no_grad():
-        ids = model.generate(**batch, max_new_tokens=OPENING_TOKENS, do_sample=False)
+        ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
     new = ids[:, batch["input_ids"].shape[1] :]
     return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
@@ -224,7 +226,7 @@ def says(model, tokenizer, skill_rows, pairs_rows) -> dict[str, float]:
     }
     shares = {}
     for side, prompts in chats.items():
-        texts = openings(model, tokenizer, prompts)
+        texts = greedy_answers(model, tokenizer, prompts, OPENING_TOKENS)
         shares[side] = sum(t.startswith(OPENINGS[side]) for t in texts) / len(texts)
     return shares
 
