@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -57,13 +58,27 @@ def torchrun_two_processes(
     return done.stdout + done.stderr
 
 
-def test_two_processes(llama_world, tmp_path):
-    """Per process micro-batch 2 on 2 processes against micro-batch 4 on one."""
+def test_two_processes(llama_world, llama_hub_id, tmp_path):
+    """Per process micro-batch 2 on 2 processes against micro-batch 4 on one;
+    the 2-process run names its base by a hub id and writes its outputs once."""
     two = tmp_path / "two"
-    torchrun_two_processes(
-        parallel_config(llama_world, two, micro_batch_size=2, **COMMON),
+    output = torchrun_two_processes(
+        parallel_config(
+            replace(llama_world, model_dir=llama_hub_id),
+            two,
+            micro_batch_size=2,
+            **{**COMMON, "paft_report": True, "paft_merge_methods": ["ties"]},
+        ),
         tmp_path / "two.yml",
     )
+    # post_train runs after Axolotl destroyed the process group: one process
+    # (global rank 0) writes the report and the config
+    assert output.count("paft: results of this run") == 1
+    assert output.count("paft: wrote mergekit config ties") == 1
+    assert (two / "paft_report.json").is_file()
+    # the hub id resolved to its cached snapshot, as mergekit needs it offline
+    cached = "models--" + llama_hub_id.replace("/", "--") + "/snapshots/"
+    assert cached in (two / "mergekit" / "ties.yml").read_text()
     one = tmp_path / "one"
     run_axolotl_train(parallel_config(llama_world, one, micro_batch_size=4, **COMMON))
 

@@ -52,7 +52,8 @@ def main_process() -> bool:
     Axolotl calls after `train()` has destroyed the process group. Axolotl
     0.19's `is_main_process` then asks torch for the rank and raises under
     DDP/FSDP (measured: scripts/test_old_line.sh, test_fsdp); the launcher's
-    global `RANK` still says which process is first, on every node."""
+    global `RANK` still says which process is first, on every node (what 0.21's
+    `is_main_process` does after teardown)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
