@@ -6,7 +6,7 @@ Candidates, all from the same briefly pre-trained tiny Llama:
 - PAFT: one parallel run, its two deltas merged by ties / dare_ties /
   task_arithmetic / slerp;
 each SFT-bearing candidate with and without L1 on the SFT adapter. Scored on
-held-out rows by `axolotl_paft.evaluate` (SFT exact match and loss, preference
+held-out rows by `axolotl_paft.merging.scoring` (SFT exact match and loss, preference
 accuracy against the base, score = mean of exact match and preference accuracy),
 with both deltas' sparsity. Usage: python benchmarks/ablation.py [OUT] [--steps N]
 """
@@ -37,8 +37,8 @@ def parallel_runs(world, out: Path, steps: int) -> dict[str, Path]:
 
 def sequential(world, sft_adapter: Path, out: Path, steps: int) -> Path:
     """SFT merged into the base, DPO trained on that model, merged again."""
-    from axolotl_paft.evaluate import load_model
     from axolotl_paft.lab.toy import axolotl_config, run_axolotl_train
+    from axolotl_paft.merging.scoring import load_model
 
     final = out / "model"
     if final.exists():
@@ -67,7 +67,7 @@ def sequential(world, sft_adapter: Path, out: Path, steps: int) -> Path:
 
 
 def merges(base: Path, run: Path, out: Path) -> dict[str, Path]:
-    from axolotl_paft.merge import run_merge_config
+    from axolotl_paft.merging.configs import run_merge_config
 
     report = json.loads((run / "paft_report.json").read_text())
     cache = Path(report["merge"]["cache_dir"])
@@ -88,7 +88,7 @@ def main() -> None:
     from axolotl_paft.const import OFFLINE_ENV
 
     os.environ.update(OFFLINE_ENV)
-    from axolotl_paft.evaluate import (
+    from axolotl_paft.cli.eval import (
         evaluate_candidates,
         render_table,
         write_evaluation,

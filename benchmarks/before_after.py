@@ -128,7 +128,7 @@ def switch_times(world, trees: dict[str, Path], repeats: int, calls: int) -> dic
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from axolotl_paft.adapters import add_parallel_adapters
+    from axolotl_paft.training.adapters import add_parallel_adapters
 
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(world.model_dir),

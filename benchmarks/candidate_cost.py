@@ -1,6 +1,6 @@
 """Cost of one merge-search candidate (issue 16, item 5): before, `mergekit-yaml`
 writes the candidate as a whole model and the search loads it again; after, the
-candidate is built in memory on the resident base (`axolotl_paft.inmemory`).
+candidate is built in memory on the resident base (`axolotl_paft.merging.inmemory`).
 Both in one run, each mode in a fresh child process (its own peak RSS):
 
 - `smollm2`: SmolLM2-135M-Instruct (fp32, `--model-dir`), two random LoRAs
@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE))
 
 from step_cost import provenance  # noqa: E402
 
-from axolotl_paft.merge import DEFAULT_SEARCH_METHODS  # noqa: E402
+from axolotl_paft.merging.configs import DEFAULT_SEARCH_METHODS  # noqa: E402
 
 SMOLLM2 = Path("/root/.cache/axolotl-paft/smollm2/model")
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -148,7 +148,7 @@ def scorer(kind: str, base: Path, rows: int, tokens: int):
     if kind == "smollm2":
         from transformers import AutoTokenizer
 
-        from axolotl_paft.evaluate import TextPairs, TextSkill, quick_metrics
+        from axolotl_paft.merging.scoring import TextPairs, TextSkill, quick_metrics
 
         tokenizer = AutoTokenizer.from_pretrained(base)
         sft, pairs = chat_rows(rows, tokens)
@@ -200,8 +200,12 @@ def child(args) -> dict:
     """One mode on one model: the numbers, as JSON on stdout."""
     import torch
 
-    from axolotl_paft.evaluate import load_model
-    from axolotl_paft.search import Candidate, build_candidate, candidate_config
+    from axolotl_paft.merging.candidates import (
+        Candidate,
+        build_candidate,
+        candidate_config,
+    )
+    from axolotl_paft.merging.scoring import load_model
 
     work = Path(args.work)
     # resolved as the search's configs name them (the LoRA cache is keyed by it)
@@ -246,7 +250,7 @@ def child(args) -> dict:
             del model
             shutil.rmtree(merged)
     else:
-        from axolotl_paft.inmemory import InMemoryMerges, merge_schedule
+        from axolotl_paft.merging.inmemory import InMemoryMerges, merge_schedule
 
         model = timed(result, "load_base", lambda: load_model(base))
         config = candidate_config(str(base), sft, pref, Candidate("ties"))

@@ -21,7 +21,7 @@ terse SFT format). Per seed:
   (weights 1/1, density 0.5, SLERP t 0.5) with the `--grid-ratio` preference
   adapter, and task arithmetic + TIES at lambda 0 for the other ratios, each built
   by mergekit's engine;
-- the merge search (`axolotl_paft.search`) at lambda 0 and at `--search-l1`, on a
+- the merge search (`merging.search`) at lambda 0 and at `--search-l1`, on a
   validation split, reported on the test split like everything else.
 
 Metrics on held-out rows (`axolotl_paft.lab.world.heldout_rows`): skill = greedy exact
@@ -50,8 +50,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 from axolotl_paft.const import OFFLINE_ENV
-from axolotl_paft.merge import DEFAULT_SEARCH_METHODS
-from axolotl_paft.search import DEFAULT_BUDGET
+from axolotl_paft.merging.configs import DEFAULT_SEARCH_METHODS
+from axolotl_paft.merging.search import DEFAULT_BUDGET
 
 os.environ.update(OFFLINE_ENV)
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per process: run seeds
@@ -116,7 +116,7 @@ def merge_and_score(
 ):
     """`candidate` (a `search.Candidate`) of one pair built by mergekit's engine,
     as the search builds it, scored by `scorer`, deleted."""
-    from axolotl_paft.search import build_candidate
+    from axolotl_paft.merging.candidates import build_candidate
 
     merged = build_candidate(world.model_dir, sft, pref, candidate, out, cache)
     metrics = scorer(merged)
@@ -153,8 +153,8 @@ def run_seed(world, scorer, search_rows, out: Path, seed: int, opts, save) -> No
     """Train, merge, search and score everything of one seed, in order of
     importance; `save(result)` after every phase (partial results are marked)."""
     from axolotl_paft.lab.world import train
-    from axolotl_paft.search import search
-    from axolotl_paft.sparsity import measure, saved_lora_factors, summarize
+    from axolotl_paft.merging.search import search
+    from axolotl_paft.training.sparsity import measure, saved_lora_factors, summarize
 
     g = f"r{opts.grid_ratio:g}"
     cache = out / "lora-cache" / f"seed{seed}"
@@ -164,7 +164,7 @@ def run_seed(world, scorer, search_rows, out: Path, seed: int, opts, save) -> No
     result = {"scores": scores, "sparsity": {}, "searches": {}, "phase": "baselines"}
 
     def merge_all(ratio: str, tag: str, methods=METHODS) -> None:
-        from axolotl_paft.search import Candidate
+        from axolotl_paft.merging.candidates import Candidate
 
         for method in methods:
             scores[f"merge/{ratio}/{tag}/{method}"] = merge_and_score(
@@ -185,8 +185,8 @@ def run_seed(world, scorer, search_rows, out: Path, seed: int, opts, save) -> No
         )  # fmt: skip
         scores[f"search/{g}/{tag}"] = scorer(folder / "merged" / "best")
         result["searches"][tag] = {
-            "best": found["best"],
-            "evaluated": len(found["leaderboard"]),
+            "best": found.best,
+            "evaluated": len(found.leaderboard),
         }
 
     merge_all(g, "l0")

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 
 from axolotl_paft.lab.world import MIN_ALIGNMENT_TAX, MIN_INTERFERENCE, meets_goal
-from axolotl_paft.search import gain_kept, kept_shares
+from axolotl_paft.merging.scoring import gain_kept, kept_shares
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447}
 METRICS = ("skill_kept", "preference_accuracy", "score")

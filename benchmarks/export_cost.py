@@ -8,7 +8,7 @@ PEFT's non-zero init, B random and scaled so each delta is `--delta-norm` of its
 weight's Frobenius norm, the size a short fine-tune moves): random deltas are
 full rank within their r, so the extraction error here is that of two
 independent deltas, not of trained ones. Every merge is mergekit's (float32),
-every extraction mergekit-extract-lora's, through `axolotl_paft.export`. The
+every extraction mergekit-extract-lora's, through `axolotl_paft.merging.export`. The
 scores (`quick_metrics`) are on `--rows` held-out rows of the toy world's
 arithmetic skill and polite-style preference in SmolLM2's chat template: with
 random deltas they say how close the adapter behaves to its merged model, not
@@ -61,8 +61,8 @@ def synthetic_lora(base: Path, out: Path, seed: int, delta_norm: float) -> Path:
 def held_out(rows: int):
     from transformers import AutoTokenizer
 
-    from axolotl_paft.evaluate import TextPairs, TextSkill
     from axolotl_paft.lab.toy import preference_rows, sft_rows
+    from axolotl_paft.merging.scoring import TextPairs, TextSkill
 
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
     return (
@@ -72,15 +72,15 @@ def held_out(rows: int):
 
 
 def main() -> None:
-    import yaml
-
-    from axolotl_paft.export import export_adapter, folder_size
-    from axolotl_paft.merge import (
+    from axolotl_paft.merging.configs import (
         MergeDeltas,
         MergeSettings,
         build_config,
         run_merge_config,
+        write_config,
     )
+    from axolotl_paft.merging.export import export_adapter, folder_size
+    from axolotl_paft.merging.scoring import Scorer, load_model
 
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
@@ -96,7 +96,7 @@ def main() -> None:
     if not (pref / "adapter_config.json").exists():
         synthetic_lora(MODEL, sft, 1, opts.delta_norm)
         synthetic_lora(MODEL, pref, 2, opts.delta_norm)
-    rows = held_out(opts.rows)
+    scorer = Scorer.on_rows(*held_out(opts.rows), load_model(str(MODEL)))
     deltas = MergeDeltas(str(MODEL), sft.resolve(), pref.resolve())
     state = out / "export_cost.json"
     results = json.loads(state.read_text()) if state.exists() else {
@@ -117,8 +117,7 @@ def main() -> None:
         config = build_config(
             method, deltas, MergeSettings(methods=(method,), dtype="float32")
         )
-        path = out / f"{method}.yml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path = write_config(out / f"{method}.yml", config)
         merged = run_merge_config(path, out / "merged" / method, out / "cache")
         results["sizes_bytes"][f"merged {method} (fp32)"] = folder_size(merged)
         for rank in ranks:
@@ -126,7 +125,7 @@ def main() -> None:
             print(f"export {method} rank {rank}", flush=True)
             summary = export_adapter(
                 path, str(MODEL), [sft, pref], adapter, merged=merged, rank=rank,
-                held_out=rows,
+                scorer=scorer,
             )  # fmt: skip
             per_module = summary["gap"].pop("per_module")
             results["runs"] = [

@@ -34,9 +34,9 @@ sys.path.insert(0, str(HERE))
 
 from candidate_cost import MISTRAL, make_adapter  # noqa: E402
 
-from axolotl_paft.inmemory import InMemoryMerges  # noqa: E402
-from axolotl_paft.merge import DEFAULT_SEARCH_METHODS, run_merge_config  # noqa: E402
-from axolotl_paft.search import Candidate, candidate_config  # noqa: E402
+from axolotl_paft.merging.candidates import Candidate, candidate_config  # noqa: E402
+from axolotl_paft.merging.configs import DEFAULT_SEARCH_METHODS, run_merge_config  # noqa: E402
+from axolotl_paft.merging.inmemory import InMemoryMerges  # noqa: E402
 
 
 def tiny_llama(out: Path) -> Path:

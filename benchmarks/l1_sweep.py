@@ -71,7 +71,6 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from axolotl_paft.evaluate import assistant_loss, load_model, preference_margins
     from axolotl_paft.lab.toy import (
         axolotl_config,
         build_toy_setup,
@@ -79,6 +78,11 @@ def main() -> None:
         preference_rows,
         run_axolotl_train,
         sft_rows,
+    )
+    from axolotl_paft.merging.scoring import (
+        assistant_loss,
+        load_model,
+        preference_margins,
     )
 
     out = Path(opts.out_dir)

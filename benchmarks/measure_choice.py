@@ -103,17 +103,18 @@ def score(opts, adapters: dict[str, Path]) -> dict:
     (`search.Scorer`, as the search computes them)."""
     from transformers import AutoTokenizer
 
-    from axolotl_paft.evaluate import (
+    from axolotl_paft.lab.freeform import preference_rows, sft_rows
+    from axolotl_paft.merging.candidates import Candidate, build_candidate
+    from axolotl_paft.merging.scoring import (
         PREFERENCE_MEASURES,
         SKILL_MEASURES,
+        Scorer,
         TextPairs,
         TextSkill,
         choose_skill_measure,
         load_model,
         row_terms,
     )
-    from axolotl_paft.lab.freeform import preference_rows, sft_rows
-    from axolotl_paft.search import Candidate, Scorer, build_candidate
 
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
     skill = TextSkill(tokenizer, sft_rows(opts.rows, seed=100))
@@ -231,7 +232,7 @@ def seen_name(seen: set) -> list[str]:
 
 
 def _metric(measure: str) -> str:
-    from axolotl_paft.evaluate import MEASURES
+    from axolotl_paft.merging.scoring import MEASURES
 
     return MEASURES[measure].metric
 

@@ -58,7 +58,7 @@ def factors(rank: int, layers: int):
     """Random LoRA factors of `layers` Mistral-7B layers (no temporaries)."""
     import torch
 
-    from axolotl_paft.sparsity import LoraFactors
+    from axolotl_paft.training.sparsity import LoraFactors
 
     torch.manual_seed(0)
     return [
@@ -82,7 +82,7 @@ def child(src: str, rank: int, layers: int) -> None:
     """One measurement in this fresh process: time and transient memory of the
     sparsity measures of `src`'s sparsity module; prints JSON."""
     sys.path.insert(0, src)
-    from axolotl_paft import sparsity
+    from axolotl_paft.training import sparsity
 
     assert sparsity.__file__.startswith(src), sparsity.__file__
     built = factors(rank, layers)
@@ -112,7 +112,7 @@ def l1_step_seconds(rank: int, layers: int, repeats: int) -> dict[str, float]:
     """The L1 step of each mode on every factor (l1.py's own step functions)."""
     import torch
 
-    from axolotl_paft.l1 import add_l1_gradient_, soft_threshold_
+    from axolotl_paft.training.l1 import add_l1_gradient_, soft_threshold_
 
     params = [t for f in factors(rank, layers) for t in (f.lora_a, f.lora_b)]
     for p in params:

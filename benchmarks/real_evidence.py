@@ -66,7 +66,7 @@ def l1_setting(text: str) -> tuple[str, float]:
 def seed_models(opts, seed: int) -> dict[str, Path | None]:
     """Train and merge everything of one seed (reusing what is on disk)."""
     from axolotl_paft.lab.demo import paft_run, prepare, sequential_run
-    from axolotl_paft.merge import run_merge_config
+    from axolotl_paft.merging.configs import run_merge_config
 
     out = opts.out / f"seed{seed}"
     setup, search_files = prepare(out, seed, opts.rows)
@@ -128,7 +128,7 @@ def seed_results(opts, seed: int) -> dict:
 
 
 def markdown(record: dict) -> str:
-    from axolotl_paft.search import interval_text
+    from axolotl_paft.merging.leaderboard import interval_text
 
     seeds = record["seeds"]
     names = list(next(iter(seeds.values()))["models"])

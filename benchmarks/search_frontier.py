@@ -20,7 +20,7 @@ adapter at SFT rate : preference rate 10 or `--ratio`, 300 / 200 steps):
   with the search's scorer (`evaluate.quick_metrics`) on the validation rows the
   search picks on (seeds 200/201) and on the test rows (`world.heldout_rows`,
   seeds 100/101), 48 each;
-- `--search NAME` runs `axolotl_paft.search.search` (the code as it is) on the
+- `--search NAME` runs `axolotl_paft.merging.search.search` (the code as it is) on the
   validation rows and scores its pick on the test rows too; `--search-sft TAG`
   searches with one of evidence.py's L1 SFT adapters instead (does L1 help once
   the merge is tuned?).
@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 
 from axolotl_paft.const import OFFLINE_ENV
-from axolotl_paft.search import DEFAULT_BUDGET
+from axolotl_paft.merging.search import DEFAULT_BUDGET
 
 os.environ.update(OFFLINE_ENV)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -94,7 +94,7 @@ def adapters(world, out: Path, seed: int, opts) -> dict[str, Path]:
 
 def grid(methods, densities, sft_weights, preference_weights) -> list:
     """Every candidate of the grid, in the order given by `methods`."""
-    from axolotl_paft.search import Candidate
+    from axolotl_paft.merging.candidates import Candidate
 
     out = []
     for method in methods:
@@ -137,7 +137,11 @@ class Splits:
         self.base = base
 
     def __call__(self, path: Path | None) -> dict[str, dict]:
-        from axolotl_paft.evaluate import load_candidate, load_model, quick_metrics
+        from axolotl_paft.merging.scoring import (
+            load_candidate,
+            load_model,
+            quick_metrics,
+        )
 
         model = (
             load_model(self.base) if path is None else load_candidate(self.base, path)
@@ -161,7 +165,7 @@ def load(path: Path) -> dict:
 def run_seed(world, splits, out: Path, seed: int, opts, argv) -> None:
     from evidence import merge_and_score
 
-    from axolotl_paft.search import kept_shares
+    from axolotl_paft.merging.scoring import kept_shares
 
     path = out / f"seed{seed}.json"
     result = load(path) | {"seed": seed}
@@ -237,10 +241,11 @@ def merge_key_of(entry: dict) -> tuple:
 
 
 def run_search(world, splits, found, out, seed, opts, result, refs) -> None:
-    """`axolotl_paft.search.search` as the code stands, on the validation rows;
+    """`axolotl_paft.merging.search.search` as the code stands, on the validation rows;
     its pick scored on both splits."""
     from axolotl_paft.lab.world import preference_rows, skill_rows
-    from axolotl_paft.search import kept_shares, search
+    from axolotl_paft.merging.scoring import kept_shares
+    from axolotl_paft.merging.search import search
 
     folder = out / "search" / f"{opts.search}-s{seed}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -254,15 +259,15 @@ def run_search(world, splits, found, out, seed, opts, result, refs) -> None:
     )  # fmt: skip
     metrics = splits(folder / "merged" / "best")
     result.setdefault("searches", {})[opts.search] = {
-        "best": picked["best"],
-        "evaluated": len(picked["leaderboard"]),
+        "best": picked.best,
+        "evaluated": len(picked.leaderboard),
         "budget": opts.search_budget,
         "search_rows": n,
         "sft": opts.search_sft,
         "minutes": (time.time() - start) / 60,
         "metrics": metrics,
         "kept": {s: kept_shares(metrics[s], refs[s]) for s in refs},
-        "leaderboard": [e["name"] for e in picked["leaderboard"]],
+        "leaderboard": [e["name"] for e in picked.leaderboard],
     }
     shutil.rmtree(folder / "candidates", ignore_errors=True)
 

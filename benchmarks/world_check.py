@@ -29,7 +29,8 @@ from axolotl_paft.lab.world import (
     skill_rows,
     train,
 )
-from axolotl_paft.search import Candidate, _rank, build_candidate, search
+from axolotl_paft.merging.candidates import Candidate, build_candidate
+from axolotl_paft.merging.search import _rank, search
 
 STEPS = 150
 RATE = 1e-3
@@ -69,14 +70,14 @@ def check(tmp_path: Path) -> None:
     # accuracy, the measure `score` below reads: with the margin (the default),
     # TA 1:1 reaches accuracy 1.0 but 23% of the preference-only margin here, and
     # the search trades skill for margin (issue 16's report)
-    board = {e["name"]: e["metrics"] for e in result["leaderboard"]}
+    board = {e["name"]: e["metrics"] for e in result.leaderboard}
     best = scorer(tmp_path / "search" / "merged" / "best")
-    print(result["best"], board, best)
+    print(result.best, board, best)
     # on the rows it searched, the search's pick is at least as balanced as the
     # equal-weight merge (the smaller of skill kept and preference kept) ...
     equal = board["task_arithmetic-s1-p1"]
-    assert board[result["best"]]["balanced"] >= equal["balanced"]
-    assert _rank(result["leaderboard"][0]) >= _rank({"metrics": equal})
+    assert board[result.best]["balanced"] >= equal["balanced"]
+    assert _rank(result.leaderboard[0]) >= _rank({"metrics": equal})
     # ... and on the test rows it beats the usual pipeline (docs/evidence.md: on
     # the test rows it does not reliably beat the equal-weight merge)
     assert best["score"] > scores["seq"]["score"] + 0.1

@@ -48,7 +48,7 @@ DENSITIES = (0.5, 0.7)
 
 
 def candidates(sft_weights=SFT_WEIGHTS, preference_weights=PREFERENCE_WEIGHTS):
-    from axolotl_paft.search import Candidate
+    from axolotl_paft.merging.candidates import Candidate
 
     grid = [
         Candidate("task_arithmetic", s, p)
@@ -69,7 +69,8 @@ def probe_ratio(world, scorer, sft, out: Path, opts, ratio: float) -> dict:
         sequential,
         train,
     )
-    from axolotl_paft.search import Candidate, kept_shares
+    from axolotl_paft.merging.candidates import Candidate
+    from axolotl_paft.merging.scoring import kept_shares
 
     path = out / f"probe-s{opts.seed}-r{ratio:g}.json"
     result = json.loads(path.read_text()) if path.is_file() else {}

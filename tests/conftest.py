@@ -109,7 +109,7 @@ def logged_run(config: dict) -> list[str]:
     messages = []
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("axolotl.axolotl_paft.outputs")
+    logger = logging.getLogger("axolotl.axolotl_paft.merging.outputs")
     logger.addHandler(handler)
     try:
         run_axolotl_train(config)

@@ -9,7 +9,7 @@ def two_adapter_model(world, **lora):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from axolotl_paft.adapters import add_parallel_adapters
+    from axolotl_paft.training.adapters import add_parallel_adapters
 
     base = AutoModelForCausalLM.from_pretrained(world.model_dir)
     config = LoraConfig(
@@ -24,7 +24,7 @@ def test_router_routes_as_peft_does_and_touches_nothing_else(llama_world):
     """Through "dpo", through None (the base) and back: the logits PEFT's
     `set_adapter` / `disable_adapter` give, every adapter still trainable, and
     the routing found on entry restored (DoRA: magnitudes are per adapter too)."""
-    from axolotl_paft.adapters import AdapterRouter, adapter_parameters
+    from axolotl_paft.training.adapters import AdapterRouter, adapter_parameters
 
     model = two_adapter_model(llama_world, use_dora=True)
     model.eval()

@@ -7,7 +7,7 @@ from importlib.metadata import entry_points
 import pytest
 from conftest import validate
 
-from axolotl_paft.args import DEFAULT_MERGE_METHODS, PAFTArgs
+from axolotl_paft.config.args import DEFAULT_MERGE_METHODS, PAFTArgs
 from axolotl_paft.lab.toy import axolotl_config, parallel_config, write_jsonl
 
 
@@ -158,7 +158,7 @@ def test_merge_search_holds_out_a_split_of_each_side_by_default(llama_world, tmp
     """Without held-out files the search scores the run's own splits: a side
     with no split key gets SEARCH_HELD_OUT of its data; a split or a file the
     config names is kept."""
-    from axolotl_paft.args import SEARCH_HELD_OUT
+    from axolotl_paft.config.args import SEARCH_HELD_OUT
 
     out = tmp_path / "out"
     config = parallel_config(llama_world, out, paft_merge_search=True)
@@ -238,7 +238,7 @@ def test_misspelt_key_is_refused_with_a_suggestion(
 
 
 def test_keys_are_grouped_by_concern_and_stay_flat():
-    from axolotl_paft.args import L1Args, MergeArgs, ParallelArgs, ReportArgs
+    from axolotl_paft.config.args import L1Args, MergeArgs, ParallelArgs, ReportArgs
 
     groups = (ParallelArgs, L1Args, ReportArgs, MergeArgs)
     assert PAFTArgs.__bases__ == groups

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from axolotl_paft.args import PAFTArgs
-from axolotl_paft.configdoc import DOC_PATH, config_reference, main
+from axolotl_paft.config.args import PAFTArgs
+from axolotl_paft.config.doc import DOC_PATH, config_reference, main
 
 
 def test_config_reference_is_current():
     assert DOC_PATH.read_text() == config_reference(), (
-        "docs/config.md is stale: run `python -m axolotl_paft.configdoc`"
+        "docs/config.md is stale: run `python -m axolotl_paft.config.doc`"
     )
 
 
@@ -33,7 +33,7 @@ def test_check_mode_finds_a_stale_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as stale_exit:
         main(["--check", "--out", str(stale)])
     assert stale_exit.value.code == 1
-    assert "python -m axolotl_paft.configdoc" in capsys.readouterr().out
+    assert "python -m axolotl_paft.config.doc" in capsys.readouterr().out
     main(["--out", str(stale)])
     with pytest.raises(SystemExit) as fresh_exit:
         main(["--check", "--out", str(stale)])

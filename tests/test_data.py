@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import validate
 
-from axolotl_paft.data import (
+from axolotl_paft.lab.toy import axolotl_config, preference_rows, write_jsonl
+from axolotl_paft.training.data import (
     PREFERENCE_SUBDIR,
     PreferenceDataError,
     check_preference_entries,
@@ -19,7 +20,6 @@ from axolotl_paft.data import (
     preference_collator,
     tokenize_preference_dataset,
 )
-from axolotl_paft.lab.toy import axolotl_config, preference_rows, write_jsonl
 
 CHAT_TEMPLATE_ROWS = [
     {

@@ -102,7 +102,7 @@ def _average_on_two_processes(rank: int, init_file: str, results) -> None:
     import torch
     import torch.distributed as dist
 
-    from axolotl_paft.trainer import average_gradients
+    from axolotl_paft.training.trainer import average_gradients
 
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2

@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from axolotl_paft.evaluate import load_model, main, preference_margins
+from axolotl_paft.cli.eval import main
 from axolotl_paft.lab.toy import preference_rows
+from axolotl_paft.merging.scoring import load_model, preference_margins
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +69,13 @@ def test_lm_eval_commands_for_gpu_users(evaluated, adapters):
 def test_batched_span_scoring_equals_one_row_at_a_time(llama_world, adapters):
     """Padding-aware batching: rows of different lengths scored together (right
     padding, attention mask) give each row's numbers as a pass on it alone."""
-    from axolotl_paft.evaluate import TextPairs, TextSkill, load_candidate, span_stats
     from axolotl_paft.lab.toy import sft_rows
+    from axolotl_paft.merging.scoring import (
+        TextPairs,
+        TextSkill,
+        load_candidate,
+        span_stats,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(llama_world.model_dir)
     model = load_candidate(llama_world.model_dir, adapters["sft"])
@@ -90,7 +96,7 @@ def test_held_out_answers_end_in_the_templates_end_of_turn_token(smollm2):
     template (here one whose turns end in `<|endoftext|>`, as `chat_template:
     llama3` ends them in `<|eot_id|>`), the answer's span ends in the template's
     token, and what the template writes after it is not scored."""
-    from axolotl_paft.evaluate import TextPairs, render_answer
+    from axolotl_paft.merging.scoring import TextPairs, render_answer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     turns = [{"role": "user", "content": "Hi"}]
@@ -126,9 +132,9 @@ def test_held_out_answers_end_in_the_templates_end_of_turn_token(smollm2):
 
 
 def test_auto_skill_measure_is_exact_match_for_short_answers_only(smollm2):
-    from axolotl_paft.evaluate import SHORT_ANSWER_TOKENS, TextSkill
-    from axolotl_paft.evaluate import choose_skill_measure as choose
     from axolotl_paft.lab import freeform, toy
+    from axolotl_paft.merging.scoring import SHORT_ANSWER_TOKENS, TextSkill
+    from axolotl_paft.merging.scoring import choose_skill_measure as choose
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     short = TextSkill(tokenizer, toy.sft_rows(8))
@@ -147,9 +153,14 @@ def test_scorer_names_a_side_whose_reference_gains_nothing(
     """A reference that gains nothing over the base beyond noise (here the base
     itself as the SFT-only model) is warned about, its side does not rank, and
     the balanced objective is the other side's kept share, with an interval."""
-    from axolotl_paft.evaluate import TextPairs, TextSkill, load_candidate, load_model
     from axolotl_paft.lab.toy import sft_rows
-    from axolotl_paft.search import Scorer
+    from axolotl_paft.merging.scoring import (
+        Scorer,
+        TextPairs,
+        TextSkill,
+        load_candidate,
+        load_model,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(llama_world.model_dir)
     base = load_model(llama_world.model_dir)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from axolotl_paft.args import PAFTArgs
+from axolotl_paft.config.args import PAFTArgs
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.yml"))
 

@@ -10,7 +10,13 @@ import pytest
 import torch
 import yaml
 
-from axolotl_paft.export import (
+from axolotl_paft.merging.configs import (
+    MergeDeltas,
+    MergeSettings,
+    build_config,
+    run_merge_config,
+)
+from axolotl_paft.merging.export import (
     NotExact,
     exact_plan,
     export_adapter,
@@ -18,12 +24,6 @@ from axolotl_paft.export import (
     lora_modules,
     lora_modules_or_names,
     target_rank,
-)
-from axolotl_paft.merge import (
-    MergeDeltas,
-    MergeSettings,
-    build_config,
-    run_merge_config,
 )
 
 
@@ -181,10 +181,16 @@ def test_extracted_adapter_error_falls_with_rank_and_it_generates(
     rank on the toy) the error is 0. The adapter loads with PEFT and generates."""
     from transformers import AutoTokenizer
 
-    from axolotl_paft.args import PAFTArgs
-    from axolotl_paft.evaluate import TextPairs, TextSkill, read_jsonl
-    from axolotl_paft.export import export_run_adapters
-    from axolotl_paft.merge import write_merge_configs
+    from axolotl_paft.config.args import PAFTArgs
+    from axolotl_paft.merging.configs import write_merge_configs
+    from axolotl_paft.merging.export import export_run_adapters
+    from axolotl_paft.merging.scoring import (
+        Scorer,
+        TextPairs,
+        TextSkill,
+        load_model,
+        read_jsonl,
+    )
 
     base = str(llama_world.model_dir)
     args = PAFTArgs(
@@ -200,7 +206,10 @@ def test_extracted_adapter_error_falls_with_rank_and_it_generates(
         TextSkill(tokenizer, read_jsonl(llama_world.sft_path, 4)),
         TextPairs(tokenizer, read_jsonl(llama_world.preference_path, 4)),
     )
-    written = export_run_adapters(tmp_path, base, adapters, args, held_out)
+    scorer = Scorer.on_rows(*held_out, load_model(base))
+    written = export_run_adapters(
+        tmp_path, base, adapters, args, emitted, scorer=scorer
+    )
     assert written == [tmp_path / "adapter" / "ties"]
     summary = json.loads((written[0] / "paft_export.json").read_text())
     assert summary["kind"] == "extracted" and "ties" in summary["why_not_exact"]
@@ -293,7 +302,7 @@ def parallel_config_for(llama_world, tmp_path, **overrides):
 def test_sweep_search_exports_the_best_as_one_adapter(llama_world, adapters, tmp_path):
     """`axolotl-paft-sweep --search --export adapter`: the best (task arithmetic,
     exact) scores as its merged model does on the same held-out rows."""
-    from axolotl_paft.sweep import main
+    from axolotl_paft.cli.sweep import main
 
     out = tmp_path / "search"
     main(

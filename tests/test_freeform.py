@@ -58,8 +58,8 @@ def test_openings_batched_are_the_answers_one_at_a_time_and_the_base_has_neither
     to it)."""
     from transformers import AutoTokenizer
 
-    from axolotl_paft.evaluate import load_model
     from axolotl_paft.lab.demo import answer
+    from axolotl_paft.merging.scoring import load_model
 
     model, tokenizer = load_model(smollm2), AutoTokenizer.from_pretrained(smollm2)
     skill, pairs = freeform.heldout(4, "test")

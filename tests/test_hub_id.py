@@ -15,9 +15,10 @@ import yaml
 from conftest import HF_HOME, logged_run
 from test_merge import assert_same_weights, run_printed_command
 
-from axolotl_paft import evaluate, sweep
+from axolotl_paft.cli import sweep
 from axolotl_paft.lab.toy import parallel_config, run_axolotl_train, write_jsonl
-from axolotl_paft.merge import base_model_reference
+from axolotl_paft.merging import scoring as evaluate
+from axolotl_paft.merging.configs import base_model_reference
 
 
 def held_out_files(world, root: Path, rows: int = 4) -> dict:
@@ -140,7 +141,7 @@ def test_a_failing_search_keeps_the_run_and_names_the_rerun(
     fails only in the search, after training: adapters, report and configs are
     written, the error says what failed, and the printed command reruns only the
     search once the file is fixed."""
-    from axolotl_paft.outputs import MergeSearchFailed
+    from axolotl_paft.merging.outputs import MergeSearchFailed
 
     out = tmp_path / "out"
     keys = held_out_files(llama_world, tmp_path)

@@ -1,4 +1,4 @@
-"""In-memory merge candidates (`axolotl_paft.inmemory`) against `mergekit-yaml`."""
+"""In-memory merge candidates (`merging.inmemory`) against `mergekit-yaml`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from axolotl_paft.evaluate import load_model
-from axolotl_paft.inmemory import InMemoryMerges, InMemoryUnsupported
-from axolotl_paft.merge import DEFAULT_SEARCH_METHODS, run_merge_config
-from axolotl_paft.search import Candidate, candidate_config
+from axolotl_paft.merging.candidates import Candidate, candidate_config
+from axolotl_paft.merging.configs import DEFAULT_SEARCH_METHODS, run_merge_config
+from axolotl_paft.merging.inmemory import InMemoryMerges, InMemoryUnsupported
+from axolotl_paft.merging.scoring import load_model
 
 
 def _mergekit_weights(config: dict, tmp_path, cache) -> dict[str, torch.Tensor]:
@@ -108,8 +108,13 @@ def test_the_search_writes_no_candidate_and_its_winner_scores_as_searched(
     random drop included."""
     from transformers import AutoTokenizer
 
-    from axolotl_paft.evaluate import TextPairs, TextSkill, quick_metrics, read_jsonl
-    from axolotl_paft.search import search
+    from axolotl_paft.merging.scoring import (
+        TextPairs,
+        TextSkill,
+        quick_metrics,
+        read_jsonl,
+    )
+    from axolotl_paft.merging.search import search
 
     base = str(llama_world.model_dir)
     skill_rows = read_jsonl(llama_world.sft_path, 4)
@@ -120,7 +125,7 @@ def test_the_search_writes_no_candidate_and_its_winner_scores_as_searched(
         skill_rows, pair_rows, out, budget=3, methods=("dare_ties",),
         objective="score",
     )  # fmt: skip
-    assert len(result["leaderboard"]) == 3
+    assert len(result.leaderboard) == 3
     written = [p for p in (out / "candidates").iterdir() if p.suffix != ".yml"]
     assert written == []
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -129,7 +134,7 @@ def test_the_search_writes_no_candidate_and_its_winner_scores_as_searched(
     rebuilt = quick_metrics(
         load_model(out / "merged" / "best"), base_logps, skill, pairs
     )
-    searched = result["leaderboard"][0]["metrics"]
+    searched = result.leaderboard[0]["metrics"]
     for key, value in rebuilt.items():
         assert value == pytest.approx(searched[key], abs=1e-5), key
 
@@ -142,14 +147,14 @@ def test_the_search_merges_other_adapters_on_disk(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from axolotl_paft.evaluate import read_jsonl
-    from axolotl_paft.search import search
+    from axolotl_paft.merging.scoring import read_jsonl
+    from axolotl_paft.merging.search import search
 
     model = AutoModelForCausalLM.from_pretrained(llama_world.model_dir)
     config = LoraConfig(r=4, target_modules=["q_proj"], use_dora=True)
     get_peft_model(model, config).save_pretrained(tmp_path / "dora")
     out = tmp_path / "search"
-    caplog.set_level(logging.INFO, logger="axolotl.axolotl_paft.search")
+    caplog.set_level(logging.INFO, logger="axolotl.axolotl_paft.merging.search")
     result = search(
         llama_world.model_dir, tmp_path / "dora", adapters["preference"],
         read_jsonl(llama_world.sft_path, 2), read_jsonl(llama_world.preference_path, 2),
@@ -157,6 +162,6 @@ def test_the_search_merges_other_adapters_on_disk(
     )  # fmt: skip
     logged = caplog.text
     assert "merged on disk by mergekit" in logged and "use_dora=True" in logged
-    assert len(result["leaderboard"]) == 1
+    assert len(result.leaderboard) == 1
     assert [p.suffix for p in (out / "candidates").iterdir()] == [".yml"]
     assert (out / "merged" / "best" / "model.safetensors").is_file()

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from axolotl_paft.lab.toy import axolotl_config, run_axolotl_train
-from axolotl_paft.sparsity import SUMMARY_MEASURES
+from axolotl_paft.training.sparsity import SUMMARY_MEASURES
 
 L1_LAMBDA = 1e-3  # loss mode: the README's measured sweet spot on the toy
 
@@ -104,8 +104,8 @@ def l1_vs_off(llama_world, tmp_path_factory):
     """120 steps at lambda L1_LAMBDA and at lambda = 0 (same seed and data)."""
     from transformers import AutoTokenizer
 
-    from axolotl_paft.evaluate import assistant_loss, load_model
     from axolotl_paft.lab.toy import sft_rows
+    from axolotl_paft.merging.scoring import assistant_loss, load_model
 
     root = tmp_path_factory.mktemp("l1")
     rows, results = sft_rows(64), {}
@@ -175,7 +175,7 @@ def test_proximal_shrink_follows_the_optimizer_skipping_a_step(llama_world, tmp_
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from axolotl_paft.l1 import L1SparsityCallback
+    from axolotl_paft.training.l1 import L1SparsityCallback
 
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(llama_world.model_dir),

@@ -11,12 +11,12 @@ import pytest
 import torch
 from conftest import validate
 
-from axolotl_paft.args import PAFTArgs
-from axolotl_paft.evaluate import TextPairs, TextSkill, read_jsonl
+from axolotl_paft.config.args import PAFTArgs
 from axolotl_paft.lab.toy import parallel_config
-from axolotl_paft.lm_eval_objective import LmEvalObjective, task_manager
-from axolotl_paft.outputs import run_merge_search
-from axolotl_paft.search import _rank, search
+from axolotl_paft.merging.lm_eval_objective import LmEvalObjective, task_manager
+from axolotl_paft.merging.outputs import run_merge_search
+from axolotl_paft.merging.scoring import TextPairs, TextSkill, read_jsonl
+from axolotl_paft.merging.search import _rank, search
 
 ROWS = 24
 
@@ -206,7 +206,7 @@ def test_sweep_search_ranks_by_the_lm_eval_tasks_it_is_given(
 ):
     """`axolotl-paft-sweep --search --lm-eval-tasks`: mergekit-evolve's task list
     as YAML on the command line."""
-    from axolotl_paft.sweep import main
+    from axolotl_paft.cli.sweep import main
 
     out = tmp_path / "search"
     main(

@@ -1,4 +1,4 @@
-"""`axolotl_paft.losses` against hand-computed numbers and against TRL's own
+"""`axolotl_paft.training.losses` against hand-computed numbers and against TRL's own
 `DPOTrainer` (sigmoid, IPO) and experimental `ORPOTrainer` on one real batch."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from axolotl_paft.losses import (
+from axolotl_paft.training.losses import (
     LOSS_SPECS,
     PREFERENCE_LOSSES,
     LossSpec,

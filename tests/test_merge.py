@@ -13,10 +13,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from axolotl_paft.args import DEFAULT_MERGE_METHODS, SUPPORTED_MERGE_METHODS, PAFTArgs
+from axolotl_paft.config.args import (
+    DEFAULT_MERGE_METHODS,
+    SUPPORTED_MERGE_METHODS,
+    PAFTArgs,
+)
 from axolotl_paft.const import OFFLINE_ENV
-from axolotl_paft.evaluate import load_model
-from axolotl_paft.merge import (
+from axolotl_paft.merging.configs import (
     METHOD_LAYOUTS,
     MergeDeltas,
     MergeSettings,
@@ -26,6 +29,7 @@ from axolotl_paft.merge import (
     validate_config,
     write_merge_configs,
 )
+from axolotl_paft.merging.scoring import load_model
 
 ALL = MergeSettings(methods=SUPPORTED_MERGE_METHODS)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from axolotl_paft.args import PAFTArgs
-from axolotl_paft.merge import MergeDeltas, build_config, validate_config
+from axolotl_paft.config.args import PAFTArgs
+from axolotl_paft.merging.configs import MergeDeltas, build_config, validate_config
 
 CONFIGS = sorted((Path(__file__).parents[1] / "mergekit_configs").glob("*.yml"))
 BASE = "mistralai/Mistral-7B-v0.1"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from axolotl_paft.lab.toy import axolotl_config, run_axolotl_train
-from axolotl_paft.merge import validate_config
+from axolotl_paft.merging.configs import validate_config
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
-from axolotl_paft.evaluate import load_model
-from axolotl_paft.report import build_report, write_report
+from axolotl_paft.merging.report import build_report, write_report
+from axolotl_paft.merging.scoring import load_model
 
 THRESHOLD = 0.01
 

@@ -10,17 +10,17 @@ import torch
 import yaml
 from test_merge import assert_same_weights, run_printed_command
 
-from axolotl_paft.merge import validate_config
-from axolotl_paft.search import (
+from axolotl_paft.cli.sweep import main
+from axolotl_paft.merging.configs import validate_config
+from axolotl_paft.merging.leaderboard import progress_text
+from axolotl_paft.merging.scoring import balanced_metrics
+from axolotl_paft.merging.search import (
     DEFAULT_BUDGET,
     GRID,
     STALL_STEPS,
     _rank,
-    balanced_metrics,
     explore,
-    progress_text,
 )
-from axolotl_paft.sweep import main
 
 
 def test_search_writes_best_config_leaderboard_and_picture(
@@ -103,13 +103,13 @@ def test_training_run_searches_on_its_own_held_out_splits(
     from conftest import last_trainer
     from transformers import AutoTokenizer
 
-    from axolotl_paft.evaluate import last_labelled_span
     from axolotl_paft.lab.toy import (
         parallel_config,
         run_axolotl_train,
         sft_rows,
         write_jsonl,
     )
+    from axolotl_paft.merging.scoring import last_labelled_span
 
     out = tmp_path / "out"
     config = parallel_config(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from axolotl_paft.evaluate import load_model
-from axolotl_paft.sparsity import (
+from axolotl_paft.merging.scoring import load_model
+from axolotl_paft.training.sparsity import (
     LoraFactors,
     live_lora_factors,
     measure,

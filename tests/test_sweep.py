@@ -6,8 +6,8 @@ import json
 
 import yaml
 
-from axolotl_paft.merge import validate_config
-from axolotl_paft.sweep import main
+from axolotl_paft.cli.sweep import main
+from axolotl_paft.merging.configs import validate_config
 
 
 def test_sweep_merges_and_evaluates_every_config(llama_world, adapters, tmp_path):

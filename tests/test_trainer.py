@@ -36,7 +36,7 @@ def parallel_run(llama_world, tmp_path_factory) -> Path:
 
 
 def test_outputs_are_two_peft_adapter_folders(llama_world, parallel_run):
-    from axolotl_paft.evaluate import load_model
+    from axolotl_paft.merging.scoring import load_model
 
     for name in ("sft", "dpo"):
         model = load_model(llama_world.model_dir, parallel_run / name)
@@ -108,8 +108,12 @@ def test_resume_reproduces_the_uninterrupted_run(llama_world, tmp_path):
 def test_qlora_parallel_run_learns_both_skills(mistral_world, tmp_path):
     from transformers import AutoTokenizer
 
-    from axolotl_paft.evaluate import assistant_loss, load_model, preference_margins
     from axolotl_paft.lab.toy import preference_rows, sft_rows
+    from axolotl_paft.merging.scoring import (
+        assistant_loss,
+        load_model,
+        preference_margins,
+    )
 
     out = tmp_path / "qlora"
     run_axolotl_train(

@@ -103,8 +103,8 @@ def test_eval_loss_is_the_sft_adapters(evaluated):
 def test_preference_eval_matches_an_independent_recomputation(llama_world, evaluated):
     """The step-20 preference metrics equal TRL-style metrics recomputed on the
     held-out pairs from the saved checkpoint-20/dpo adapter."""
-    from axolotl_paft.evaluate import load_model
-    from axolotl_paft.losses import batch_preference_loss
+    from axolotl_paft.merging.scoring import load_model
+    from axolotl_paft.training.losses import batch_preference_loss
 
     run = evaluated["parallel"]
     last = [e for e in run["history"] if "eval_dpo/loss" in e][-1]
@@ -445,15 +445,18 @@ def test_preference_step_and_measures_in_bf16(llama_world):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from axolotl_paft.adapters import (
+    from axolotl_paft.lab.toy import preference_rows
+    from axolotl_paft.training.adapters import (
         AdapterRouter,
         add_parallel_adapters,
         factor_parameters,
     )
-    from axolotl_paft.data import preference_collator, tokenize_preference_dataset
-    from axolotl_paft.lab.toy import preference_rows
-    from axolotl_paft.losses import batch_preference_loss
-    from axolotl_paft.sparsity import live_lora_factors, measure, summarize
+    from axolotl_paft.training.data import (
+        preference_collator,
+        tokenize_preference_dataset,
+    )
+    from axolotl_paft.training.losses import batch_preference_loss
+    from axolotl_paft.training.sparsity import live_lora_factors, measure, summarize
 
     tokenizer = AutoTokenizer.from_pretrained(llama_world.model_dir)
     rows = [

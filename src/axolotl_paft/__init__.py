@@ -24,7 +24,7 @@ def __getattr__(name: str):
 
         return PAFTPlugin
     if name == "PAFTArgs":
-        from axolotl_paft.args import PAFTArgs
+        from axolotl_paft.config.args import PAFTArgs
 
         return PAFTArgs
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 
-from axolotl_paft.args import (
+from axolotl_paft.config.args import (
     LORA_KERNELS,
     PAFTArgs,
     check_adapter_choice,
@@ -16,10 +16,10 @@ from axolotl_paft.args import (
     search_split_defaults,
 )
 from axolotl_paft.const import PEFT_DEFAULT_ADAPTER, run_seed
-from axolotl_paft.l1 import L1SparsityCallback
-from axolotl_paft.merge import base_model_reference
-from axolotl_paft.outputs import search_rows, write_run_outputs
+from axolotl_paft.merging.configs import base_model_reference
+from axolotl_paft.merging.outputs import search_rows, write_run_outputs
 from axolotl_paft.threads import machine_threads
+from axolotl_paft.training.l1 import L1SparsityCallback
 
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 
@@ -98,7 +98,7 @@ class PAFTPlugin(BasePlugin):
             cfg[key] = value
 
     def get_input_args(self) -> str:
-        return "axolotl_paft.args.PAFTArgs"
+        return "axolotl_paft.config.args.PAFTArgs"
 
     def load_datasets(self, cfg, preprocess: bool = False):
         """Parallel mode: load (and cache) the preference data before the model;
@@ -136,7 +136,7 @@ class PAFTPlugin(BasePlugin):
         plain SFT run makes."""
         args = paft_args(cfg)
         if args.paft_parallel and self._training:
-            from axolotl_paft.adapters import add_parallel_adapters
+            from axolotl_paft.training.adapters import add_parallel_adapters
 
             add_parallel_adapters(
                 model,
@@ -156,7 +156,7 @@ class PAFTPlugin(BasePlugin):
 
     def get_trainer_cls(self, cfg):
         if paft_args(cfg).paft_parallel and self._training:
-            from axolotl_paft.trainer import PAFTParallelTrainer
+            from axolotl_paft.training.trainer import PAFTParallelTrainer
 
             return PAFTParallelTrainer
         return None
@@ -165,11 +165,11 @@ class PAFTPlugin(BasePlugin):
         args = paft_args(cfg)
         if not (args.paft_parallel and self._training):
             return
-        from axolotl_paft.data import preference_collator
-        from axolotl_paft.trainer import ParallelSettings, PreferenceStream
+        from axolotl_paft.training.data import preference_collator
+        from axolotl_paft.training.trainer import ParallelSettings, PreferenceStream
 
         if cfg.fsdp_config:
-            from axolotl_paft.sharded import use_for_final_save
+            from axolotl_paft.training.sharded import use_for_final_save
 
             use_for_final_save()
 
@@ -242,7 +242,10 @@ class PAFTPlugin(BasePlugin):
         them afterwards)."""
         from axolotl.loaders import load_tokenizer
 
-        from axolotl_paft.data import load_preference_datasets, preserved_random_state
+        from axolotl_paft.training.data import (
+            load_preference_datasets,
+            preserved_random_state,
+        )
 
         with preserved_random_state():
             return load_preference_datasets(
@@ -257,7 +260,7 @@ class PAFTPlugin(BasePlugin):
         """Once per run, after the final adapters were saved (post_train runs
         twice: before and after Axolotl's final save), on the main process, with
         torch on the machine's cores (`threads.machine_threads`); the base named
-        as `merge.base_model_reference` names it. A failing merge search raises
+        as `configs.base_model_reference` names it. A failing merge search raises
         `outputs.MergeSearchFailed` once everything else is written: nothing of
         Axolotl's comes after this hook."""
         callback = self._callback

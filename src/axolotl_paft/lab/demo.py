@@ -17,7 +17,7 @@
 3. trains the usual pipeline for comparison: SFT folded in, the same
    preference loss on top (Axolotl's `rl: dpo`), with the parallel run's settings;
 4. scores base, SFT only, preference only, sequential and the searched PAFT merge
-   on test rows no run saw (the search's own measures and `search.Scorer`:
+   on test rows no run saw (the search's own measures and `scoring.Scorer`:
    per-token NLL of the answers, the implicit-reward margin against the base,
    each side's kept share with its 95% interval), and lets each model answer one
    skill question and one preference question (greedy);
@@ -130,16 +130,21 @@ def score_models(
     questions,
     answer_tokens: int = ANSWER_TOKENS,
 ) -> dict[str, dict]:
-    """`search.Scorer` metrics (NLL skill, margin preference, kept shares with
+    """`scoring.Scorer` metrics (NLL skill, margin preference, kept shares with
     95% intervals against the `SFT only` and `preference only` entries) and a
     greedy answer to each of `questions`, for each of `models` (an adapter or a
     model folder; None: the base), and `freeform.says` on the same rows (the
     share of greedy answers that open in each taught format)."""
     from transformers import AutoTokenizer
 
-    from axolotl_paft.evaluate import TextPairs, TextSkill, load_candidate, load_model
     from axolotl_paft.lab.freeform import says
-    from axolotl_paft.search import Scorer
+    from axolotl_paft.merging.scoring import (
+        Scorer,
+        TextPairs,
+        TextSkill,
+        load_candidate,
+        load_model,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     skill, pairs = TextSkill(tokenizer, skill_rows), TextPairs(tokenizer, pairs_rows)
@@ -169,7 +174,8 @@ def score_models(
 
 def side_by_side(results: dict[str, dict], questions) -> str:
     """The markdown table of `score_models` results."""
-    from axolotl_paft.search import SIDES, interval_text
+    from axolotl_paft.merging.leaderboard import interval_text
+    from axolotl_paft.merging.scoring import SIDES
 
     lines = [
         "| model | answer NLL (skill) | skill kept [95%] | preference margin | "

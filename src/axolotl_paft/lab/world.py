@@ -296,7 +296,7 @@ def fold(base: Path, adapter: Path, out: Path) -> Path:
     """`base` with `adapter` folded in, saved with the tokenizer (a full model)."""
     from transformers import AutoTokenizer
 
-    from axolotl_paft.evaluate import load_model
+    from axolotl_paft.merging.scoring import load_model
 
     if not (out / "model.safetensors").is_file():
         load_model(base, adapter).merge_and_unload().save_pretrained(out)
@@ -315,13 +315,13 @@ def sequential(world: ToySetup, sft_adapter: Path, out: Path, **kw) -> Path:
 
 
 class Scorer:
-    """`evaluate.quick_metrics` of candidates (adapter or model folders, None for
+    """`scoring.quick_metrics` of candidates (adapter or model folders, None for
     the base) on fixed held-out rows, the base's pair log-probs computed once."""
 
     def __init__(self, base: Path, sft_rows: list[dict], preference_rows: list[dict]):
         from transformers import AutoTokenizer
 
-        from axolotl_paft.evaluate import TextPairs, TextSkill, load_model
+        from axolotl_paft.merging.scoring import TextPairs, TextSkill, load_model
 
         self.base = base
         tokenizer = AutoTokenizer.from_pretrained(base)
@@ -332,7 +332,11 @@ class Scorer:
         self.base_logps = self.rows[1].logps(load_model(base))
 
     def __call__(self, path: Path | None) -> dict[str, float]:
-        from axolotl_paft.evaluate import load_candidate, load_model, quick_metrics
+        from axolotl_paft.merging.scoring import (
+            load_candidate,
+            load_model,
+            quick_metrics,
+        )
 
         if path is None:
             model = load_model(self.base)
@@ -347,7 +351,7 @@ MIN_INTERFERENCE = 0.1  # issue 8: task arithmetic 1:1 loses >= 10% of one side'
 
 
 def meets_goal(kept: dict) -> bool:
-    """Whether `search.kept_shares` of a merge reach `SEARCH_GOAL` on both sides."""
+    """Whether `scoring.kept_shares` of a merge reach `SEARCH_GOAL` on both sides."""
     return min(kept.values()) >= SEARCH_GOAL
 
 
@@ -363,9 +367,9 @@ def preconditions(base: dict, sft: dict, pref: dict, seq: dict, ta: dict) -> dic
     """The world's two preconditions from `Scorer` results at lambda 0: the share
     of the SFT-only skill gain that sequential SFT->DPO loses (alignment tax), and
     the shares of each side's gain that equal-weight task arithmetic loses; the
-    shares as the search computes them (`search.kept_shares`: nan where a
+    shares as the search computes them (`scoring.kept_shares`: nan where a
     reference gains nothing over the base, so a precondition cannot hold there)."""
-    from axolotl_paft.search import kept_shares
+    from axolotl_paft.merging.scoring import kept_shares
 
     references = {"base": base, "sft": sft, "preference": pref}
     merged = kept_shares(ta, references)

@@ -5,9 +5,9 @@ Axolotl merges this model into its own config schema, so every check here runs i
 
 The keys are grouped by concern, one parent class each (parallel mode, L1 and
 sparsity, report, merging); `PAFTArgs` joins them, so the YAML keys stay flat.
-`docs/config.md` is generated from these classes (`python -m axolotl_paft.configdoc`).
+`docs/config.md` is generated from these classes (`python -m axolotl_paft.config.doc`).
 Allowed values come from the registries: preference losses from
-`losses.LOSS_SPECS`, merge methods from `merge.METHOD_LAYOUTS`.
+`losses.LOSS_SPECS`, merge methods from `configs.METHOD_LAYOUTS`.
 """
 
 from __future__ import annotations
@@ -20,23 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from axolotl_paft.const import PEFT_DEFAULT_ADAPTER
-from axolotl_paft.evaluate import (
-    DEFAULT_PREFERENCE_MEASURE,
-    FREE_FORM_MEASURE,
-    MEASURES,
-    PREFERENCE_MEASURES,
-    SHORT_ANSWER_TOKENS,
-    SKILL_MEASURES,
-)
-from axolotl_paft.export import EXPORTS
-from axolotl_paft.lm_eval_objective import (
-    EVOLVE_DEFAULTS,
-    LmEvalObjective,
-    TaskConfiguration,
-    unknown_tasks,
-)
-from axolotl_paft.losses import PREFERENCE_LOSSES
-from axolotl_paft.merge import (
+from axolotl_paft.merging.configs import (
     DEFAULT_MERGE_METHODS,
     DEFAULT_SEARCH_METHODS,
     MERGE_DEFAULTS,
@@ -44,7 +28,23 @@ from axolotl_paft.merge import (
     MergeSettings,
     check_della_bounds,
 )
-from axolotl_paft.search import DEFAULT_BUDGET
+from axolotl_paft.merging.export import EXPORTS
+from axolotl_paft.merging.lm_eval_objective import (
+    EVOLVE_DEFAULTS,
+    LmEvalObjective,
+    TaskConfiguration,
+    unknown_tasks,
+)
+from axolotl_paft.merging.scoring import (
+    DEFAULT_PREFERENCE_MEASURE,
+    FREE_FORM_MEASURE,
+    MEASURES,
+    PREFERENCE_MEASURES,
+    SHORT_ANSWER_TOKENS,
+    SKILL_MEASURES,
+)
+from axolotl_paft.merging.search import DEFAULT_BUDGET
+from axolotl_paft.training.losses import PREFERENCE_LOSSES
 
 L1Mode = Literal["loss", "proximal"]
 SparsityLogging = Literal["penalised", "all", "off"]
@@ -511,7 +511,7 @@ class MergeArgs(BaseModel):
         return self
 
     def merge_settings(self) -> MergeSettings:
-        """These keys as `axolotl_paft.merge` takes them."""
+        """These keys as `axolotl_paft.merging.configs` takes them."""
         return MergeSettings(
             methods=tuple(self.paft_merge_methods),
             sft_weight=self.paft_merge_sft_weight,
@@ -588,7 +588,7 @@ def search_split_defaults(data: dict) -> dict[str, float]:
     splits; where a side has neither a file nor a split key, hold out
     SEARCH_HELD_OUT of its data (Axolotl's `val_set_size` semantics). Returns
     the keys to set; the plugin sets them before validation and logs them."""
-    from axolotl_paft.data import TEST_KEY
+    from axolotl_paft.training.data import TEST_KEY
 
     if not data.get("paft_merge_search"):
         return {}
@@ -614,14 +614,14 @@ def _sft_split(data: dict) -> bool:
 
 def _preference_split(data: dict) -> bool:
     """The config holds out preference rows (parallel mode's held-out split)."""
-    from axolotl_paft.data import TEST_KEY
+    from axolotl_paft.training.data import TEST_KEY
 
     return bool(data.get("paft_preference_val_set_size") or data.get(TEST_KEY))
 
 
 def _check_search_rows(data: dict) -> None:
     """Each side of the search needs held-out rows: a file, or the run's split."""
-    from axolotl_paft.data import TEST_KEY
+    from axolotl_paft.training.data import TEST_KEY
 
     if not (data.get("paft_merge_search_sft_data") or _sft_split(data)):
         raise ValueError(
@@ -809,7 +809,7 @@ def _check_parallel(data: dict) -> None:
             "for every optimizer group, the preference adapter's too; unset it or "
             "use lr_scheduler: cosine"
         )
-    from axolotl_paft.data import TEST_KEY, check_preference_entries
+    from axolotl_paft.training.data import TEST_KEY, check_preference_entries
 
     check_preference_entries(entries)
     if data.get("paft_preference_val_set_size") and data.get(TEST_KEY):

@@ -356,13 +356,38 @@ _Dumper.add_representer(
 )
 
 
+def lora_cache_dir(root: Path) -> Path:
+    """A LoRA merge cache folder new to this call, under `root/lora-cache`: mergekit
+    keys its cache by the adapter folder's name and would otherwise reuse another
+    run's merges (the one place a cache is named)."""
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    return Path(root) / "lora-cache" / f"run-{run_id}"
+
+
+def write_config(path: Path, config: dict, header: str = "") -> Path:
+    """The one mergekit YAML writer: `header` (comment lines), then `config` with
+    a multi-line string (the chat template) as a readable literal block."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + yaml.dump(config, Dumper=_Dumper, sort_keys=False))
+    return path
+
+
+def run_header(title: str, path: Path, merged_dir: Path, cache_dir: Path) -> str:
+    """A config's comment header: what it is and the command that builds it."""
+    return (
+        f"# {title}. Run:\n"
+        f"#   {mergekit_command(path, merged_dir, cache_dir)}\n"
+        "# The cache folder is new for every training run: mergekit keys its\n"
+        "# LoRA cache by folder name and would otherwise reuse stale merges.\n"
+    )
+
+
 def write_merge_configs(
     out_dir: Path, deltas: MergeDeltas, settings: MergeSettings
 ) -> EmittedConfigs:
     """Write one `<method>.yml` per fitting method into `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    cache_dir = out_dir / "lora-cache" / f"run-{run_id}"
+    cache_dir = lora_cache_dir(out_dir)
     written, skipped = {}, {}
     for method in settings.methods:
         config = build_config(method, deltas, settings)
@@ -373,14 +398,10 @@ def write_merge_configs(
         validate_config(config)
         path = out_dir / f"{method}.yml"
         merged_dir = out_dir.parent / "merged" / method
-        header = (
-            f"# PAFT merge ({method}) written by axolotl-paft. Run:\n"
-            f"#   {mergekit_command(path, merged_dir, cache_dir)}\n"
-            "# The cache folder is new for every training run: mergekit keys its\n"
-            "# LoRA cache by folder name and would otherwise reuse stale merges.\n"
-        )
-        path.write_text(header + yaml.dump(config, Dumper=_Dumper, sort_keys=False))
-        written[method] = path
+        title = f"PAFT merge ({method}) written by axolotl-paft"
+        header = run_header(title, path, merged_dir, cache_dir)
+        written[method] = write_config(path, config, header)
+    out_dir.mkdir(parents=True, exist_ok=True)
     return EmittedConfigs(written=written, skipped=skipped, cache_dir=cache_dir)
 
 

@@ -1,33 +1,22 @@
-"""Evaluate merged candidates: SFT skill, preference alignment, one declared score.
+"""Scoring on held-out rows: the measures, the rows, and the `Scorer` that ranks
+models against the references.
 
-    axolotl-paft-eval --base BASE --candidate sft=OUT/sft \
-        --candidate ties=OUT/merged/ties --sft-data heldout_sft.jsonl \
-        --preference-data heldout_prefs.jsonl --out EVAL_DIR
-
-A candidate is a PEFT adapter folder (applied to `--base`) or a full model folder
-(e.g. a mergekit output). Per candidate, on held-out data:
-
-- SFT: `sft_loss` (mean NLL per assistant token) and `sft_exact_match` (greedy answer
-  equals the reference answer, whitespace-trimmed);
-- preference: `preference_accuracy` (fraction of pairs whose implicit reward
-  `log pi/ref(chosen) - log pi/ref(rejected)` against the base is > 0),
-  `preference_margin` (its mean), `chosen_over_rejected` (fraction of pairs where the
-  candidate's own log-prob of chosen exceeds rejected);
-- `score = (sft_exact_match + preference_accuracy) / 2`: both skills count equally.
-
-The merge search scores the same rows without generation: `MEASURES` is its
-registry of measures (one entry each: side, metric key, direction, per-row
-terms), all read from one batched teacher-forced pass per side
-(`span_stats`, `quick_metrics`); a new measure is one entry.
-
-Writes `eval.json`, `eval.md`, `eval.png` and `lm_eval_commands.sh` (the Open LLM
-suite of the paper, for GPU users) into `--out`, prints the table and names the best.
+`MEASURES` is the registry of measures (one entry each: side, metric key,
+direction, per-row terms), all read from one batched teacher-forced pass per
+side (`span_stats`, `row_terms`); a new measure is one entry. Held-out rows are
+text rendered with the run's chat template (`TextSkill`, `TextPairs`) or the
+run's own splits as Axolotl tokenized them (`TokenizedSkill`,
+`TokenizedPairs`). `Scorer` scores a model on them and, once the references
+(base, SFT-only, preference-only) are in, the share of each reference's gain a
+model keeps, with paired-bootstrap 95% intervals: every caller (the search, the
+export, the lab, the benchmarks) scores through it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +24,6 @@ from pathlib import Path
 import torch
 
 IGNORE_INDEX = -100  # Axolotl's and transformers' label of an unscored token
-OPEN_LLM_TASKS = "arc_challenge,hellaswag,mmlu,truthfulqa_mc2,winogrande,gsm8k"
-METRICS = (
-    "sft_loss",
-    "sft_exact_match",
-    "preference_accuracy",
-    "preference_margin",
-    "chosen_over_rejected",
-    "score",
-)
 
 
 def load_model(base_model: str | Path, adapter: str | Path | None = None):
@@ -95,32 +75,6 @@ def load_candidate(base: str | Path, path: str | Path):
     return load_model(base, path) if adapter.exists() else load_model(path)
 
 
-@torch.no_grad()
-def exact_match(model, tokenizer, rows: list[dict], max_new_tokens: int = 32) -> float:
-    """Fraction of chat rows whose greedy answer equals the reference answer."""
-    hits = 0
-    for row in rows:
-        *prompt_turns, reference = row["messages"]
-        prompt = tokenizer.apply_chat_template(
-            prompt_turns,
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        ).to(device_of(model))
-        ids = model.generate(
-            **prompt,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        answer = tokenizer.decode(
-            ids[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True
-        )
-        hits += answer.strip() == reference["content"].strip()
-    return hits / len(rows)
-
-
-# Tokens per scoring forward pass (rows x padded length): bounds the logits
 # tensor (tokens x vocabulary floats: 0.8 GB at SmolLM2's 49k vocabulary).
 SCORE_BATCH_TOKENS = 4096
 
@@ -225,7 +179,7 @@ class Measure:
     A measure's value on a set of rows is `sum(numerator) / sum(denominator)` of
     its per-row terms (`terms`, from `span_stats` for the skill, from the
     implicit-reward margins against the base for the preference), so that every
-    measure is bootstrapped the same way (`search.kept_interval`) and a mean per
+    measure is bootstrapped the same way (`Scorer.metrics`) and a mean per
     token weighs long answers as the tokens they hold."""
 
     side: str  # "skill" or "preference"
@@ -371,7 +325,7 @@ class TokenizedPairs:
     @torch.no_grad()
     def logps(self, model) -> torch.Tensor:
         """`[n, 2]` summed log-probs of each pair's chosen and rejected completion."""
-        from axolotl_paft.losses import completion_logps
+        from axolotl_paft.training.losses import completion_logps
 
         device = device_of(model)
         logps = []
@@ -434,176 +388,213 @@ def quick_metrics(model, base_logps: torch.Tensor, skill, pairs) -> dict[str, fl
     return summarize(row_terms(model, base_logps, skill, pairs))
 
 
-def evaluate(
-    model,
-    base_logps: torch.Tensor,
-    tokenizer,
-    sft_rows: list[dict],
-    preference_rows: list[dict],
+LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
+QUANTILES = torch.tensor([0.025, 0.975], dtype=torch.float64)  # a 95% interval
+
+BOOTSTRAP_SAMPLES = 2000  # resamples of the held-out rows per interval
+SIDES = ("skill", "preference")
+# the measures `kept_shares` reads by default: the miniature world's, whose
+# answers are short (`scoring.choose_skill_measure`)
+LEGACY_MEASURES = {"skill": "exact_match", "preference": "accuracy"}
+
+
+def gain_kept(
+    value: float, base: float, reference: float, higher_is_better: bool = True
+) -> float:
+    """Share of the gain `reference - base` that `value - base` keeps (nan when
+    the reference gains nothing; for a lower-is-better measure a gain is a
+    drop, and the share is the same ratio)."""
+    gain = reference - base if higher_is_better else base - reference
+    return (value - base) / (reference - base) if gain > 0 else math.nan
+
+
+def kept_shares(
+    metrics: dict, references: dict, measures: dict | None = None
 ) -> dict[str, float]:
-    """All metrics of one candidate (see the module docstring); `base_logps` are
-    the base's `pair_logps` on `preference_rows`."""
-    logps = pair_logps(model, tokenizer, preference_rows)
-    margins = margins_from(logps, base_logps)
-    own = margins_from(logps, None)
-    metrics = {
-        "sft_loss": assistant_loss(model, tokenizer, sft_rows),
-        "sft_exact_match": exact_match(model, tokenizer, sft_rows),
-        "preference_accuracy": float((margins > 0).float().mean()),
-        "preference_margin": float(margins.mean()),
-        "chosen_over_rejected": float((own > 0).float().mean()),
-    }
-    metrics["score"] = (metrics["sft_exact_match"] + metrics["preference_accuracy"]) / 2
-    return metrics
-
-
-def evaluate_candidates(
-    base: Path,
-    candidates: dict[str, Path],
-    sft_rows: list[dict],
-    preference_rows: list[dict],
-) -> dict[str, dict[str, float]]:
-    """Metrics per candidate name; the base itself is evaluated as `base`."""
-    from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    base_model = load_model(base)
-    base_logps = pair_logps(base_model, tokenizer, preference_rows)
-    results = {}
-    for name, path in tqdm({"base": base, **candidates}.items(), desc="candidates"):
-        model = base_model if name == "base" else load_candidate(base, path)
-        results[name] = evaluate(
-            model, base_logps, tokenizer, sft_rows, preference_rows
+    """`skill_kept` and `preference_kept`: the shares of the SFT-only and the
+    preference-only models' gains over the base (`references`) that `metrics`
+    keep, on `measures` (side -> `scoring.MEASURES` name)."""
+    measures = measures or LEGACY_MEASURES
+    kept = {}
+    for side, reference in zip(SIDES, ("sft", "preference"), strict=True):
+        measure = MEASURES[measures[side]]
+        kept[f"{side}_kept"] = gain_kept(
+            metrics[measure.metric],
+            references["base"][measure.metric],
+            references[reference][measure.metric],
+            measure.higher_is_better,
         )
-    return results
+    return kept
 
 
-def best_candidate(results: dict[str, dict[str, float]]) -> str:
-    """The highest score; lower SFT loss breaks ties."""
-    return max(results, key=lambda n: (results[n]["score"], -results[n]["sft_loss"]))
+def balanced_of(kept: dict, sides=SIDES) -> float:
+    """The balanced objective: the smallest kept share of `sides` (those whose
+    reference gains over the base), capped at 1; nan without a side."""
+    shares = [kept[f"{side}_kept"] for side in sides]
+    return min(1.0, *shares) if shares else math.nan
 
 
-def render_table(results: dict[str, dict[str, float]]) -> str:
-    lines = [
-        "| candidate | " + " | ".join(METRICS) + " |",
-        "|---" * (len(METRICS) + 1) + "|",
-    ]
-    for name, m in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in METRICS) + " |")
-    return "\n".join(lines)
+def balanced_metrics(
+    metrics: dict, references: dict, measures: dict | None = None
+) -> dict[str, float]:
+    """`kept_shares` and `balanced` (`balanced_of` the sides whose reference
+    gains over the base; `Scorer` also requires the gain to exceed its noise
+    and says which sides rank)."""
+    kept = kept_shares(metrics, references, measures)
+    sides = [s for s in SIDES if not math.isnan(kept[f"{s}_kept"])]
+    return kept | {"balanced": balanced_of(kept, sides)}
 
 
-def render_chart(results: dict[str, dict[str, float]], path: Path) -> None:
-    """Grouped bars: SFT exact match, preference accuracy and score per candidate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = ("sft_exact_match", "preference_accuracy", "score")
-    names = list(results)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 4))
-    width = 0.8 / len(shown)
-    for i, metric in enumerate(shown):
-        xs = [j + (i - 1) * width for j in range(len(names))]
-        ax.bar(xs, [results[n][metric] for n in names], width, label=metric)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"PAFT candidates (best: {best_candidate(results)})")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _bootstrap_values(terms: tuple, index) -> torch.Tensor:
+    """A measure's value (sum of numerators / sum of denominators) on each
+    resample of rows (`index`: `[samples, rows]`)."""
+    numerator, denominator = terms
+    return numerator[index].sum(1) / denominator[index].sum(1)
 
 
-def lm_eval_commands(base: Path, candidates: dict[str, Path]) -> str:
-    """lm-evaluation-harness commands for the paper's Open LLM suite."""
-    lines = ["#!/usr/bin/env bash", "# Open LLM suite per candidate (GPU).", "set -e"]
-    for name, path in candidates.items():
-        if (Path(path) / "adapter_config.json").exists():
-            model_args = f"pretrained={base},peft={path}"
-        else:
-            model_args = f"pretrained={path}"
-        lines.append(
-            f"lm_eval --model hf --model_args {model_args} --tasks {OPEN_LLM_TASKS} "
-            f"--batch_size auto --output_path lm_eval/{name}"
-        )
-    return "\n".join(lines) + "\n"
+class Scorer:
+    """Scores models on the search's held-out rows and ranks them against the
+    references (the base, the SFT-only and the preference-only adapters).
 
+    The skill and preference measures are `scoring.MEASURES` entries (the skill
+    one chosen from the answers' lengths by default). Every kept share comes
+    with a 95% interval: a paired bootstrap over the held-out rows (the same
+    resampled rows for the candidate, the base and the reference, so what the
+    rows share cancels; `BOOTSTRAP_SAMPLES` resamples, percentiles 2.5 and
+    97.5), and so does each reference's gain over the base. A side whose
+    reference gains nothing beyond that noise (interval reaching 0) cannot be
+    ranked: it is warned about, named in the leaderboard, and the balanced
+    objective ranks by the other side alone; with neither, by the score."""
 
-def write_evaluation(
-    results: dict[str, dict[str, float]],
-    base: Path,
-    candidates: dict[str, Path],
-    out_dir: Path,
-) -> str:
-    """Write eval.json/.md/.png and lm_eval_commands.sh; return the best name."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    best = best_candidate(results)
-    summary = {
-        "score": "(sft_exact_match + preference_accuracy) / 2",
-        "best": best,
-        "candidates": {n: str(p) for n, p in {"base": base, **candidates}.items()},
-        "results": results,
-    }
-    (out_dir / "eval.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "eval.md").write_text(render_table(results) + f"\n\nbest: {best}\n")
-    render_chart(results, out_dir / "eval.png")
-    (out_dir / "lm_eval_commands.sh").write_text(lm_eval_commands(base, candidates))
-    return best
-
-
-def parse_candidates(items: list[str]) -> dict[str, Path]:
-    candidates = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not Path(path).is_dir():
-            raise SystemExit(
-                f"--candidate {item!r}: use NAME=FOLDER (an existing folder)"
+    def __init__(self, measures: dict[str, str], base_terms: dict, score_terms=None):
+        """`measures`: side -> `scoring.MEASURES` name; `base_terms`: the base's
+        `scoring.row_terms`; `score_terms(model)`: a model's (`on_rows`)."""
+        self.measures, self.score_terms = measures, score_terms
+        self.higher = {s: MEASURES[m].higher_is_better for s, m in measures.items()}
+        generator = torch.Generator().manual_seed(0)
+        self.index = {}
+        for side, measure in measures.items():
+            n = len(base_terms[measure][0])
+            self.index[side] = torch.randint(
+                n, (BOOTSTRAP_SAMPLES, n), generator=generator
             )
-        candidates[name] = Path(path)
-    return candidates
+        self.references: dict[str, dict] = {}
+        self.reference_terms: dict[str, dict] = {}
+        self.gains: dict[str, dict] = {}
+        self.ranked_sides: tuple[str, ...] = ()
+        self.add_reference("base", base_terms)
 
+    @classmethod
+    def on_rows(
+        cls, skill, pairs, base_model, skill_measure="auto", preference_measure=None
+    ) -> Scorer:
+        """A scorer of models on held-out `skill` rows and `pairs` (`evaluate`'s
+        `TextSkill`/`TokenizedSkill`, `TextPairs`/`TokenizedPairs`), the base
+        scored; `skill_measure`: a skill measure or `auto`
+        (`scoring.choose_skill_measure`); `preference_measure`: None for
+        `scoring.DEFAULT_PREFERENCE_MEASURE`."""
+        preference_measure = preference_measure or DEFAULT_PREFERENCE_MEASURE
+        if preference_measure not in PREFERENCE_MEASURES:
+            raise ValueError(
+                f"preference measure {preference_measure!r} not in "
+                f"{PREFERENCE_MEASURES}"
+            )
+        measures = {
+            "skill": choose_skill_measure(skill, skill_measure),
+            "preference": preference_measure,
+        }
+        base_logps = pairs.logps(base_model)
 
-def add_data_arguments(parser: argparse.ArgumentParser, out: str) -> None:
-    """Held-out data and output options shared by the eval and sweep commands."""
-    parser.add_argument("--sft-data", required=True, type=Path)
-    parser.add_argument("--preference-data", required=True, type=Path)
-    parser.add_argument("--limit", type=int, default=None, help="rows per data set")
-    parser.add_argument("--out", type=Path, default=Path(out))
+        def score_terms(model) -> dict:
+            return row_terms(model, base_logps, skill, pairs)
 
+        base_terms = row_terms(base_model, base_logps, skill, pairs, base_logps)
+        return cls(measures, base_terms, score_terms)
 
-def evaluate_and_report(
-    opts: argparse.Namespace, base: Path, candidates: dict[str, Path]
-) -> str:
-    """Evaluate on `opts`' data, write the outputs, print the table; return the
-    best candidate's name."""
-    results = evaluate_candidates(
-        base,
-        candidates,
-        read_jsonl(opts.sft_data, opts.limit),
-        read_jsonl(opts.preference_data, opts.limit),
-    )
-    best = write_evaluation(results, base, candidates, opts.out)
-    print(render_table(results))
-    print(
-        f"best candidate: {best}  (score = (sft_exact_match + preference_accuracy) / 2)"
-    )
-    print(f"wrote {opts.out / 'eval.json'}, eval.md, eval.png, lm_eval_commands.sh")
-    return best
+    def add_reference(self, name: str, terms: dict) -> dict:
+        """A reference's `row_terms` (`sft`, `preference`; `base` first); once
+        all three are in, check each side's gain (`reference_gain`). Returns its
+        metrics."""
+        self.reference_terms[name] = terms
+        self.references[name] = summarize(terms)
+        if len(self.references) == 3:
+            self.gains = {
+                side: self.reference_gain(side, ref)
+                for side, ref in zip(SIDES, ("sft", "preference"), strict=True)
+            }
+            self.ranked_sides = tuple(s for s in SIDES if self.gains[s]["clear"])
+        return self.references[name]
 
+    def reference_gain(self, side: str, reference: str) -> dict:
+        """The reference's gain over the base on `side`'s measure (positive =
+        better), its 95% interval, and whether it is clear of 0; warns when not."""
+        measure = self.measures[side]
+        base, ref = (self.reference_terms[n][measure] for n in ("base", reference))
+        sign = 1 if self.higher[side] else -1
+        gain = sign * (value(measure, ref) - value(measure, base))
+        index = self.index[side]
+        samples = sign * (
+            _bootstrap_values(ref, index) - _bootstrap_values(base, index)
+        )
+        low, high = (float(q) for q in torch.quantile(samples, QUANTILES))
+        clear = low > 0
+        if not clear:
+            LOG.warning(
+                "paft: merge search: the %s-only adapter gains nothing over the base "
+                "on the %s side beyond noise (%s: base %.4g, %s-only %.4g, gain %.4g, "
+                "95%% interval [%.4g, %.4g] on %d rows): %s kept cannot rank merges, "
+                "so it does not; the search ranks by the other side only. Train "
+                "that adapter longer, hold out more rows, or choose another measure "
+                "(paft_merge_search_%s_measure)",
+                reference, side, measure, value(measure, base), reference,
+                value(measure, ref), gain, low, high, index.shape[1], side, side,
+            )  # fmt: skip
+        return {
+            "measure": measure,
+            "gain": gain,
+            "low": low,
+            "high": high,
+            "clear": clear,
+        }
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--base", required=True, help="the base model: a folder or a hub id"
-    )
-    parser.add_argument("--candidate", action="append", default=[], metavar="NAME=DIR")
-    add_data_arguments(parser, out="paft_eval")
-    opts = parser.parse_args(argv)
-    evaluate_and_report(opts, opts.base, parse_candidates(opts.candidate))
+    def __call__(self, model) -> dict[str, float]:
+        """`metrics` of `model` on the held-out rows."""
+        return self.metrics(self.score_terms(model))
 
+    def metrics(self, terms: dict) -> dict[str, float]:
+        """`scoring.summarize` of a model's `row_terms`, with (once the
+        references are in) `skill_kept`, `preference_kept`, `balanced` and the
+        95% interval of each (`*_low`, `*_high`)."""
+        metrics = summarize(terms)
+        if not self.gains:
+            return metrics
+        kept = kept_shares(metrics, self.references, self.measures)
+        metrics |= kept | {"balanced": balanced_of(kept, self.ranked_sides)}
+        draws = {}
+        for side, reference in zip(SIDES, ("sft", "preference"), strict=True):
+            measure, index = self.measures[side], self.index[side]
+            base, ref = (
+                _bootstrap_values(self.reference_terms[n][measure], index)
+                for n in ("base", reference)
+            )
+            draws[side] = (_bootstrap_values(terms[measure], index) - base) / (
+                ref - base
+            )
+            metrics |= self._interval(f"{side}_kept", draws[side])
+        if self.ranked_sides:
+            shares = torch.stack([draws[s] for s in self.ranked_sides]).amin(0)
+            metrics |= self._interval("balanced", shares.clamp(max=1.0))
+        return metrics
 
-if __name__ == "__main__":
-    main()
+    @staticmethod
+    def _interval(key: str, samples) -> dict[str, float]:
+        low, high = torch.nanquantile(samples.double(), QUANTILES).tolist()
+        return {f"{key}_low": low, f"{key}_high": high}
+
+    def summary(self) -> dict:
+        """What the leaderboard says about the measures and the references."""
+        return {
+            "measures": self.measures,
+            "reference_gains": self.gains,
+            "ranked_by": list(self.ranked_sides),
+        }

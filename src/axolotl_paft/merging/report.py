@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from axolotl_paft.sparsity import (
+from axolotl_paft.training.sparsity import (
     SUMMARY_MEASURES,
     LoraFactors,
     as_records,

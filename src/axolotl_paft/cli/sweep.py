@@ -6,47 +6,47 @@
         --out OUT/sweep
 
 Each config is built and checked like the ones a training run emits
-(`axolotl_paft.merge`), run through mergekit's Python API into
+(`axolotl_paft.merging.configs`), run through mergekit's Python API into
 `OUT/sweep/merged/<name>`, and every merge plus both adapters is scored by
-`axolotl_paft.evaluate` (table, eval.json, eval.png, best candidate).
+`axolotl_paft.merging.scoring` (table, eval.json, eval.png, best candidate).
 
-With `--search` it runs the merge search of `axolotl_paft.search` instead, over
+With `--search` it runs the merge search of `axolotl_paft.merging.search` instead, over
 `--methods` within `--budget` candidates, and writes `OUT/mergekit/best.yml`,
 `OUT/leaderboard.{json,md}`, `OUT/search.png` and the winner in `OUT/merged/best`;
 with `--lm-eval-tasks` it ranks the candidates by those lm-eval tasks
-(`axolotl_paft.lm_eval_objective`, the training run's
+(`axolotl_paft.merging.lm_eval_objective`, the training run's
 `paft_merge_search_lm_eval_*` keys).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
-from axolotl_paft.evaluate import (
-    DEFAULT_PREFERENCE_MEASURE,
-    PREFERENCE_MEASURES,
-    SKILL_MEASURES,
-    add_data_arguments,
-    evaluate_and_report,
-    read_jsonl,
-)
-from axolotl_paft.export import EXPORTS, export_search_best
-from axolotl_paft.lm_eval_objective import LmEvalObjective
-from axolotl_paft.merge import (
+from axolotl_paft.cli.eval import add_data_arguments, evaluate_and_report
+from axolotl_paft.merging.configs import (
     METHOD_LAYOUTS,
     MergeDeltas,
     MergeSettings,
     base_model_reference,
     build_config,
+    lora_cache_dir,
     run_merge_config,
     validate_config,
+    write_config,
 )
-from axolotl_paft.search import DEFAULT_BUDGET, search
+from axolotl_paft.merging.export import EXPORTS, export_search_best
+from axolotl_paft.merging.lm_eval_objective import LmEvalObjective
+from axolotl_paft.merging.scoring import (
+    DEFAULT_PREFERENCE_MEASURE,
+    PREFERENCE_MEASURES,
+    SKILL_MEASURES,
+    read_jsonl,
+)
+from axolotl_paft.merging.search import DEFAULT_BUDGET, search
 
 
 def sweep_configs(
@@ -69,12 +69,10 @@ def sweep_configs(
 
 def run_sweep(deltas: MergeDeltas, configs: dict[str, dict], out: Path) -> dict:
     """Merge every config into `out/merged/<name>`; returns name -> folder."""
-    cache = out / "lora-cache" / time.strftime("run-%Y%m%d-%H%M%S")
+    cache = lora_cache_dir(out)
     merged = {}
     for name, config in configs.items():
-        path = out / "configs" / f"{name}.yml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path = write_config(out / "configs" / f"{name}.yml", config)
         print(f"merging {name}", flush=True)
         merged[name] = run_merge_config(path, out / "merged" / name, cache)
     return merged
@@ -154,15 +152,11 @@ def main(argv: list[str] | None = None) -> None:
             preference_measure=opts.preference_measure,
         )  # fmt: skip
         print((opts.out / "leaderboard.md").read_text())
-        print(f"best: {result['best']}; config {opts.out / 'mergekit' / 'best.yml'}")
+        print(f"best: {result.best}; config {result.config}")
         if opts.export != "model":
-            rows = (
-                read_jsonl(opts.sft_data, opts.limit),
-                read_jsonl(opts.preference_data, opts.limit),
-            )
             export_search_best(
-                opts.out, base, [opts.sft, opts.preference],
-                opts.export_rank, rows, print,
+                result, base, [opts.sft, opts.preference],
+                opts.out / "adapter" / "best", opts.export_rank, print,
             )  # fmt: skip
         return
     densities = [float(d) for d in opts.densities.split(",")]

@@ -110,7 +110,7 @@ def live_lora_factors(model: torch.nn.Module, adapter: str) -> Iterator[LoraFact
     module at a time: the copy is the size of one module's LoRA factors."""
     from peft.tuners.lora import LoraLayer
 
-    from axolotl_paft.sharded import whole
+    from axolotl_paft.training.sharded import whole
 
     for name, module in model.named_modules():
         if not isinstance(module, LoraLayer):

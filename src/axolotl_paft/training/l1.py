@@ -29,8 +29,8 @@ from collections.abc import Iterable
 import torch
 from transformers import Trainer, TrainerCallback
 
-from axolotl_paft.adapters import factor_parameters
-from axolotl_paft.sparsity import (
+from axolotl_paft.training.adapters import factor_parameters
+from axolotl_paft.training.sparsity import (
     SUMMARY_MEASURES,
     LoraFactors,
     live_lora_factors,

@@ -41,13 +41,13 @@ from axolotl.core.trainers.base import AxolotlTrainer
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from axolotl_paft.adapters import AdapterRouter, adapter_parameters
-from axolotl_paft.losses import (
+from axolotl_paft.training.adapters import AdapterRouter, adapter_parameters
+from axolotl_paft.training.losses import (
     batch_preference_loss,
     loss_spec,
     reference_pair_logps,
 )
-from axolotl_paft.sharded import is_sharded, whole
+from axolotl_paft.training.sharded import is_sharded, whole
 
 LOG = logging.getLogger(f"axolotl.{__name__}")
 

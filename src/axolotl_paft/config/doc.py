@@ -1,7 +1,7 @@
 """`docs/config.md`, generated from `PAFTArgs` and the two registries.
 
-    python -m axolotl_paft.configdoc          # rewrite docs/config.md
-    python -m axolotl_paft.configdoc --check  # exit 1 if it is stale
+    python -m axolotl_paft.config.doc          # rewrite docs/config.md
+    python -m axolotl_paft.config.doc --check  # exit 1 if it is stale
 
 As Axolotl generates its config reference from its schema: one section per parent
 class of `PAFTArgs` (its docstring is the heading), one row per key with its type,
@@ -21,16 +21,16 @@ import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from axolotl_paft.args import PAFTArgs
-from axolotl_paft.losses import LOSS_SPECS
-from axolotl_paft.merge import METHOD_LAYOUTS
+from axolotl_paft.config.args import PAFTArgs
+from axolotl_paft.merging.configs import METHOD_LAYOUTS
+from axolotl_paft.training.losses import LOSS_SPECS
 
-DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+DOC_PATH = Path(__file__).resolve().parents[3] / "docs" / "config.md"
 HEADER = """\
 # Config keys
 
-<!-- Generated from axolotl_paft.args by `python -m axolotl_paft.configdoc`.
-     Do not edit by hand: change the Field in src/axolotl_paft/args.py (or a
+<!-- Generated from axolotl_paft.config.args by `python -m axolotl_paft.config.doc`.
+     Do not edit by hand: change the Field in src/axolotl_paft/config/args.py (or a
      registry) and regenerate; tests/test_configdoc.py fails while this is stale. -->
 
 Enable the plugin with `plugins: [axolotl_paft.PAFTPlugin]` in an Axolotl LoRA or
@@ -103,7 +103,7 @@ def _registries() -> list[str]:
     lines = [
         "## Allowed values",
         "",
-        "`paft_merge_methods` (from `axolotl_paft.merge.METHOD_LAYOUTS`):",
+        "`paft_merge_methods` (from `axolotl_paft.merging.configs.METHOD_LAYOUTS`):",
         "",
         "| method | written by default | needs two deltas | paper |",
         "|---|---|---|---|",
@@ -114,7 +114,7 @@ def _registries() -> list[str]:
         lines.append(f"| `{method}` | {default} | {two} | <{layout.reference}> |")
     lines += [
         "",
-        "`paft_preference_loss` (from `axolotl_paft.losses.LOSS_SPECS`):",
+        "`paft_preference_loss` (from `axolotl_paft.training.losses.LOSS_SPECS`):",
         "",
         "| loss | needs a reference | length-normalised by | needs the chosen NLL "
         "| paper |",
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     if opts.check:
         stale = not opts.out.exists() or opts.out.read_text() != text
         if stale:
-            print(f"{opts.out} is stale: run python -m axolotl_paft.configdoc")
+            print(f"{opts.out} is stale: run python -m axolotl_paft.config.doc")
         sys.exit(int(stale))
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(text)

@@ -24,7 +24,7 @@ difference per tensor <= 1e-6 in fp32):
   own planner (`MergePlanner`, `Executor`'s schedule): the per-tensor parameters
   it resolves and the order it merges the tensors in. The order matters for
   DARE and DELLA: their masks come from torch's global generator, seeded once
-  per merge (`merge.MERGE_SEED`) and drawn tensor after tensor, untouched ones
+  per merge (`configs.MERGE_SEED`) and drawn tensor after tensor, untouched ones
   included. On CPU the untouched tensors of those methods are merged too (their
   result is the base) so every mask is drawn as `mergekit-yaml` draws it; on an
   accelerator the masks come from its own generator, so a DARE or DELLA
@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from axolotl_paft.merge import MERGE_SEED
+from axolotl_paft.merging.configs import MERGE_SEED
 
 ROLES = ("sft", "preference")
 

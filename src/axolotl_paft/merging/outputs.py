@@ -5,19 +5,24 @@ cores."""
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from axolotl_paft.args import PAFTArgs
-from axolotl_paft.export import export_run_adapters
-from axolotl_paft.merge import (
+from axolotl_paft.config.args import PAFTArgs
+from axolotl_paft.merging.configs import (
     MergeDeltas,
     mergekit_command,
     run_chat_template,
     run_merge_config,
     write_merge_configs,
 )
-from axolotl_paft.report import build_report, write_report
+from axolotl_paft.merging.export import export_run_adapters
+from axolotl_paft.merging.report import build_report, write_report
+
+if TYPE_CHECKING:
+    from axolotl_paft.merging.search import SearchResult
 
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 
@@ -45,7 +50,7 @@ def write_run_outputs(
 ) -> list[Path]:
     """Write the mergekit configs and the report for `adapters` (role -> folder),
     then, with `paft_merge_search`, search on the rows `held_out()` returns
-    (`search_rows`). `base_model`: a `merge.base_model_reference`.
+    (`search_rows`). `base_model`: a `configs.base_model_reference`.
 
     The search comes last: one that fails (a bad held-out row, a merge mergekit
     refuses, memory) leaves the report and configs (and a `paft_merge_run`
@@ -54,7 +59,7 @@ def write_run_outputs(
     `paft_merge_export` runs only after a search that ended, last, so that its
     lines close the log)."""
     written: list[Path] = []
-    merge = None
+    merge, emitted = None, None
     if args.paft_merge_methods:
         deltas = MergeDeltas(
             base_model=base_model,
@@ -100,11 +105,16 @@ def write_run_outputs(
         LOG.info("paft: merging with %s into %s", args.paft_merge_run, merged)
         method_config = emitted.written[args.paft_merge_run]
         written.append(run_merge_config(method_config, merged, emitted.cache_dir))
-    failed, rows = None, None
+    failed, searched = None, None
     if args.paft_merge_search and "preference" in adapters:
         try:
-            rows = held_out()
-            written += run_merge_search(output_dir, base_model, adapters, args, rows)
+            searched = run_merge_search(
+                output_dir, base_model, adapters, args, held_out()
+            )
+            written += [
+                output_dir / MERGEKIT_DIR / "best.yml", *searched.paths[1:3],
+                searched.merged,
+            ]  # fmt: skip
         except Exception as err:  # noqa: BLE001 - reported, then raised again
             failed = err
             LOG.exception("paft: merge search failed: %s: %s", type(err).__name__, err)
@@ -117,7 +127,9 @@ def write_run_outputs(
             + rerun_search_command(output_dir, base_model, adapters, args)
         ) from failed
     # paft_merge_export: one adapter per merge; its log lines name it and its use
-    written += export_run_adapters(output_dir, base_model, adapters, args, rows)
+    written += export_run_adapters(
+        output_dir, base_model, adapters, args, emitted, searched
+    )
     return written
 
 
@@ -184,7 +196,7 @@ def search_rows(base_model: str, args: PAFTArgs, trainer) -> tuple:
     (its chat template and end-of-turn token, as training rendered its rows),
     else the run's own held-out splits as it tokenized them (Axolotl's SFT eval
     rows; the preference rows kept out of training)."""
-    from axolotl_paft.evaluate import (
+    from axolotl_paft.merging.scoring import (
         TextPairs,
         TextSkill,
         TokenizedPairs,
@@ -225,10 +237,10 @@ def run_merge_search(
     adapters: dict[str, Path],
     args: PAFTArgs,
     held_out: tuple,
-) -> list[Path]:
+) -> SearchResult:
     """`paft_merge_search`: search into output_dir/search, the winner's config
     copied to output_dir/mergekit/best.yml."""
-    from axolotl_paft.search import search
+    from axolotl_paft.merging.search import search
 
     out = output_dir / SEARCH_DIR
     lm_eval = args.lm_eval_objective()
@@ -248,6 +260,6 @@ def run_merge_search(
     )
     best = output_dir / MERGEKIT_DIR / "best.yml"
     best.parent.mkdir(parents=True, exist_ok=True)
-    best.write_text((out / MERGEKIT_DIR / "best.yml").read_text())
-    LOG.info("paft: merge search best %s, config %s", result["best"], best)
-    return [best, out / "leaderboard.json", out / "leaderboard.md", out / "merged/best"]
+    shutil.copyfile(result.config, best)
+    LOG.info("paft: merge search best %s, config %s", result.best, best)
+    return result

@@ -328,14 +328,12 @@ def delta_gap(base: str, merged: Path, adapter: Path) -> dict:
     }
 
 
-def _scores(base: str, merged: Path, adapter: Path, held_out: tuple) -> dict:
+def _scores(scorer, base: str, merged: Path, adapter: Path) -> dict:
     """The merged model's and the adapter's scores on the held-out rows, by the
-    search's measures (`search.Scorer`: the skill measure chosen from the answers'
-    lengths, the preference margin against the base)."""
-    from axolotl_paft.evaluate import load_model
-    from axolotl_paft.search import Scorer
+    search's `scoring.Scorer` (its measures, rows and references: the base is
+    not scored again)."""
+    from axolotl_paft.merging.scoring import load_model
 
-    scorer = Scorer.on_rows(*held_out, load_model(base))
     return {
         "measures": scorer.measures,
         "merged": scorer(load_model(merged)),
@@ -357,13 +355,13 @@ def export_adapter(
     rank: int | None = None,
     sv_epsilon: float = 0.0,
     build_merged=None,
-    held_out: tuple | None = None,
+    scorer=None,
 ) -> dict:
     """Export the merge that `config_path` (a mergekit config of `adapters` on
     `base`) describes as one adapter in `out`: exact when `exact_plan` allows,
     else extracted at `rank` (default: r_s + r_p, the exact adapter's size) from
-    `merged` (built by `build_merged()` when absent). Gap or error, and scores on
-    `held_out` (skill, pairs) when given and a merged model exists, go to
+    `merged` (built by `build_merged()` when absent). Gap or error, and scores by
+    `scorer` (the search's) when given and a merged model exists, go to
     `out/paft_export.json`; returns that summary."""
     config = yaml.safe_load(Path(config_path).read_text())
     summary: dict = {
@@ -392,8 +390,8 @@ def export_adapter(
         summary["rank"] = json.loads((out / "adapter_config.json").read_text())["r"]
     if merged is not None and Path(merged).exists():
         summary["gap"] = delta_gap(base, Path(merged), out)
-        if held_out is not None:
-            summary["scores"] = _scores(base, Path(merged), out, held_out)
+        if scorer is not None:
+            summary["scores"] = _scores(scorer, base, Path(merged), out)
     summary["size_bytes"] = folder_size(out)
     summary["vllm_max_lora_rank"] = target_rank(summary["rank"])
     (out / SUMMARY).write_text(json.dumps(summary, indent=2))
@@ -450,26 +448,15 @@ def usage_lines(base: str, summary: dict, out: Path) -> list[str]:
 
 
 def export_search_best(
-    search_out: Path, base: str, adapters: list[Path], rank: int | None = None,
-    rows: tuple[list, list] | None = None, say=LOG.info,
+    result, base: str, adapters: list[Path], out: Path, rank: int | None = None,
+    say=LOG.info,
 ) -> Path:  # fmt: skip
-    """`axolotl-paft-sweep --search --export`: the search's best (its config and
-    merged model in `search_out`) as one adapter in search_out/adapter/best,
-    scored on the held-out `rows` (SFT rows, preference rows) as the search
-    scored them."""
-    from transformers import AutoTokenizer
-
-    from axolotl_paft.evaluate import TextPairs, TextSkill
-
-    held_out = None
-    if rows is not None:
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        held_out = (TextSkill(tokenizer, rows[0]), TextPairs(tokenizer, rows[1]))
-    out = Path(search_out) / "adapter" / "best"
+    """`axolotl-paft-sweep --search --export`: the search's best (`result`, a
+    `search.SearchResult`) as one adapter in `out`, scored by the search's
+    scorer."""
     summary = export_adapter(
-        Path(search_out) / "mergekit" / "best.yml", base,
-        [Path(a).resolve() for a in adapters], out,
-        merged=Path(search_out) / "merged" / "best", rank=rank, held_out=held_out,
+        result.config, base, [Path(a).resolve() for a in adapters], out,
+        merged=result.merged, rank=rank, scorer=result.scorer,
     )  # fmt: skip
     for line in usage_lines(base, summary, out):
         say(line)
@@ -478,47 +465,52 @@ def export_search_best(
 
 def export_run_adapters(
     output_dir: Path, base: str, adapters: dict[str, Path], args,
-    held_out: tuple | None = None,
+    emitted=None, searched=None, scorer=None,
 ) -> list[Path]:  # fmt: skip
-    """`paft_merge_export` after training: the search's best into
-    output_dir/adapter/best (when the search ran) and the emitted configs'
-    choice (`paft_merge_run`, else the first method written) into
-    output_dir/adapter/<method>. A merged model built only for the extraction is
-    kept with `both` and removed with `adapter`."""
-    from axolotl_paft.merge import run_merge_config
+    """`paft_merge_export` after training: this run's search's best (`searched`,
+    a `search.SearchResult`) into output_dir/adapter/best, and the emitted
+    configs' choice (`emitted`, `configs.EmittedConfigs`: `paft_merge_run`, else
+    the first method written) into output_dir/adapter/<method>, each scored by
+    `scorer` (default: the search's). A merged model built only for the
+    extraction is kept with `both` and removed with `adapter`."""
+    from axolotl_paft.merging.configs import run_merge_config
 
     if args.paft_merge_export == "model":
         return []
-    mergekit_dir = output_dir / "mergekit"
     folders = [adapters[r].resolve() for r in ("sft", "preference") if r in adapters]
-    targets = []  # (config, out, merged model folder, whether a run built it)
-    if (mergekit_dir / "best.yml").exists():
-        targets.append(
-            (mergekit_dir / "best.yml", output_dir / "search/merged/best", True)
-        )
-    method = args.paft_merge_run or next(
-        (m for m in args.paft_merge_methods if (mergekit_dir / f"{m}.yml").exists()),
-        None,
+    targets = []  # (name, config, merged model folder, whether a run built it, cache)
+    if searched is not None:
+        targets.append(("best", searched.config, searched.merged, True, searched.cache))
+    method = (
+        args.paft_merge_run or next(iter(emitted.written), None) if emitted else None
     )
     if method:
         merged = output_dir / "merged" / method
-        targets.append((mergekit_dir / f"{method}.yml", merged, merged.exists()))
+        targets.append(
+            (
+                method,
+                emitted.written[method],
+                merged,
+                merged.exists(),
+                emitted.cache_dir,
+            )
+        )
+    if scorer is None and searched is not None:
+        scorer = searched.scorer
     written = []
-    for config, merged, existed in targets:
-        name = "best" if config.name == "best.yml" else config.stem
+    for name, config, merged, existed, cache in targets:
         out = output_dir / "adapter" / name
 
-        def build(config=config, merged=merged):
+        def build(config=config, merged=merged, cache=cache):
             LOG.info("paft: merging %s into %s for the adapter", config, merged)
-            return run_merge_config(config, merged, lora_cache_of(config))
+            return run_merge_config(config, merged, cache)
 
         if args.paft_merge_export == "both" and not merged.exists():
             build()
         summary = export_adapter(
             config, base, folders, out,
             merged=merged if merged.exists() else None,
-            rank=args.paft_merge_export_rank, build_merged=build,
-            held_out=held_out,
+            rank=args.paft_merge_export_rank, build_merged=build, scorer=scorer,
         )  # fmt: skip
         if args.paft_merge_export == "adapter" and not existed and merged.exists():
             shutil.rmtree(merged)  # built for the extraction only
@@ -526,10 +518,3 @@ def export_run_adapters(
             LOG.info(line)
         written.append(out)
     return written
-
-
-def lora_cache_of(config: Path) -> Path:
-    """The LoRA merge cache an emitted config's header names (with it, a DARE or
-    DELLA merge rebuilds bit for bit: `merge.mergekit_command`)."""
-    found = re.search(r"--lora-merge-cache (\S+)", Path(config).read_text())
-    return Path(found[1]) if found else Path(config).parent / "lora-cache" / "export"

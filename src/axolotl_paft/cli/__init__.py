@@ -1,0 +1,2 @@
+"""The console scripts: `axolotl-paft-eval` (`eval`) and `axolotl-paft-sweep`
+(`sweep`)."""

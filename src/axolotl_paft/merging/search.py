@@ -1,0 +1,401 @@
+"""Merge search: the best mergekit merge of the two deltas on held-out data.
+
+Searches merge method, the SFT and preference weights and the density within a
+budget of candidates, every candidate the merge mergekit builds from a config
+that `configs` builds and checks (`candidates`; built in memory on the one
+resident base by mergekit's merge methods, `inmemory`: no model written per
+candidate; for adapters that module does not take, by `mergekit-yaml` on disk,
+deleted after scoring), and scored on held-out rows by a
+`scoring.Scorer`: a skill measure and a preference measure of `scoring.MEASURES` (by
+default the skill's is chosen from the answers' lengths: exact match for short
+answers, per-token NLL for free-form ones; the preference's is the mean
+implicit-reward margin against the base). Candidates are ranked by the balanced
+objective (`objective="balanced"`, the default): the smaller of the skill kept
+(share of the SFT-only model's gain over the base) and the preference kept
+(share of the preference-only model's gain), capped at 1, each with a 95%
+paired-bootstrap interval; the search scores the SFT-only and preference-only
+adapters on the same rows for that (two evaluations beyond the budget). A side
+whose reference gains nothing beyond noise is warned about and does not rank.
+`objective="score"` ranks by `(skill exact match + preference accuracy) / 2`
+alone, which can prefer a merge that gives up one side; `objective="lm_eval"`
+by the weighted sum of lm-eval tasks (`axolotl_paft.merging.lm_eval_objective`, as
+mergekit-evolve scores), then the score. The strategy is
+deterministic: every method at the default parameters first (weights 1/1,
+density 0.5); with the balanced objective, a balance phase for the two methods
+whose default merge keeps the most in total (bisection of the preference weight
+towards the crossing of skill kept and preference kept, `_balance`; a method
+whose lagging side does not move gives its turn to the next one); then a
+coordinate search from the best candidate over the preference weight, the SFT
+weight and the density, one neighbouring grid value at a time, and a balance
+phase from the best again, while the budget lasts. Writes into `out`:
+
+- `mergekit/best.yml`: the winner's config (run it with `mergekit-yaml`);
+- `merged/best`: the winner, written by mergekit from `best.yml` at the end;
+- `leaderboard.json` / `leaderboard.md`: every candidate, best first;
+- `search.png`: skill kept against preference kept per candidate, by method.
+
+Candidates are built and scored where the base model sits (`scoring.load_model`:
+the GPU when there is one, else the CPU); only the winner's `mergekit-yaml` run
+goes through mergekit's own device choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from axolotl_paft.merging.candidates import Candidate, write_candidate_config
+from axolotl_paft.merging.configs import (
+    DEFAULT_SEARCH_METHODS,
+    lora_cache_dir,
+    run_merge_config,
+)
+from axolotl_paft.merging.inmemory import InMemoryMerges, InMemoryUnsupported
+from axolotl_paft.merging.leaderboard import progress_text, write_search
+from axolotl_paft.merging.scoring import Scorer, TextPairs, TextSkill, load_model
+
+GRID = {
+    "preference_weight": (0.1, 0.25, 0.5, 0.75, 1.0, 1.5),
+    "sft_weight": (0.5, 0.75, 1.0, 1.25, 1.5),
+    "density": (0.3, 0.5, 0.7, 0.85),  # DELLA: density + epsilon < 1
+}
+
+
+def _neighbours(candidate: Candidate, field: str) -> list[Candidate]:
+    values = GRID[field]
+    current = getattr(candidate, field)
+    i = min(range(len(values)), key=lambda j: abs(values[j] - current))
+    return [
+        replace(candidate, **{field: values[j]})
+        for j in (i - 1, i + 1)
+        if 0 <= j < len(values)
+    ]
+
+
+LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
+OBJECTIVES = ("balanced", "score", "lm_eval")
+DEFAULT_BUDGET = 24  # candidates: every method once, then about two balance phases
+BALANCE_STEPS = 6  # bisection steps on the preference weight per balance phase
+BALANCED_METHODS = 2  # methods bisected after the first round
+STALL_STEPS = 2  # a balance line whose lagging side has not moved is dropped then
+MAX_PREFERENCE_WEIGHT = 4.0
+FEW_ROWS = 32  # fewer held-out rows per side than this are warned about
+
+
+def _candidate(entry: dict) -> Candidate:
+    return Candidate(**{k: entry[k] for k in asdict(Candidate("ties"))})
+
+
+def _balance(start: dict, evaluate, steps: int, entries: dict) -> bool:
+    """Bisect `start`'s preference weight towards the point where skill kept and
+    preference kept cross (the balanced objective's best along that line): up
+    while the skill side keeps more, down while the preference side does,
+    doubling or halving until both sides are bracketed (by the candidates of
+    `entries` on the same line too); `steps` evaluations at most (`evaluate`
+    returns None once the budget is spent). Returns whether the side that lags
+    at `start` moved. A line where it has not after `STALL_STEPS` evaluations is
+    given up: there the weight does not reach that side (seen: breadcrumbs-TIES
+    and DELLA on an L1-sparse SFT delta keep none of the skill at any preference
+    weight down to 0.015, while DARE-TIES keeps 94% at 0.4). The other side
+    moving is no sign: a first step past the crossing moves it a lot. While the
+    lagging side has not moved, the second step goes four times as far, not
+    twice (seen at rate ratio 1: the crossing sat at 0.19, below the 0.5 and
+    0.25 that two halvings try, on every method). A line stops at a merge that
+    keeps both sides whole (balanced capped at 1): none ranks higher, and
+    bisecting on only walks to the edge where one side starts to drop (seen in
+    the demo: 100% / 100% at preference weight 1.25 and 1.375, 73% at 1.406),
+    the pick least likely to hold on other rows."""
+    kept = start["metrics"]
+    if not kept["balanced"] < 1:  # nan (no reference gain) or whole
+        return False
+    if any(math.isnan(kept[side]) for side in ("skill_kept", "preference_kept")):
+        return False  # one side does not rank: there is no crossing to find
+    line = _candidate(start)
+    low, high = 0.0, None  # weights where the skill / preference side is ahead
+    lagging = min(("skill_kept", "preference_kept"), key=lambda side: kept[side])
+    moved = False
+    for step in range(steps):
+        for e in entries.values():
+            if replace(_candidate(e), preference_weight=1.0) != replace(
+                line, preference_weight=1.0
+            ):
+                continue
+            weight, metrics = e["preference_weight"], e["metrics"]
+            if metrics["skill_kept"] >= metrics["preference_kept"]:
+                low = max(low, weight)
+            elif high is None or weight < high:
+                high = weight
+        if high is not None and high <= low:
+            return moved  # not monotone here: nothing to bisect
+        # after a step that left the lagging side where it was, go twice as far
+        factor = 2 if moved or step == 0 else 4
+        if high is None:
+            weight = min(
+                factor * max(low, line.preference_weight), MAX_PREFERENCE_WEIGHT
+            )
+        elif low == 0:
+            weight = round(high / factor, 3)
+        else:
+            weight = round((low + high) / 2, 3)
+        if weight <= 0 or weight in (low, high):
+            return moved
+        entry = evaluate(replace(line, preference_weight=weight))
+        if entry is None:
+            return moved
+        moved |= _moved(entry["metrics"][lagging], kept[lagging])
+        if entry["metrics"]["balanced"] >= 1:
+            return True
+        if not moved and step + 1 >= STALL_STEPS:
+            return False
+    return moved
+
+
+def _moved(value: float, before: float) -> bool:
+    """Whether a kept share changed (nan to nan is no movement)."""
+    return value != before and not (math.isnan(value) and math.isnan(before))
+
+
+def _total_kept(entry: dict) -> float:
+    """Both kept shares summed, a side that does not rank (nan) as 0."""
+    metrics = entry["metrics"]
+    shares = (metrics["skill_kept"], metrics["preference_kept"])
+    return sum(0.0 if math.isnan(share) else share for share in shares)
+
+
+def _rank(entry: dict, objective: str = "balanced") -> tuple:
+    """Balanced, then both kept shares summed (the two break the balanced
+    objective's ties by what a merge keeps in total), then the score."""
+    metrics = entry["metrics"]
+    both = min(metrics["sft_exact_match"], metrics["preference_accuracy"])
+    rank = (metrics["score"], both, metrics["preference_margin"])
+    balanced = metrics.get("balanced", math.nan)
+    if objective == "lm_eval":  # paft lm-eval objective: its weighted sum first
+        return (metrics["lm_eval"], *rank)
+    if objective == "score" or math.isnan(balanced):
+        return rank
+    return (balanced, _total_kept(entry), *rank)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a search hands to the export and the caller: nothing of it needs
+    re-reading from the files it wrote."""
+
+    best: str  # the winner's name
+    leaderboard: list[dict]  # every candidate, best first
+    references: dict  # metrics of base / sft / preference ("balanced" only)
+    config: Path  # out/mergekit/best.yml
+    merged: Path  # out/merged/best, written by mergekit
+    cache: Path  # the LoRA merge cache best.yml names
+    scorer: Scorer  # the held-out rows and measures, the references scored
+    paths: list[Path]  # best.yml, leaderboard.json / .md, search.png
+
+
+def search(
+    base: Path,
+    sft: Path,
+    preference: Path,
+    skill,
+    pairs,
+    out: Path,
+    budget: int = DEFAULT_BUDGET,
+    methods: tuple[str, ...] = DEFAULT_SEARCH_METHODS,
+    cache: Path | None = None,
+    objective: str = "balanced",
+    skill_measure: str = "auto",
+    preference_measure: str | None = None,
+    lm_eval=None,
+    chat_template: str | None = None,
+) -> SearchResult:
+    """Search within `budget` candidates; write the outputs (module docstring) and
+    return them as a `SearchResult`.
+
+    `skill` and `pairs`: the held-out rows (`scoring.TextSkill`/`TextPairs`,
+    `TokenizedSkill`/`TokenizedPairs`); lists of JSONL rows are read as text,
+    with the base's tokenizer. `skill_measure` / `preference_measure`: names of
+    `scoring.MEASURES` (`auto`: `scoring.choose_skill_measure`; None: its
+    `DEFAULT_PREFERENCE_MEASURE`). `lm_eval` (`lm_eval_objective.LmEvalObjective`):
+    every candidate's metrics get its score, and `objective="lm_eval"` ranks by
+    it. `chat_template`: the run's, written into every candidate's config and so
+    into the winner mergekit writes (else the base's template comes back)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r} not in {OBJECTIVES}")
+    if lm_eval is not None:  # paft lm-eval objective: checked before loading
+        lm_eval_tokenizer = lm_eval.prepare(base)
+    elif objective == "lm_eval":
+        raise ValueError('objective "lm_eval" needs lm_eval (its tasks)')
+    out = Path(out)
+    cache = cache or lora_cache_dir(out)
+    skill, pairs = _as_rows(base, skill, pairs)
+    base_model = load_model(base)
+    scorer = Scorer.on_rows(skill, pairs, base_model, skill_measure, preference_measure)
+    _log_rows(scorer, skill, pairs)
+    if objective == "balanced":
+        _score_references(scorer, base, sft, preference)
+    references = scorer.references if objective == "balanced" else {}
+
+    def score(model) -> dict:
+        metrics = scorer(model)
+        if lm_eval is not None:  # the lm-eval objective, on the same model
+            metrics |= lm_eval.score(model, lm_eval_tokenizer)
+        return metrics
+
+    configs: dict[str, dict] = {}
+    build = _builder(base_model, base, sft, preference, out, cache, chat_template)
+
+    def measure(candidate: Candidate) -> dict:
+        configs[candidate.name], metrics = build(candidate, score)
+        return metrics
+
+    leaderboard = explore(measure, methods, budget, objective)
+    held_out = {"sft_rows": len(skill.spans), "preference_pairs": len(pairs.rows)}
+    best = leaderboard[0]["name"]
+    paths = write_search(
+        out, leaderboard, configs[best], base, sft, preference, held_out, cache,
+        objective, references, scorer.summary() if references else None,
+    )  # fmt: skip
+    LOG.info("paft: merge search writes the winner %s (mergekit)", best)
+    merged = out / "merged" / "best"
+    shutil.rmtree(merged, ignore_errors=True)
+    run_merge_config(paths[0], merged, cache)
+    return SearchResult(
+        best, leaderboard, references, paths[0], merged, cache, scorer, paths
+    )
+
+
+def _as_rows(base, skill, pairs) -> tuple:
+    """Held-out rows given as lists of JSONL rows, read as text with the base's
+    tokenizer; rows given as `scoring`'s row classes, as they are."""
+    if isinstance(skill, list) or isinstance(pairs, list):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        skill = TextSkill(tokenizer, skill) if isinstance(skill, list) else skill
+        pairs = TextPairs(tokenizer, pairs) if isinstance(pairs, list) else pairs
+    return skill, pairs
+
+
+def _log_rows(scorer: Scorer, skill, pairs) -> None:
+    """The measures and the rows in the log; a warning where the rows are few."""
+    LOG.info(
+        "paft: merge search measures: skill %s, preference %s, on %d SFT rows and "
+        "%d preference pairs",
+        scorer.measures["skill"], scorer.measures["preference"],
+        len(skill.spans), len(pairs.rows),
+    )  # fmt: skip
+    for side, rows in (("SFT rows", len(skill.spans)), ("pairs", len(pairs.rows))):
+        if rows < FEW_ROWS:
+            LOG.warning(
+                "paft: merge search: only %d held-out %s: the kept shares' 95%% "
+                "intervals are wide and close candidates cannot be told apart "
+                "(the leaderboard says where); hold out more rows (a larger split "
+                "or file, paft_merge_search_rows)", rows, side,
+            )  # fmt: skip
+
+
+def _score_references(scorer: Scorer, base, sft, preference) -> None:
+    """The SFT-only and preference-only adapters scored as the references of the
+    balanced objective (the base is scored already)."""
+    for name, adapter in (("sft", sft), ("preference", preference)):
+        terms = scorer.score_terms(load_model(base, adapter))
+        metrics = scorer.add_reference(name, terms)
+        LOG.info("paft: merge search reference %s: %s", name, metrics)
+    LOG.info("paft: merge search reference base: %s", scorer.references["base"])
+    if not scorer.ranked_sides:
+        LOG.warning(
+            "paft: merge search: neither reference gains over the base beyond "
+            "noise: the balanced objective cannot rank, candidates are ranked "
+            "by the score alone (see the warnings above)"
+        )
+
+
+def _builder(base_model, base, sft, preference, out: Path, cache, chat_template):
+    """`build(candidate, score) -> (config, metrics)`: the candidate's config
+    written to out/candidates, its merge built (in memory on `base_model`, or on
+    disk by mergekit and deleted) and scored by `score(model)`."""
+    try:
+        merges = InMemoryMerges(base_model, sft, preference, cache)
+    except InMemoryUnsupported as err:
+        merges = None
+        LOG.info("paft: merge search candidates merged on disk by mergekit: %s", err)
+
+    def build(candidate: Candidate, score) -> tuple[dict, dict]:
+        target = out / "candidates" / candidate.name
+        config, path = write_candidate_config(
+            base, sft, preference, candidate, target, chat_template
+        )
+        if merges is not None:
+            with merges.candidate(config) as model:
+                return config, score(model)
+        merged = run_merge_config(path, target, Path(cache))
+        metrics = score(load_model(merged))
+        shutil.rmtree(merged)
+        return config, metrics
+
+    return build
+
+
+def explore(measure, methods, budget: int, objective: str = "balanced") -> list[dict]:
+    """The search strategy (module docstring) over `measure(candidate)`, which
+    returns a candidate's metrics (with `balanced_metrics` for the balanced
+    objective); at most `budget` candidates, each measured once. Returns every
+    entry ({"name", the candidate's fields, "metrics"}), best first."""
+    entries: dict[str, dict] = {}
+    best: dict | None = None
+
+    def rank(entry: dict) -> tuple:
+        return _rank(entry, objective)
+
+    def evaluate(candidate: Candidate) -> dict | None:
+        nonlocal best
+        if candidate.name in entries or len(entries) >= budget:
+            return entries.get(candidate.name)
+        metrics = measure(candidate)
+        entry = {"name": candidate.name, **asdict(candidate), "metrics": metrics}
+        entries[candidate.name] = entry
+        if best is None or rank(entry) > rank(best):
+            best = entry
+        print(
+            f"search {len(entries)}/{budget}: {candidate.name}: "
+            + progress_text(metrics),
+            flush=True,
+        )
+        return entry
+
+    def coordinate(start: dict) -> None:
+        improved = True
+        while improved and len(entries) < budget:
+            improved = False
+            current = _candidate(start)
+            for field in GRID:
+                if not current.varies(field):
+                    continue
+                for neighbour in _neighbours(current, field):
+                    entry = evaluate(neighbour)
+                    if entry is not None and rank(entry) > rank(start):
+                        start, improved = entry, True
+
+    balanced = objective == "balanced"
+    for method in methods:
+        evaluate(Candidate(method))
+    if balanced and not math.isnan(best["metrics"]["balanced"]):
+        # the methods whose default merge keeps the most in total first: moving
+        # the weights trades one side for the other, it does not add to both;
+        # a line where the lagging side does not move gives its turn to the next
+        defaults = sorted(entries.values(), key=_total_kept, reverse=True)
+        balanced_lines = 0
+        for start in defaults:
+            if balanced_lines == BALANCED_METHODS or len(entries) >= budget:
+                break
+            balanced_lines += _balance(start, evaluate, BALANCE_STEPS, entries)
+    while len(entries) < budget:
+        evaluated = len(entries)
+        coordinate(best)
+        if balanced:
+            _balance(best, evaluate, BALANCE_STEPS, entries)
+        if len(entries) == evaluated:
+            break
+    return sorted(entries.values(), key=rank, reverse=True)
