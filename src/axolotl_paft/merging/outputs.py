@@ -7,11 +7,13 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from axolotl_paft.config.args import PAFTArgs
 from axolotl_paft.merging.configs import (
+    EmittedConfigs,
     MergeDeltas,
     mergekit_command,
     run_chat_template,
@@ -41,13 +43,24 @@ class MergeSearchFailed(RuntimeError):
     the command that reruns only the search."""
 
 
+@dataclass
+class RunOutputs:
+    """What the steps after training hand each other, typed: nothing is read back
+    from the files the same process wrote."""
+
+    written: list[Path] = field(default_factory=list)
+    emitted: EmittedConfigs | None = None  # the mergekit configs and their cache
+    merge: dict | None = None  # the emitted configs as the report summarises them
+    search: SearchResult | None = None
+
+
 def write_run_outputs(
     output_dir: Path,
     base_model: str,
     adapters: dict[str, Path],
     args: PAFTArgs,
     held_out: Callable[[], tuple] | None = None,
-) -> list[Path]:
+) -> RunOutputs:
     """Write the mergekit configs and the report for `adapters` (role -> folder),
     then, with `paft_merge_search`, search on the rows `held_out()` returns
     (`search_rows`). `base_model`: a `configs.base_model_reference`.
@@ -58,67 +71,34 @@ def write_run_outputs(
     with the command that reruns only the search (which takes `--export` too:
     `paft_merge_export` runs only after a search that ended, last, so that its
     lines close the log)."""
-    written: list[Path] = []
-    merge, emitted = None, None
+    run = RunOutputs()
     if args.paft_merge_methods:
-        deltas = MergeDeltas(
-            base_model=base_model,
-            sft_adapter=adapters["sft"].resolve(),
-            preference_adapter=adapters["preference"].resolve()
-            if "preference" in adapters
-            else None,
-            chat_template=run_chat_template(output_dir),
-        )
-        emitted = write_merge_configs(
-            output_dir / MERGEKIT_DIR, deltas, args.merge_settings()
-        )
-        written += emitted.written.values()
-        first = next(iter(emitted.written), None)
-        merge = {
-            "written": {m: str(p) for m, p in emitted.written.items()},
-            "skipped": emitted.skipped,
-            "cache_dir": str(emitted.cache_dir),
-            "command": mergekit_command(
-                emitted.written[first],
-                output_dir.resolve() / "merged" / first,
-                emitted.cache_dir,
-            )
-            if first
-            else "",
-        }
-        for method, path in emitted.written.items():
-            LOG.info("paft: wrote mergekit config %s: %s", method, path)
+        _write_configs(run, output_dir, base_model, adapters, args)
     if args.paft_report:
-        report = build_report(adapters, args.paft_sparsity_threshold, merge)
-        written += write_report(report, output_dir)
-        for role, section in report["adapters"].items():
-            overall = section["overall"]
-            LOG.info(
-                "paft: %s delta sparsity %.1f%% (exact zeros: delta %.1f%%, A/B %.1f%%)",  # noqa: E501
-                role,
-                100 * overall["sparsity"],
-                100 * overall["delta_exact_zeros"],
-                100 * overall["lora_exact_zeros"],
-            )
-    if merge and args.paft_merge_run:
+        _write_report(run, output_dir, adapters, args)
+    if run.emitted and args.paft_merge_run:
         merged = output_dir / "merged" / args.paft_merge_run
         LOG.info("paft: merging with %s into %s", args.paft_merge_run, merged)
-        method_config = emitted.written[args.paft_merge_run]
-        written.append(run_merge_config(method_config, merged, emitted.cache_dir))
-    failed, searched = None, None
+        method_config = run.emitted.written[args.paft_merge_run]
+        run.written.append(
+            run_merge_config(method_config, merged, run.emitted.cache_dir)
+        )
+    failed = None
     if args.paft_merge_search and "preference" in adapters:
         try:
-            searched = run_merge_search(
+            run.search = run_merge_search(
                 output_dir, base_model, adapters, args, held_out()
             )
-            written += [
-                output_dir / MERGEKIT_DIR / "best.yml", *searched.paths[1:3],
-                searched.merged,
+            run.written += [
+                output_dir / MERGEKIT_DIR / "best.yml", *run.search.paths[1:3],
+                run.search.merged,
             ]  # fmt: skip
         except Exception as err:  # noqa: BLE001 - reported, then raised again
             failed = err
             LOG.exception("paft: merge search failed: %s: %s", type(err).__name__, err)
-    LOG.info(results_and_next_steps(output_dir, base_model, adapters, written, merge))
+    LOG.info(
+        results_and_next_steps(output_dir, base_model, adapters, run.written, run.merge)
+    )
     if failed is not None:
         raise MergeSearchFailed(
             f"paft_merge_search failed ({type(failed).__name__}: {failed}); "
@@ -127,10 +107,60 @@ def write_run_outputs(
             + rerun_search_command(output_dir, base_model, adapters, args)
         ) from failed
     # paft_merge_export: one adapter per merge; its log lines name it and its use
-    written += export_run_adapters(
-        output_dir, base_model, adapters, args, emitted, searched
+    run.written += export_run_adapters(
+        output_dir, base_model, adapters, args, run.emitted, run.search
     )
-    return written
+    return run
+
+
+def _write_configs(
+    run: RunOutputs, output_dir: Path, base_model: str, adapters: dict, args
+) -> None:
+    """One checked mergekit config per method into output_dir/mergekit."""
+    deltas = MergeDeltas(
+        base_model=base_model,
+        sft_adapter=adapters["sft"].resolve(),
+        preference_adapter=adapters["preference"].resolve()
+        if "preference" in adapters
+        else None,
+        chat_template=run_chat_template(output_dir),
+    )
+    emitted = write_merge_configs(
+        output_dir / MERGEKIT_DIR, deltas, args.merge_settings()
+    )
+    first = next(iter(emitted.written), None)
+    run.emitted, run.written = emitted, [*run.written, *emitted.written.values()]
+    run.merge = {
+        "written": {m: str(p) for m, p in emitted.written.items()},
+        "skipped": emitted.skipped,
+        "cache_dir": str(emitted.cache_dir),
+        "command": mergekit_command(
+            emitted.written[first],
+            output_dir.resolve() / "merged" / first,
+            emitted.cache_dir,
+        )
+        if first
+        else "",
+    }
+    for method, path in emitted.written.items():
+        LOG.info("paft: wrote mergekit config %s: %s", method, path)
+
+
+def _write_report(
+    run: RunOutputs, output_dir: Path, adapters: dict, args: PAFTArgs
+) -> None:
+    """paft_report.{json,md,png}, and each delta's sparsity in the log."""
+    report = build_report(adapters, args.paft_sparsity_threshold, run.merge)
+    run.written += write_report(report, output_dir)
+    for role, section in report["adapters"].items():
+        overall = section["overall"]
+        LOG.info(
+            "paft: %s delta sparsity %.1f%% (exact zeros: delta %.1f%%, A/B %.1f%%)",
+            role,
+            100 * overall["sparsity"],
+            100 * overall["delta_exact_zeros"],
+            100 * overall["lora_exact_zeros"],
+        )
 
 
 def rerun_search_command(
