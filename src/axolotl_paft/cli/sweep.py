@@ -78,7 +78,8 @@ def run_sweep(deltas: MergeDeltas, configs: dict[str, dict], out: Path) -> dict:
     return merged
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags: the sweep's, then `--search`'s."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--base", required=True, help="the base model: a folder or a hub id"
@@ -124,6 +125,11 @@ def main(argv: list[str] | None = None) -> None:
         help="--export: the extracted adapter's rank (default r_s + r_p)",
     )  # fmt: skip
     add_data_arguments(parser, out="paft_sweep")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     opts = parser.parse_args(argv)
     if opts.lm_eval_tasks is not None and not opts.search:
         parser.error("--lm-eval-tasks: ranks the candidates of --search")
@@ -131,34 +137,44 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"--methods: unknown {sorted(unknown)}")
     base = base_model_reference(opts.base)
-    deltas = MergeDeltas(base, opts.sft.resolve(), opts.preference.resolve())
     if opts.search:
-        lm_eval = None
-        if opts.lm_eval_tasks is not None:
-            tasks = opts.lm_eval_tasks
-            lm_eval = LmEvalObjective(
-                [tasks] if isinstance(tasks, str | dict) else tasks,
-                limit=opts.lm_eval_limit,
-                include_path=opts.lm_eval_include_path,
-                apply_chat_template=not opts.lm_eval_no_chat_template,
-            )
-        result = search(
-            base, opts.sft, opts.preference,
-            read_jsonl(opts.sft_data, opts.limit),
-            read_jsonl(opts.preference_data, opts.limit),
-            opts.out, budget=opts.budget, methods=tuple(opts.methods.split(",")),
-            objective="balanced" if lm_eval is None else "lm_eval", lm_eval=lm_eval,
-            skill_measure=opts.skill_measure,
-            preference_measure=opts.preference_measure,
+        run_search(opts, base)
+    else:
+        run_grid(opts, base)
+
+
+def run_search(opts: argparse.Namespace, base: str) -> None:
+    """`--search`: the merge search on the held-out files, then the export."""
+    lm_eval = None
+    if opts.lm_eval_tasks is not None:
+        tasks = opts.lm_eval_tasks
+        lm_eval = LmEvalObjective(
+            [tasks] if isinstance(tasks, str | dict) else tasks,
+            limit=opts.lm_eval_limit,
+            include_path=opts.lm_eval_include_path,
+            apply_chat_template=not opts.lm_eval_no_chat_template,
+        )
+    result = search(
+        base, opts.sft, opts.preference,
+        read_jsonl(opts.sft_data, opts.limit),
+        read_jsonl(opts.preference_data, opts.limit),
+        opts.out, budget=opts.budget, methods=tuple(opts.methods.split(",")),
+        objective="balanced" if lm_eval is None else "lm_eval", lm_eval=lm_eval,
+        skill_measure=opts.skill_measure,
+        preference_measure=opts.preference_measure,
+    )  # fmt: skip
+    print((opts.out / "leaderboard.md").read_text())
+    print(f"best: {result.best}; config {result.config}")
+    if opts.export != "model":
+        export_search_best(
+            result, base, [opts.sft, opts.preference],
+            opts.out / "adapter" / "best", opts.export_rank, print,
         )  # fmt: skip
-        print((opts.out / "leaderboard.md").read_text())
-        print(f"best: {result.best}; config {result.config}")
-        if opts.export != "model":
-            export_search_best(
-                result, base, [opts.sft, opts.preference],
-                opts.out / "adapter" / "best", opts.export_rank, print,
-            )  # fmt: skip
-        return
+
+
+def run_grid(opts: argparse.Namespace, base: str) -> None:
+    """Without `--search`: every method x density merged, then evaluated."""
+    deltas = MergeDeltas(base, opts.sft.resolve(), opts.preference.resolve())
     densities = [float(d) for d in opts.densities.split(",")]
     configs = sweep_configs(deltas, opts.methods.split(","), densities)
     merged = run_sweep(deltas, configs, opts.out)

@@ -84,10 +84,16 @@ def leaderboard_markdown(
     references gain (a side that gains nothing named), every candidate with
     the 95% intervals of its kept shares, and whether the winner's interval
     overlaps the runner-up's."""
-    measures = scoring["measures"]
-    skill, preference = measures["skill"], measures["preference"]
-    ranked_by = scoring.get("ranked_by", list(SIDES))
-    lines = [
+    lines = _header_lines(held_out, objective, scoring)
+    lines += _reference_lines(leaderboard, objective, scoring)
+    lines += _table_lines(leaderboard, scoring["measures"])
+    return "\n".join(lines) + "\n"
+
+
+def _header_lines(held_out: dict, objective: str, scoring: dict) -> list[str]:
+    """How the leaderboard is ranked, on which measures and rows."""
+    skill, preference = scoring["measures"]["skill"], scoring["measures"]["preference"]
+    return [
         f"Ranked by {objective}"
         + (
             ": min(kept share of each side that ranks), capped at 1, then both "
@@ -102,6 +108,13 @@ def leaderboard_markdown(
         "bootstrap over the rows.",
         "",
     ]
+
+
+def _reference_lines(leaderboard: list[dict], objective: str, scoring: dict) -> list:
+    """What each reference gains (a side that gains nothing named), and whether
+    the winner's interval overlaps the runner-up's."""
+    lines = []
+    ranked_by = scoring.get("ranked_by", list(SIDES))
     for side, gain in scoring.get("reference_gains", {}).items():
         reference = "SFT-only" if side == "skill" else "preference-only"
         lines.append(
@@ -132,11 +145,17 @@ def leaderboard_markdown(
                 else "the intervals are apart."
             )
         )
+    return lines
+
+
+def _table_lines(leaderboard: list[dict], measures: dict) -> list[str]:
+    """Every candidate with its measures and the intervals of its kept shares."""
+    skill, preference = measures["skill"], measures["preference"]
     skill_metric, preference_metric = (
         MEASURES[skill].metric,
         MEASURES[preference].metric,
     )
-    lines += [
+    lines = [
         "",
         f"| rank | candidate | skill ({skill}) | preference ({preference}) "
         "| skill kept | preference kept | balanced | score |",
@@ -150,7 +169,7 @@ def leaderboard_markdown(
             f"{interval_text(m, 'preference_kept')} | {interval_text(m, 'balanced')} | "
             f"{m['score']:.3f} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot_search(leaderboard: list[dict], path: Path) -> Path:
