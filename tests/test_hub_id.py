@@ -15,9 +15,9 @@ import yaml
 from conftest import HF_HOME, logged_run
 from test_merge import assert_same_weights, run_printed_command
 
+from axolotl_paft.cli import eval as evaluate
 from axolotl_paft.cli import sweep
 from axolotl_paft.lab.toy import parallel_config, run_axolotl_train, write_jsonl
-from axolotl_paft.merging import scoring as evaluate
 from axolotl_paft.merging.configs import base_model_reference
 
 
