@@ -86,8 +86,51 @@ def leaderboard_markdown(
     overlaps the runner-up's."""
     lines = _header_lines(held_out, objective, scoring)
     lines += _reference_lines(leaderboard, objective, scoring)
+    if "answers" in scoring:
+        lines += _answer_lines(leaderboard, scoring["answers"])
     lines += _table_lines(leaderboard, scoring["measures"])
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _answer_lines(leaderboard: list[dict], said: dict) -> list[str]:
+    """The second stage: each finalist's and reference's pass rates, the kept
+    shares of the finalists, and the first line of its first answers per side,
+    so a person sees what each merge says."""
+    lines = [
+        "",
+        f"## What the finalists say (best {said['finalists']} of the screen, "
+        f"re-ranked by checks on greedy answers of at most {said['max_new_tokens']} "
+        "tokens)",
+        "",
+    ]
+    for side, gain in said["reference_gains"].items():
+        reference = "SFT-only" if side == "skill" else "preference-only"
+        lines.append(
+            f"- {reference} pass-rate gain over the base on {side}: "
+            f"{gain['gain']:.3g} [{gain['low']:.3g}, {gain['high']:.3g}]"
+            + ("" if gain["clear"] else f". **Not clear of 0: {side} does not rank.**")
+        )
+    lines += [
+        "",
+        "| model | skill pass | preference pass | skill kept | preference kept "
+        "| balanced | a skill answer | a preference answer |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [(name, m) for name, m in said["references"].items()]
+    rows += [(e["name"], e["answers"]) for e in leaderboard if "answers" in e]
+    for name, m in rows:
+        samples = [_cell(next(iter(m["samples"][s]), "")) for s in SIDES]
+        lines.append(
+            f"| {name} | {m['skill_pass_rate']:.2f} | {m['preference_pass_rate']:.2f} "
+            f"| {interval_text(m, 'skill_kept', 2)} "
+            f"| {interval_text(m, 'preference_kept', 2)} "
+            f"| {interval_text(m, 'balanced', 2)} | {samples[0]} | {samples[1]} |"
+        )
+    return [*lines, "", "## The screen (every candidate)"]
 
 
 def _header_lines(held_out: dict, objective: str, scoring: dict) -> list[str]:

@@ -187,6 +187,8 @@ class Measure:
     higher_is_better: bool
     terms: Callable[[dict | torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     description: str
+    # read from greedy answers (`answers`), not from the teacher-forced pass
+    generated: bool = False
 
 
 def _per_row(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,9 +222,23 @@ MEASURES = {
         "share of pairs whose implicit-reward margin against the base is > 0 "
         "(ties are misses: the base scores 0)",
     ),
+    "skill_checks": Measure(
+        "skill", "skill_pass_rate", True, _per_row,
+        "share of held-out SFT prompts whose greedy answer passes every skill "
+        "check (paft_merge_search_answer_checks)", generated=True,
+    ),
+    "preference_checks": Measure(
+        "preference", "preference_pass_rate", True, _per_row,
+        "share of held-out preference prompts whose greedy answer passes every "
+        "preference check (paft_merge_search_answer_checks)", generated=True,
+    ),
 }  # fmt: skip
-SKILL_MEASURES = tuple(n for n, m in MEASURES.items() if m.side == "skill")
-PREFERENCE_MEASURES = tuple(n for n, m in MEASURES.items() if m.side == "preference")
+# the screen's measures, one of each side chosen by paft_merge_search_*_measure
+TEACHER_FORCED = {n: m for n, m in MEASURES.items() if not m.generated}
+SKILL_MEASURES = tuple(n for n, m in TEACHER_FORCED.items() if m.side == "skill")
+PREFERENCE_MEASURES = tuple(
+    n for n, m in TEACHER_FORCED.items() if m.side == "preference"
+)
 # `auto` takes exact match where the held-out answers are short (median answer
 # with its end-of-turn token at most SHORT_ANSWER_TOKENS tokens: a sentence, a
 # number, a label), FREE_FORM_MEASURE otherwise: greedy reproduction of a long
@@ -368,16 +384,19 @@ def row_terms(
     margins = margins_from(logps, base_logps).double()
     return {
         name: m.terms(stats if m.side == "skill" else margins)
-        for name, m in MEASURES.items()
+        for name, m in TEACHER_FORCED.items()
     }
 
 
 def summarize(terms: dict[str, tuple]) -> dict[str, float]:
     """Every measure's value from `row_terms`, under its metric key, and
-    `score = (sft_exact_match + preference_accuracy) / 2` (`evaluate`'s)."""
+    `score = (sft_exact_match + preference_accuracy) / 2` (`axolotl-paft-eval`'s)
+    where both are among them."""
     metrics = {MEASURES[name].metric: value(name, t) for name, t in terms.items()}
-    score = (metrics["sft_exact_match"] + metrics["preference_accuracy"]) / 2
-    return metrics | {"score": score}
+    if {"sft_exact_match", "preference_accuracy"} <= metrics.keys():
+        score = (metrics["sft_exact_match"] + metrics["preference_accuracy"]) / 2
+        metrics["score"] = score
+    return metrics
 
 
 def quick_metrics(model, base_logps: torch.Tensor, skill, pairs) -> dict[str, float]:

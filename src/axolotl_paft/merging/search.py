@@ -44,9 +44,11 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from axolotl_paft.merging.answers import AnswerStage, answer_rank, first_lines
 from axolotl_paft.merging.candidates import Candidate, write_candidate_config
 from axolotl_paft.merging.configs import (
     DEFAULT_SEARCH_METHODS,
@@ -209,6 +211,8 @@ def search(
     preference_measure: str | None = None,
     lm_eval=None,
     chat_template: str | None = None,
+    answers: AnswerStage | None = None,
+    tokenizer=None,
 ) -> SearchResult:
     """Search within `budget` candidates; write the outputs (module docstring) and
     return them as a `SearchResult`.
@@ -220,7 +224,10 @@ def search(
     `DEFAULT_PREFERENCE_MEASURE`). `lm_eval` (`lm_eval_objective.LmEvalObjective`):
     every candidate's metrics get its score, and `objective="lm_eval"` ranks by
     it. `chat_template`: the run's, written into every candidate's config and so
-    into the winner mergekit writes (else the base's template comes back)."""
+    into the winner mergekit writes (else the base's template comes back).
+    `answers`: the second stage (`answers.AnswerStage`): the screen's best
+    finalists re-ranked by checks on their greedy answers. `tokenizer`: the
+    run's, which renders text rows and decodes answers (default: the base's)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} not in {OBJECTIVES}")
     if lm_eval is not None:  # paft lm-eval objective: checked before loading
@@ -229,7 +236,11 @@ def search(
         raise ValueError('objective "lm_eval" needs lm_eval (its tasks)')
     out = Path(out)
     cache = cache or lora_cache_dir(out)
-    skill, pairs = _as_rows(base, skill, pairs)
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    skill, pairs = _as_rows(tokenizer, skill, pairs)
     base_model = load_model(base)
     scorer = Scorer.on_rows(skill, pairs, base_model, skill_measure, preference_measure)
     _log_rows(scorer, skill, pairs)
@@ -251,11 +262,18 @@ def search(
         return metrics
 
     leaderboard = explore(measure, methods, budget, objective)
+    summary = scorer.summary() if references else None
+    if answers is not None:
+        answers.on_rows(tokenizer, skill, pairs)
+        leaderboard, said = _rerank_by_answers(
+            answers, leaderboard, build, base_model, base, sft, preference
+        )
+        summary = (summary or {}) | {"answers": said}
     held_out = {"sft_rows": len(skill.spans), "preference_pairs": len(pairs.rows)}
     best = leaderboard[0]["name"]
     paths = write_search(
         out, leaderboard, configs[best], base, sft, preference, held_out, cache,
-        objective, references, scorer.summary() if references else None,
+        objective, references, summary,
     )  # fmt: skip
     LOG.info("paft: merge search writes the winner %s (mergekit)", best)
     merged = out / "merged" / "best"
@@ -266,16 +284,52 @@ def search(
     )
 
 
-def _as_rows(base, skill, pairs) -> tuple:
-    """Held-out rows given as lists of JSONL rows, read as text with the base's
-    tokenizer; rows given as `scoring`'s row classes, as they are."""
-    if isinstance(skill, list) or isinstance(pairs, list):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        skill = TextSkill(tokenizer, skill) if isinstance(skill, list) else skill
-        pairs = TextPairs(tokenizer, pairs) if isinstance(pairs, list) else pairs
+def _as_rows(tokenizer, skill, pairs) -> tuple:
+    """Held-out rows given as lists of JSONL rows, read as text with `tokenizer`;
+    rows given as `scoring`'s row classes, as they are."""
+    skill = TextSkill(tokenizer, skill) if isinstance(skill, list) else skill
+    pairs = TextPairs(tokenizer, pairs) if isinstance(pairs, list) else pairs
     return skill, pairs
+
+
+def _rerank_by_answers(
+    stage: AnswerStage, leaderboard: list[dict], build, base_model, base, sft, pref
+) -> tuple[list[dict], dict]:
+    """The second stage: the screen's best `stage.finalists` re-ranked by checks
+    on their greedy answers (`answers.answer_rank`), the rest after them in the
+    screen's order. Each finalist's entry gets `answers` (pass rates, kept
+    shares with intervals, the first lines of a few answers); returns the
+    leaderboard and what the references said."""
+    scorer, said = stage.scorer(base_model, base, sft, pref)
+    references = {
+        name: {
+            **scorer.references[name],
+            "samples": {side: first_lines(a) for side, a in answers.items()},
+        }
+        for name, answers in said.items()
+    }
+    LOG.info("paft: merge search answers of the references: %s", references)
+    finalists = leaderboard[: stage.finalists]
+    for entry in finalists:
+        started = time.time()
+        _, (terms, answers) = build(_candidate(entry), stage.read)
+        entry["answers"] = scorer.metrics(terms) | {
+            "samples": {side: first_lines(a) for side, a in answers.items()},
+            "seconds": time.time() - started,
+        }
+        print(
+            f"answers {entry['name']}: " + progress_text(entry["answers"]), flush=True
+        )
+    order = {id(e): i for i, e in enumerate(finalists)}
+    ranked = sorted(finalists, key=lambda e: answer_rank(e, order[id(e)]), reverse=True)
+    return ranked + leaderboard[stage.finalists :], {
+        "measures": scorer.measures,
+        "finalists": len(finalists),
+        "max_new_tokens": stage.max_new_tokens,
+        "references": references,
+        "reference_gains": scorer.gains,
+        "ranked_by": list(scorer.ranked_sides),
+    }
 
 
 def _log_rows(scorer: Scorer, skill, pairs) -> None:
