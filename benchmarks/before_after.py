@@ -33,16 +33,16 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from parallel_vs_separate import timed_run  # noqa: E402
-from step_cost import (  # noqa: E402
-    build_world,
+from axolotl_paft.lab.bench import (
+    export_tree,
     provenance,
     rounds_table,
     step_times,
+    step_world,
+    timed_run,
 )
+
+HERE = Path(__file__).resolve().parent
 
 OVERHEAD_DIMS = {
     "hidden_size": 64,
@@ -51,19 +51,6 @@ OVERHEAD_DIMS = {
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
 }
-
-
-def export_tree(rev: str, dest: Path) -> Path:
-    """`src/` of commit `rev` under `dest` (replaced if present)."""
-    import shutil
-
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "archive", rev, "src"], cwd=HERE.parent, capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest / "src"
 
 
 def imported_from(src: Path) -> str:
@@ -108,7 +95,7 @@ def case_configs(case: str, out: Path, steps: int) -> tuple[dict, dict, object]:
         )
         before = {**after, "output_dir": str(out / "before")}
         return before, after, world
-    world, _ = build_world(out / "world", n_sft=64, n_preference=64)
+    world, _ = step_world(out / "world", n_sft=64, n_preference=64)
     after = parallel_config(
         world,
         out / "after",

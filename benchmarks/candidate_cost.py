@@ -36,23 +36,15 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from step_cost import provenance  # noqa: E402
-
-from axolotl_paft.merging.configs import DEFAULT_SEARCH_METHODS  # noqa: E402
-
-SMOLLM2 = Path("/root/.cache/axolotl-paft/smollm2/model")
-MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-MISTRAL = dict(
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    vocab_size=1024,
-    max_position_embeddings=4096,
+from axolotl_paft.lab.bench import (
+    MISTRAL,
+    SMOLLM2,
+    make_adapter,
+    mistral_stack,
+    provenance,
 )
+from axolotl_paft.merging.configs import DEFAULT_SEARCH_METHODS
+
 BEFORE_METHODS = ("breadcrumbs_ties", "dare_ties")  # the first default, a random one
 
 
@@ -79,38 +71,6 @@ class Clock:
         lap = (wall - self.wall, cpu - self.cpu)
         self.wall, self.cpu = wall, cpu
         return lap
-
-
-def make_adapter(base: Path, out: Path, seed: int, rank: int = 16) -> Path:
-    """A rank-`rank` LoRA on every linear layer with small non-zero A and B."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    config = LoraConfig(
-        r=rank, lora_alpha=2 * rank, target_modules=MODULES, init_lora_weights=False
-    )
-    model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.mul_(0.01)
-    model.save_pretrained(out)
-    return out
-
-
-def make_mistral_stack(out: Path, layers: int) -> Path:
-    import torch
-    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
-
-    torch.manual_seed(0)
-    config = MistralConfig(num_hidden_layers=layers, **MISTRAL)
-    model = MistralForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(SMOLLM2).save_pretrained(out)  # for mergekit
-    return out
 
 
 def chat_rows(n: int, tokens: int) -> tuple[list[dict], list[dict]]:
@@ -291,7 +251,7 @@ def prepare(kind: str, work: Path, layers: int) -> None:
         if kind == "smollm2":
             base.symlink_to(SMOLLM2)
         else:
-            make_mistral_stack(base, layers)
+            mistral_stack(base, layers)
     for seed, name in ((1, "sft"), (2, "preference")):
         if not (work / name).exists():
             make_adapter(base, work / name, seed)

@@ -41,15 +41,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
-import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 from axolotl_paft.const import OFFLINE_ENV
+from axolotl_paft.lab.bench import (
+    SFT_RATE,
+    merge_and_score,
+    sft_dir,
+    sft_run,
+    sft_settings,
+    sft_tag,
+    world_provenance,
+)
 from axolotl_paft.merging.configs import DEFAULT_SEARCH_METHODS
 from axolotl_paft.merging.search import DEFAULT_BUDGET
 
@@ -57,24 +62,10 @@ os.environ.update(OFFLINE_ENV)
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per process: run seeds
 # side by side (two threads per process thrash when the cores are shared)
 
-LAMBDAS = {"loss": [1e-4, 3e-4, 1e-3, 3e-3], "proximal": [0.03, 0.1, 0.3, 1.0]}
 METHODS = DEFAULT_SEARCH_METHODS  # every method the search covers
 OTHER_RATIO_METHODS = ("task_arithmetic", "ties")
-SFT_RATE = 1e-3
 HERE = Path(__file__).resolve().parent
-
-
-def sft_settings() -> list[tuple[str, float]]:
-    """Lambda 0, then both modes in turn from the middle of their ranges out (so
-    that a run cut short still covers both modes)."""
-    order = (2, 1, 0, 3)
-    return [("loss", 0.0)] + [
-        (mode, LAMBDAS[mode][i]) for i in order for mode in ("loss", "proximal")
-    ]
-
-
-def sft_tag(mode: str, lam: float) -> str:
-    return "l0" if lam == 0 else f"{mode}{lam:g}"
+SCRIPT = "benchmarks/evidence.py"
 
 
 def baseline_runs(world, out: Path, seed: int, opts, ratio: float) -> dict:
@@ -98,32 +89,6 @@ def baseline_runs(world, out: Path, seed: int, opts, ratio: float) -> dict:
     return runs
 
 
-def sft_dir(out: Path, seed: int, tag: str) -> Path:
-    return out / f"s{seed}-sft-{tag}"
-
-
-def sft_run(world, out: Path, seed: int, opts, mode: str, lam: float) -> dict:
-    from axolotl_paft.lab.world import sft_config
-
-    return sft_config(
-        world, sft_dir(out, seed, sft_tag(mode, lam)), l1_lambda=lam, l1_mode=mode,
-        learning_rate=SFT_RATE, seed=seed, steps=opts.steps,
-    )  # fmt: skip
-
-
-def merge_and_score(
-    scorer, world, sft: Path, pref: Path, candidate, out: Path, cache: Path
-):
-    """`candidate` (a `search.Candidate`) of one pair built by mergekit's engine,
-    as the search builds it, scored by `scorer`, deleted."""
-    from axolotl_paft.merging.candidates import build_candidate
-
-    merged = build_candidate(world.model_dir, sft, pref, candidate, out, cache)
-    metrics = scorer(merged)
-    shutil.rmtree(merged)
-    return metrics
-
-
 def seed_preconditions(scores: dict, ratio: str) -> dict:
     from axolotl_paft.lab.world import preconditions
 
@@ -131,22 +96,6 @@ def seed_preconditions(scores: dict, ratio: str) -> dict:
         scores["base"], scores["sft/l0"], scores[f"pref/{ratio}"],
         scores[f"seq/{ratio}"], scores[f"merge/{ratio}/l0/task_arithmetic"],
     )  # fmt: skip
-
-
-def provenance(argv: list[str], script: str = "benchmarks/evidence.py") -> dict:
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE
-    ).stdout.strip()
-    packages = ("axolotl", "torch", "transformers", "peft", "trl", "mergekit")
-    return {
-        "commit": commit,
-        "packages": {p: version(p) for p in packages},
-        "machine": f"{platform.machine()} {platform.processor()} "
-        f"{os.cpu_count()} cores, {platform.platform()}",
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "command": " ".join(["python", script, *argv]),
-    }
 
 
 def run_seed(world, scorer, search_rows, out: Path, seed: int, opts, save) -> None:
@@ -252,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     start = time.time()
-    started = provenance(argv)  # the commit the grid's code came from
+    started = world_provenance(argv, SCRIPT)  # the commit the grid's code came from
     world = build_world(opts.world or out / "world", opts.size)
     scorer = Scorer(world.model_dir, *heldout_rows(opts.eval_rows))
     search_rows = (
@@ -262,7 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     for seed in (int(s) for s in opts.seeds.split(",")):
 
         def save(result: dict, seed: int = seed) -> None:
-            result["provenance"] = {**started, "date": provenance(argv)["date"]}
+            result["provenance"] = {
+                **started,
+                "date": world_provenance(argv, SCRIPT)["date"],
+            }
             result["options"] = {**vars(opts), "out": str(out), "seed": seed}
             result["minutes"] = (time.time() - start) / 60
             path = out / f"seed{seed}.json"

@@ -10,34 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from pathlib import Path
 
+from axolotl_paft.lab.bench import ci_cell, mean_ci, sft_tag_order
 from axolotl_paft.lab.world import MIN_ALIGNMENT_TAX, MIN_INTERFERENCE, meets_goal
 from axolotl_paft.merging.scoring import gain_kept, kept_shares
 
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447}
 METRICS = ("skill_kept", "preference_accuracy", "score")
-
-
-def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% interval (nan with one value)."""
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    sem = statistics.stdev(values) / math.sqrt(len(values))
-    return mean, T975[len(values) - 1] * sem
-
-
-def fmt(pair: tuple[float, float], percent: bool = False) -> str:
-    mean, half = pair
-    scale, unit = (100, "%") if percent else (1, "")
-    if math.isnan(half):
-        return f"{scale * mean:.2f}{unit}"
-    return f"{scale * mean:.2f}{unit} +- {scale * half:.2f}"
 
 
 def derived(scores: dict, key: str) -> dict[str, float]:
@@ -55,12 +34,12 @@ def derived(scores: dict, key: str) -> dict[str, float]:
 
 def aggregate(seeds: list[dict], key: str) -> dict[str, tuple[float, float]]:
     rows = [derived(s["scores"], key) for s in seeds if key in s["scores"]]
-    return {k: interval([r[k] for r in rows]) for k in METRICS}
+    return {k: mean_ci([r[k] for r in rows]) for k in METRICS}
 
 
 def paired_delta(seeds: list[dict], key: str, reference: str) -> tuple[float, float]:
     """Score of `key` minus score of `reference`, per seed, then the interval."""
-    return interval(
+    return mean_ci(
         [
             s["scores"][key]["score"] - s["scores"][reference]["score"]
             for s in seeds
@@ -69,21 +48,13 @@ def paired_delta(seeds: list[dict], key: str, reference: str) -> tuple[float, fl
     )
 
 
-def tag_order(tag: str) -> tuple:
-    """l0, then loss mode by lambda, then proximal mode by lambda."""
-    if tag == "l0":
-        return (0, 0.0)
-    mode = "loss" if tag.startswith("loss") else "proximal"
-    return (1 + (mode == "proximal"), float(tag.removeprefix(mode)))
-
-
 def report(out: Path, dest: Path) -> None:
     seeds = [json.loads(p.read_text()) for p in sorted(out.glob("seed*.json"))]
     if not seeds:
         raise SystemExit(f"no seed*.json in {out}")
     opts = seeds[0]["options"]
     g = f"r{opts['grid_ratio']:g}"
-    tags = sorted({t for s in seeds for t in s["sparsity"]}, key=tag_order)
+    tags = sorted({t for s in seeds for t in s["sparsity"]}, key=sft_tag_order)
     methods = sorted({k.split("/")[3] for k in seeds[0]["scores"] if k.count("/") == 3})
     ratios = [f"r{r:g}" for r in opts["ratios"]]
     lines = [
@@ -105,7 +76,7 @@ def report(out: Path, dest: Path) -> None:
         if not pre:
             continue
         cells = [
-            fmt(interval([p[k] for p in pre]), percent=True)
+            ci_cell(mean_ci([p[k] for p in pre]), percent=True)
             for k in ("alignment_tax", "ta_skill_lost", "ta_preference_lost")
         ]
         lines.append(f"| {ratio[1:]} | " + " | ".join(cells) + " |")
@@ -132,8 +103,8 @@ def report(out: Path, dest: Path) -> None:
     for name, key in baselines.items():
         agg = aggregate(seeds, key)
         lines.append(
-            f"| {name} | {fmt(agg['skill_kept'], True)} | "
-            f"{fmt(agg['preference_accuracy'])} | {fmt(agg['score'])} |"
+            f"| {name} | {ci_cell(agg['skill_kept'], True)} | "
+            f"{ci_cell(agg['preference_accuracy'])} | {ci_cell(agg['score'])} |"
         )
     lines += [
         "",
@@ -150,7 +121,7 @@ def report(out: Path, dest: Path) -> None:
     deltas = {}
     for method in methods:
         ref = f"merge/{g}/l0/{method}"
-        cells = [fmt(aggregate(seeds, ref)["score"])]
+        cells = [ci_cell(aggregate(seeds, ref)["score"])]
         for tag in tags[1:]:
             mean, half = paired_delta(seeds, f"merge/{g}/{tag}/{method}", ref)
             deltas[(method, tag)] = (mean, half)
@@ -180,12 +151,13 @@ def report(out: Path, dest: Path) -> None:
         "|---" * (len(tags) + 1) + "|",
         "| sparsity | "
         + " | ".join(
-            fmt(interval([s["sparsity"][t] for s in seeds]), percent=True) for t in tags
+            ci_cell(mean_ci([s["sparsity"][t] for s in seeds]), percent=True)
+            for t in tags
         )
         + " |",
         "| SFT-only skill kept | "
         + " | ".join(
-            fmt(aggregate(seeds, f"sft/{t}")["skill_kept"], True) for t in tags
+            ci_cell(aggregate(seeds, f"sft/{t}")["skill_kept"], True) for t in tags
         )
         + " |",
         "",

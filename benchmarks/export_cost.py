@@ -28,13 +28,8 @@ import shutil
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from step_cost import provenance  # noqa: E402
-
-MODEL = Path("/root/.cache/axolotl-paft/smollm2/model")
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from axolotl_paft.lab.bench import LINEAR_MODULES, provenance
+from axolotl_paft.lab.bench import SMOLLM2 as MODEL
 
 
 def synthetic_lora(base: Path, out: Path, seed: int, delta_norm: float) -> Path:
@@ -44,7 +39,7 @@ def synthetic_lora(base: Path, out: Path, seed: int, delta_norm: float) -> Path:
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    config = LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS)
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=LINEAR_MODULES)
     model = get_peft_model(model, config)
     with torch.no_grad():
         for module in model.modules():

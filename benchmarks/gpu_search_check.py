@@ -23,24 +23,24 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from candidate_cost import MISTRAL, make_adapter  # noqa: E402
-
-from axolotl_paft.merging.candidates import Candidate, candidate_config  # noqa: E402
-from axolotl_paft.merging.configs import DEFAULT_SEARCH_METHODS, run_merge_config  # noqa: E402
-from axolotl_paft.merging.inmemory import InMemoryMerges  # noqa: E402
+from axolotl_paft.lab.bench import (
+    MISTRAL,
+    copy_smollm2_tokenizer,
+    make_adapter,
+    mistral_stack,
+)
+from axolotl_paft.merging.candidates import Candidate, candidate_config
+from axolotl_paft.merging.configs import DEFAULT_SEARCH_METHODS, run_merge_config
+from axolotl_paft.merging.inmemory import InMemoryMerges
 
 
 def tiny_llama(out: Path) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -48,9 +48,7 @@ def tiny_llama(out: Path) -> Path:
         num_attention_heads=4, num_key_value_heads=2, vocab_size=49152,
     )  # fmt: skip
     LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer = Path("/root/.cache/axolotl-paft/smollm2/model")
-    if tokenizer.exists():
-        AutoTokenizer.from_pretrained(tokenizer).save_pretrained(out)
+    copy_smollm2_tokenizer(out)
     return out
 
 
@@ -87,12 +85,9 @@ def equality(work: Path) -> dict:
 
 
 def cost(work: Path, layers: int) -> dict:
-    from transformers import MistralConfig, MistralForCausalLM
+    from transformers import MistralForCausalLM
 
-    torch.manual_seed(0)
-    base = work / "mistral"
-    config = MistralConfig(num_hidden_layers=layers, **MISTRAL)
-    MistralForCausalLM(config).to(torch.bfloat16).save_pretrained(base)
+    base = mistral_stack(work / "mistral", layers)
     sft = make_adapter(base, work / "m-sft", 1).resolve()
     pref = make_adapter(base, work / "m-pref", 2).resolve()
     base = base.resolve()

@@ -28,65 +28,42 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-MODEL = Path("/root/.cache/axolotl-paft/smollm2/model")
+from axolotl_paft.lab.bench import SMOLLM2 as MODEL
 
 
 def train(out: Path, steps: int) -> dict[str, Path]:
     """One parallel-mode run on the free-form rows; returns the two adapters."""
     from axolotl_paft.lab.freeform import preference_rows, sft_rows
-    from axolotl_paft.lab.toy import run_axolotl_train, write_jsonl
+    from axolotl_paft.lab.toy import (
+        ToySetup,
+        parallel_config,
+        run_axolotl_train,
+        write_jsonl,
+    )
 
     adapters = {"sft": out / "run" / "sft", "preference": out / "run" / "dpo"}
     if all((a / "adapter_model.safetensors").exists() for a in adapters.values()):
         return adapters
     sft = write_jsonl(out / "data" / "sft.jsonl", sft_rows(400, seed=0))
     pref = write_jsonl(out / "data" / "preference.jsonl", preference_rows(400, seed=1))
+    setup = ToySetup(MODEL, sft, pref, preference_type="chat_template.default")
     run_axolotl_train(
-        {
-            "base_model": str(MODEL),
-            "plugins": ["axolotl_paft.PAFTPlugin"],
-            "datasets": [
-                {
-                    "path": str(sft),
-                    "type": "chat_template",
-                    "field_messages": "messages",
-                }
-            ],
-            "chat_template": "tokenizer_default",
-            "dataset_prepared_path": str(out / "prepared"),
-            "dataset_num_proc": 1,
-            "val_set_size": 0,
-            "sequence_len": 256,
-            "adapter": "lora",
-            "lora_r": 16,
-            "lora_alpha": 32,
-            "lora_dropout": 0.0,
-            "lora_target_linear": True,
-            "lora_mlp_kernel": False,
-            "lora_qkv_kernel": False,
-            "lora_o_kernel": False,
-            "micro_batch_size": 2,
-            "gradient_accumulation_steps": 1,
-            "max_steps": steps,
-            "learning_rate": 1e-3,
-            "optimizer": "adamw_torch",
-            "lr_scheduler": "constant",
-            "bf16": False,
-            "fp16": False,
-            "tf32": False,
-            "seed": 0,
-            "logging_steps": 4,
-            "save_strategy": "no",
-            "output_dir": str(out / "run"),
-            "paft_parallel": True,
-            "paft_preference_datasets": [
-                {"path": str(pref), "type": "chat_template.default"}
-            ],
-            "paft_preference_val_set_size": 0,
-            "paft_preference_learning_rate": 5e-4,
-            "paft_merge_methods": [],
-            "paft_report": False,
-        }
+        parallel_config(
+            setup,
+            out / "run",
+            dataset_prepared_path=str(out / "prepared"),
+            sequence_len=256,
+            lora_r=16,
+            lora_alpha=32,
+            micro_batch_size=2,
+            max_steps=steps,
+            learning_rate=1e-3,
+            logging_steps=4,
+            paft_preference_val_set_size=0,
+            paft_preference_learning_rate=5e-4,
+            paft_merge_methods=[],
+            paft_report=False,
+        )
     )
     return adapters
 

@@ -36,10 +36,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from before_after import export_tree  # noqa: E402
-from step_cost import provenance  # noqa: E402
 
 MISTRAL_LAYERS = 32
 MISTRAL_PARAMETERS = 7.24e9
@@ -80,8 +76,7 @@ def _rss_mib() -> float:
 
 def child(src: str, rank: int, layers: int) -> None:
     """One measurement in this fresh process: time and transient memory of the
-    sparsity measures of `src`'s sparsity module; prints JSON."""
-    sys.path.insert(0, src)
+    sparsity measures of `src`'s sparsity module (`PYTHONPATH`); prints JSON."""
     from axolotl_paft.training import sparsity
 
     assert sparsity.__file__.startswith(src), sparsity.__file__
@@ -101,6 +96,7 @@ def child(src: str, rank: int, layers: int) -> None:
 def measure_in_child(src: Path, rank: int, layers: int) -> dict:
     done = subprocess.run(
         [sys.executable, __file__, "--child", str(src), str(rank), str(layers)],
+        env={**os.environ, "PYTHONPATH": str(src)},
         capture_output=True,
         text=True,
         check=True,
@@ -160,6 +156,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--logging-steps", type=int, default=10)
     opts = parser.parse_args()
+    # here, not at the top: a child imports axolotl_paft from the tree it measures
+    from axolotl_paft.lab.bench import export_tree, provenance
+
     command = "python benchmarks/metric_cost.py " + " ".join(sys.argv[1:])
     prov = provenance(command)
     out = opts.out_dir.resolve()

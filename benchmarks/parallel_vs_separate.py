@@ -14,33 +14,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import yaml
+from axolotl_paft.lab.bench import plain_runs, timed_run
 
 STEPS = 40
-
-
-def plain_runs(world, out: Path, common: dict) -> tuple[dict, dict]:
-    """The two runs parallel mode replaces: a plain Axolotl SFT LoRA run and a
-    plain `rl: dpo` LoRA run on the preference data (no plugin in either)."""
-    from axolotl_paft.lab.toy import axolotl_config
-
-    sft = axolotl_config(world, out / "sft", **common)
-    del sft["plugins"]
-    dpo = axolotl_config(
-        world,
-        out / "dpo",
-        rl="dpo",
-        rl_beta=0.1,
-        datasets=[{"path": str(world.preference_path), "type": "chatml.intel"}],
-        **common,
-    )
-    del dpo["plugins"]
-    return sft, dpo
 
 
 def configs(world, out: Path) -> dict[str, dict]:
@@ -56,44 +34,6 @@ def configs(world, out: Path) -> dict[str, dict]:
         "sft": sft,
         "dpo": dpo,
     }
-
-
-def timed_run(
-    config: dict, path: Path, argv: list[str] | None = None, env: dict | None = None
-) -> dict:
-    """One `axolotl train` process: wall seconds and the child's peak RSS.
-
-    `argv` replaces the command (`axolotl train PATH --launcher python`); `env` adds
-    environment variables."""
-    import shutil
-
-    shutil.rmtree(config["output_dir"], ignore_errors=True)
-    path.write_text(yaml.safe_dump(config))
-    bin_dir = Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        **(env or {}),
-    }
-    argv = argv or [
-        str(bin_dir / "axolotl"),
-        "train",
-        str(path),
-        "--launcher",
-        "python",
-    ]
-    start = time.perf_counter()
-    child = subprocess.Popen(
-        argv,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"axolotl train {path} failed")
-    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
 def main() -> None:

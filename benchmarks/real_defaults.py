@@ -30,10 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from step_cost import provenance  # noqa: E402
+from axolotl_paft.lab.bench import measured_line, provenance
 
 ARMS = {
     "base": {"paft_l1_lambda": 0.0, "paft_preference_learning_rate": 5e-6},
@@ -149,19 +146,10 @@ def main() -> None:
                 f"{e['eval_dpo/logps/chosen']:.2f} | "
                 f"{e['eval_dpo/logps/rejected']:.2f} |"
             )
-    (out / "real_defaults.md").write_text("\n".join(lines) + "\n\n" + footer(prov))
-    print("\n".join(lines))
-
-
-def footer(prov: dict) -> str:
-    """Where the numbers come from."""
-    versions = ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
-    return (
-        f"Measured {prov['date_utc']} at commit {prov['commit'][:7]}"
-        f"{' (uncommitted changes)' if prov['dirty'] else ''}: `{prov['command']}`; "
-        f"{versions}; Python {prov['python']}; {prov['nproc']} x {prov['cpu']}, "
-        f"OMP_NUM_THREADS={prov['omp_num_threads']}.\n"
+    (out / "real_defaults.md").write_text(
+        "\n".join(lines) + "\n\n" + measured_line(prov, command=True) + "\n"
     )
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

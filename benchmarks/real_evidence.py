@@ -41,10 +41,7 @@ import statistics
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from step_cost import provenance  # noqa: E402
+from axolotl_paft.lab.bench import measured_line, provenance
 
 EMITTED = ("task_arithmetic", "ties")  # the run's configs at their default weights
 ROWS = (
@@ -191,15 +188,7 @@ def markdown(record: dict) -> str:
             f"| {name} | {m['sft_loss']:.3f} | {m['preference_margin']:.2f} | "
             f"{answer[:160]} |"
         )
-    prov = record["provenance"]
-    lines += [
-        "",
-        f"Measured {prov['date_utc']} at commit {prov['commit'][:7]}"
-        f"{' (uncommitted changes)' if prov['dirty'] else ''}; "
-        + ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
-        + f"; Python {prov['python']}; {prov['nproc']} x {prov['cpu']}, "
-        f"OMP_NUM_THREADS={prov['omp_num_threads']}.",
-    ]
+    lines += ["", measured_line(record["provenance"])]
     return "\n".join(lines) + "\n"
 
 

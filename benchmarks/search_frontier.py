@@ -50,13 +50,22 @@ import time
 from pathlib import Path
 
 from axolotl_paft.const import OFFLINE_ENV
+from axolotl_paft.lab.bench import (
+    SFT_RATE,
+    merge_and_score,
+    sft_dir,
+    sft_run,
+    sft_settings,
+    sft_tag,
+    world_provenance,
+)
 from axolotl_paft.merging.search import DEFAULT_BUDGET
 
 os.environ.update(OFFLINE_ENV)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+SCRIPT = "benchmarks/search_frontier.py"
 
 SFT_WEIGHTS = (0.5, 0.75, 1.0, 1.25, 1.5)
 PREFERENCE_WEIGHTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -68,8 +77,6 @@ def adapters(world, out: Path, seed: int, opts) -> dict[str, Path]:
     """The lambda-0 SFT adapter, the `--search-sft` one and the `--ratio`
     preference adapter of `seed`, trained exactly as `benchmarks/evidence.py`
     trains them (same folders' names, so its adapters are reused)."""
-    from evidence import SFT_RATE, sft_dir, sft_run, sft_settings, sft_tag
-
     from axolotl_paft.lab.world import preference_config, train
 
     runs = out / "runs"
@@ -152,19 +159,11 @@ class Splits:
         }
 
 
-def provenance(argv: list[str]) -> dict:
-    from evidence import provenance as evidence_provenance
-
-    return evidence_provenance(argv, "benchmarks/search_frontier.py")
-
-
 def load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def run_seed(world, splits, out: Path, seed: int, opts, argv) -> None:
-    from evidence import merge_and_score
-
     from axolotl_paft.merging.scoring import kept_shares
 
     path = out / f"seed{seed}.json"
@@ -181,7 +180,10 @@ def run_seed(world, splits, out: Path, seed: int, opts, argv) -> None:
             raise SystemExit(f"{path} has {key} {result[key]}, not {value}")
 
     def save(phase: str) -> None:
-        result["runs"] = [*result["runs"], provenance(argv) | {"phase": phase}]
+        result["runs"] = [
+            *result["runs"],
+            world_provenance(argv, SCRIPT) | {"phase": phase},
+        ]
         path.write_text(json.dumps(result, indent=1))
 
     found = adapters(world, out, seed, opts)
@@ -273,8 +275,6 @@ def run_search(world, splits, found, out, seed, opts, result, refs) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from evidence import sft_settings, sft_tag
-
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from axolotl_paft.lab.bench import ci_cell, mean_ci, sft_tag_order
 from axolotl_paft.lab.world import SEARCH_GOAL as GOAL
 from axolotl_paft.lab.world import meets_goal
 
@@ -140,23 +141,19 @@ def searches_by_sft(summaries: list[dict]) -> dict[str, dict[int, dict]]:
     """SFT adapter tag (`--search-sft`) -> seed -> its search, lambda 0 first
     then by mode and strength; {} unless several adapters, lambda 0 among them,
     were searched."""
-    from evidence_report import tag_order
-
     tags = {r.get("sft") for s in summaries for r in s["searches"].values()} - {None}
     if len(tags) < 2 or "l0" not in tags:
         return {}
     return {
         tag: {s["seed"]: r for s in summaries for r in s["searches"].values()
               if r.get("sft") == tag}
-        for tag in sorted(tags, key=tag_order)
+        for tag in sorted(tags, key=sft_tag_order)
     }  # fmt: skip
 
 
 def by_sft_adapter(summaries: list[dict]) -> list[str]:
     """The search on each SFT adapter (`--search-sft`), test rows, over seeds:
     does L1 help once the merge method, weights and density are tuned?"""
-    from evidence_report import fmt, interval
-
     runs = searches_by_sft(summaries)
     if not runs:
         return []
@@ -178,16 +175,16 @@ def by_sft_adapter(summaries: list[dict]) -> list[str]:
     for tag, per_seed in runs.items():
         test = [r["kept"]["test"] for r in per_seed.values()]
         score = {seed: r["metrics"]["test"]["score"] for seed, r in per_seed.items()}
-        change = interval([v - base[s]["metrics"]["test"]["score"]
+        change = mean_ci([v - base[s]["metrics"]["test"]["score"]
                            for s, v in score.items() if s in base])  # fmt: skip
         star = " *" if abs(change[0]) > change[1] else ""
         goal = sum(meets_goal(k) for k in test)
         lines.append(
             f"| {tag} | {len(per_seed)} "
-            f"| {fmt(interval([k['skill_kept'] for k in test]), percent=True)} "
-            f"| {fmt(interval([k['preference_kept'] for k in test]), percent=True)} "
-            f"| {fmt(interval(list(score.values())))} "
-            f"| {'-' if tag == 'l0' else fmt(change) + star} "
+            f"| {ci_cell(mean_ci([k['skill_kept'] for k in test]), percent=True)} "
+            f"| {ci_cell(mean_ci([k['preference_kept'] for k in test]), percent=True)} "
+            f"| {ci_cell(mean_ci(list(score.values())))} "
+            f"| {'-' if tag == 'l0' else ci_cell(change) + star} "
             f"| {goal} of {len(test)} "
             f"| {', '.join(r['best'] for r in per_seed.values())} |"
         )

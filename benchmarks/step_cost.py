@@ -24,75 +24,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import random
 import statistics
-import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
+from axolotl_paft.lab.bench import (
+    STEP_DIMS,
+    STEP_FIELD_TOKENS,
+    plain_runs,
+    provenance,
+    rounds_table,
+    step_times,
+    step_world,
+    timed_run,
+)
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from parallel_vs_separate import plain_runs, timed_run  # noqa: E402
-
-VOCAB = 32768
-DIMS = {
-    "hidden_size": 256,
-    "intermediate_size": 688,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-}
-FIELD_TOKENS = 240  # each text field; a sequence is about 2 * 240 + template
-
-
-def _words(rng: random.Random, n: int) -> list[str]:
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    return ["".join(rng.choices(letters, k=rng.randint(3, 9))) for _ in range(n)]
-
-
-def build_world(
-    root: Path,
-    n_sft: int,
-    n_preference: int,
-    seed: int = 0,
-    dims: dict | None = None,
-    field_tokens: int = FIELD_TOKENS,
-):
-    """32k tokenizer, random-init model and rows of 2 * `field_tokens` under `root`."""
-    from axolotl_paft.lab.toy import ToySetup, build_model, build_tokenizer, write_jsonl
-
-    rng = random.Random(seed)
-    lexicon = _words(rng, 40000)
-    corpus = [" ".join(rng.choices(lexicon, k=400)) for _ in range(1500)]
-    model_dir = root / "model"
-    tokenizer = build_tokenizer(model_dir, corpus, vocab_size=VOCAB)
-
-    def text() -> str:  # exactly field_tokens tokens of random words
-        ids = tokenizer(" ".join(rng.choices(lexicon, k=field_tokens)))["input_ids"]
-        return tokenizer.decode(ids[:field_tokens])
-
-    sft = [
-        {
-            "messages": [
-                {"role": "user", "content": text()},
-                {"role": "assistant", "content": text()},
-            ]
-        }
-        for _ in range(n_sft)
-    ]
-    preference = [
-        {"system": "", "question": text(), "chosen": text(), "rejected": text()}
-        for _ in range(n_preference)
-    ]
-    build_model(model_dir, tokenizer, dims=dims or DIMS, pretrain_steps=0)
-    return ToySetup(
-        model_dir=model_dir,
-        sft_path=write_jsonl(root / "data" / "sft.jsonl", sft),
-        preference_path=write_jsonl(root / "data" / "preference.jsonl", preference),
-    ), len(tokenizer)
 
 
 def configs(world, out: Path, steps: int, micro_batch: int) -> dict[str, dict]:
@@ -125,22 +72,16 @@ def configs(world, out: Path, steps: int, micro_batch: int) -> dict[str, dict]:
     }
 
 
-def step_times(path: Path, warmup: int) -> list[float]:
-    """Seconds per optimizer step after `warmup` steps (gaps between step ends)."""
-    ends = json.loads(path.read_text())["step_end"]
-    return [b - a for a, b in zip(ends[warmup - 1 : -1], ends[warmup:], strict=True)]
-
-
 SCALE_SIZES = {
     "h128-l2": {
-        **DIMS,
+        **STEP_DIMS,
         "hidden_size": 128,
         "intermediate_size": 344,
         "num_hidden_layers": 2,
     },
-    "h256-l4": DIMS,
+    "h256-l4": STEP_DIMS,
     "h512-l4": {
-        **DIMS,
+        **STEP_DIMS,
         "hidden_size": 512,
         "intermediate_size": 1376,
         "num_attention_heads": 8,
@@ -155,7 +96,7 @@ def scaling(out: Path, steps: int, warmup: int, micro_batch: int) -> list[dict]:
     for size, dims in SCALE_SIZES.items():
         for seq in SCALE_SEQ:
             root = out / f"scale-{size}-{seq}"
-            world, _ = build_world(
+            world, _ = step_world(
                 root / "world",
                 n_sft=64,
                 n_preference=warmup * micro_batch,
@@ -181,22 +122,6 @@ def scaling(out: Path, steps: int, warmup: int, micro_batch: int) -> list[dict]:
             rows.append(run)
             print(f"scale {size} seq {seq}: {run}", flush=True)
     return rows
-
-
-def rounds_table(results: dict, med: dict, label: str = "run") -> list[str]:
-    """Markdown rows: per run its median step, each round's median step and its
-    median peak RSS."""
-    return [
-        f"| {label} | median step (s) | per-round medians (s) | "
-        "median peak RSS (MiB) |",
-        "|---|---|---|---|",
-        *(
-            f"| {n} | {m['median_step_s']:.3f} | "
-            + ", ".join(f"{r['median_step_s']:.3f}" for r in results[n])
-            + f" | {m['peak_rss_mib']:.0f} |"
-            for n, m in med.items()
-        ),
-    ]
 
 
 def _parameters(world) -> int:
@@ -226,34 +151,6 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
     fig.suptitle("parallel mode (reference cache on), CPU, 2 cores")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-
-
-def provenance(command: str) -> dict:
-    from importlib.metadata import version
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=HERE, capture_output=True, text=True
-        ).stdout.strip()
-
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain")),
-        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": command,
-        "versions": {
-            p: version(p) for p in ("torch", "transformers", "axolotl", "peft", "trl")
-        },
-        "python": platform.python_version(),
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-    }
 
 
 def main() -> None:
@@ -299,16 +196,9 @@ def main() -> None:
         print("\n".join(lines))
         return
     n_preference = opts.preference_rows or opts.warmup * opts.micro_batch
-    world, vocab = build_world(out / "world", n_sft=64, n_preference=n_preference)
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    n_params = sum(
-        p.numel()
-        for p in AutoModelForCausalLM.from_pretrained(world.model_dir).parameters()
-    )
+    world, vocab = step_world(out / "world", n_sft=64, n_preference=n_preference)
+    n_params = _parameters(world)
     print(f"model: {n_params / 1e6:.1f}M parameters, vocabulary {vocab}", flush=True)
-    del torch
     runs = configs(world, out, opts.steps, opts.micro_batch)
     if opts.only:
         runs = {k: v for k, v in runs.items() if k in opts.only}
@@ -346,10 +236,10 @@ def main() -> None:
         for name, rs in results.items()
     }
     summary = {
-        "model": {**DIMS, "vocab_size": vocab, "parameters": n_params},
+        "model": {**STEP_DIMS, "vocab_size": vocab, "parameters": n_params},
         "tokenizer": f"byte-level BPE trained to {vocab} entries on a synthetic corpus",
         "sequence_len": 512,
-        "tokens_per_field": FIELD_TOKENS,
+        "tokens_per_field": STEP_FIELD_TOKENS,
         "micro_batch_size": opts.micro_batch,
         "steps": opts.steps,
         "warmup_steps": opts.warmup,

@@ -34,11 +34,10 @@ import time
 from pathlib import Path
 
 from axolotl_paft.const import OFFLINE_ENV
+from axolotl_paft.lab.bench import merge_and_score, world_provenance
 
 os.environ.update(OFFLINE_ENV)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evidence import merge_and_score, provenance  # noqa: E402
 
 SCRIPT = "benchmarks/world_probe.py"
 
@@ -122,7 +121,7 @@ def probe_ratio(world, scorer, sft, out: Path, opts, ratio: float) -> dict:
         result["merges"], key=lambda n: min(result["merges"][n]["kept"].values())
     )
     result["summary"] = {"reaching_goal": goal, "most_balanced": best}
-    result["provenance"] = provenance(sys.argv[1:], SCRIPT)
+    result["provenance"] = world_provenance(sys.argv[1:], SCRIPT)
     result.setdefault("seconds", 0)
     result["seconds"] += time.time() - start
     path.write_text(json.dumps(result, indent=1))
@@ -210,7 +209,10 @@ def report(designs: list[str]) -> None:
             f"- {d.split('=')[0]}: the code of commit {d.rsplit('@', 1)[1]}"
             for d in designs
         ),
-        *(f"- {k}: {v}" for k, v in provenance(["--report", *designs], SCRIPT).items()),
+        *(
+            f"- {k}: {v}"
+            for k, v in world_provenance(["--report", *designs], SCRIPT).items()
+        ),
     ]
     (here / "results_world_probe.md").write_text("\n".join(lines) + "\n")
     (here / "results_world_probe.json").write_text(json.dumps(collected, indent=1))
