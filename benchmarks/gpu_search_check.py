@@ -35,7 +35,11 @@ from axolotl_paft.lab.bench import (
     mistral_stack,
 )
 from axolotl_paft.merging.candidates import Candidate, candidate_config
-from axolotl_paft.merging.configs import DEFAULT_SEARCH_METHODS, run_merge_config
+from axolotl_paft.merging.configs import (
+    DEFAULT_SEARCH_METHODS,
+    run_merge_config,
+    write_config,
+)
 from axolotl_paft.merging.inmemory import InMemoryMerges
 
 
@@ -53,7 +57,6 @@ def tiny_llama(out: Path) -> Path:
 
 
 def equality(work: Path) -> dict:
-    import yaml
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -66,8 +69,7 @@ def equality(work: Path) -> dict:
     rows = {}
     for method in DEFAULT_SEARCH_METHODS:
         config = candidate_config(str(base), sft, pref, Candidate(method, density=0.7))
-        path = work / f"{method}.yml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path = write_config(work / f"{method}.yml", config)
         out = run_merge_config(path, work / method, cache)
         expected = load_file(out / "model.safetensors")
         with merges.candidate(config) as merged:
