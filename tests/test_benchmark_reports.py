@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-REPORT = (
-    Path(__file__).resolve().parents[1] / "benchmarks" / "search_frontier_report.py"
-)
+REPORT = Path(__file__).parents[1] / "benchmarks/evidence/search_frontier_report.py"
 MET = {"skill_kept": 0.96, "preference_kept": 1.0}
 MISSED = {"skill_kept": 0.9375, "preference_kept": 1.0}
 
