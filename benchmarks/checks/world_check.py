@@ -69,7 +69,7 @@ def check(tmp_path: Path) -> None:
     )  # fmt: skip
     # accuracy, the measure `score` below reads: with the margin (the default),
     # TA 1:1 reaches accuracy 1.0 but 23% of the preference-only margin here, and
-    # the search trades skill for margin (issue 16's report)
+    # the search trades skill for margin
     board = {e["name"]: e["metrics"] for e in result.leaderboard}
     best = scorer(tmp_path / "search" / "merged" / "best")
     print(result.best, board, best)

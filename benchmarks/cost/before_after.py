@@ -6,14 +6,14 @@ each `axolotl train` process imports `axolotl_paft` from one tree or the other
 (`PYTHONPATH`, checked in the child); rounds are interleaved, step times come from
 the trainer (benchmarks/cost/step_timer.py), peak memory is the process's peak RSS.
 
-Cases (issue 10):
+Cases:
 
-- `overhead` (item 4): a 32-layer Llama with a tiny hidden size (64), so that
+- `overhead`: a 32-layer Llama with a tiny hidden size (64), so that
   what is not arithmetic is visible: `--before` the commit whose trainer switched
   adapters with PEFT's `set_adapter` / `disable_adapter` / `set_requires_grad`.
   Also times the switches alone, both implementations imported from their trees,
   on the same model.
-- `memory` (item 3): step_cost.py's 20M-parameter, 32k-vocabulary model at
+- `memory`: step_cost.py's 20M-parameter, 32k-vocabulary model at
   `sequence_len` 512, reference cache off (every step computes the reference
   forward): `--before` the commit whose reference forward ran while the policy
   graph and its logits were alive.

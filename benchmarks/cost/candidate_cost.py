@@ -1,4 +1,4 @@
-"""Cost of one merge-search candidate (issue 16, item 5): before, `mergekit-yaml`
+"""Cost of one merge-search candidate: before, `mergekit-yaml`
 writes the candidate as a whole model and the search loads it again; after, the
 candidate is built in memory on the resident base (`axolotl_paft.merging.inmemory`).
 Both in one run, each mode in a fresh child process (its own peak RSS):

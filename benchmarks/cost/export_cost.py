@@ -1,4 +1,4 @@
-"""What one adapter out costs on the real model (issue 17): the exact adapter's
+"""What one adapter out costs on the real model: the exact adapter's
 gap to mergekit's task-arithmetic merge, the extracted adapter's error and
 scores per rank for TIES and DARE-TIES, and the size of every artifact.
 

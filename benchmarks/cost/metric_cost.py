@@ -1,5 +1,5 @@
 """Cost of the L1 step and of the logged sparsity measures at Mistral-7B's LoRA
-shapes (issue 10, item 5), on this CPU, and what it is as a share of training.
+shapes, on this CPU, and what it is as a share of training.
 
 An adapter of rank r on every linear layer of Mistral-7B (32 layers; q, o 4096 x
 4096; k, v 1024 x 4096; gate, up 14336 x 4096; down 4096 x 14336). `--layers`

@@ -1,4 +1,4 @@
-"""The in-memory merge candidates on a GPU (issue 16, item 5): one short script
+"""The in-memory merge candidates on a GPU: one short script
 for a session that is lent one (`benchmarks/device/gpu_search_check.sh`). Nothing in
 the project depends on it; it has not been run yet (no GPU was lent when it was
 written, docs/performance.md).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The in-memory merge candidates on a lent GPU, in one call (issue 16, item 5):
+# The in-memory merge candidates on a lent GPU, in one call:
 #   run(command="bash benchmarks/device/gpu_search_check.sh", timeout_s=480)
 # Check the device tool's `status` first. The device machine gets the working
 # tree only (no venv): this uses its python if torch, transformers, peft and

@@ -163,7 +163,7 @@ def report(out: Path, dest: Path) -> None:
         "",
         "## Merge search per seed (lambda 0) against sequential SFT->DPO",
         "",
-        "Goal (issue 8): >= 95% of the SFT-only skill gain and >= 95% of the "
+        "Goal: >= 95% of the SFT-only skill gain and >= 95% of the "
         "preference-only accuracy gain kept, and a better score than sequential.",
         "",
         "| seed | searched best | skill kept | preference kept "

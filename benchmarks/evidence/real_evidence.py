@@ -1,4 +1,4 @@
-"""The merge search's evidence on the real model, over seeds (issue 16, item 6).
+"""The merge search's evidence on the real model, over seeds.
 
     python benchmarks/evidence/real_evidence.py OUT [--seeds 0 1 2] [--l1 loss:1e-4 ...]
         [--steps --budget --rows --test-rows: the demo's sizes by default]

@@ -1,4 +1,4 @@
-"""Which merges can reach the issue's goal? The attainable set of the merge search.
+"""Which merges can reach the goal? The attainable set of the merge search.
 
     python benchmarks/evidence/search_frontier.py OUT --world DIR [--seeds 0,1,2]
         [--methods task_arithmetic,ties,dare_ties] [--densities 0.3,0.5,0.7,0.85]
@@ -7,7 +7,7 @@
         [--search-budget 24] [--search-rows 48] [--search-sft l0] [--test-rows 48]
     python benchmarks/evidence/search_frontier.py OUT --report [--publish [NAME]]
 
-Issue 8, item 4: on the miniature world (`axolotl_paft.lab.world`), in every seed, the
+The goal: on the miniature world (`axolotl_paft.lab.world`), in every seed, the
 searched merge should keep >= 95% of the SFT-only skill gain and >= 95% of the
 preference-only accuracy (and beat sequential SFT->DPO on the score). Per seed,
 with `evidence.py`'s own recipe (lambda 0 SFT adapter, preference adapter at SFT

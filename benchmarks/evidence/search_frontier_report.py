@@ -2,7 +2,7 @@
 
 skill kept / preference kept: share of the SFT-only skill gain / of the
 preference-only accuracy gain (over the base) that a merge keeps, on the same
-split. The goal (issue 8, item 4): both >= 95% on the test rows, in every seed.
+split. The goal: both >= 95% on the test rows, in every seed.
 "balanced" = the smaller of the two; the best balanced merge maximises it.
 """
 
@@ -198,7 +198,7 @@ def markdown(summaries: list[dict], entries: dict) -> str:
         f"# {'The attainable set of the merge search' if grid else 'The merge search'}"
         f" (miniature world, ratio {summaries[0]['ratio']:g})",
         "",
-        "Issue 8, item 4: keep >= 95% of the SFT-only skill gain *and* >= 95% of the "
+        "The goal: keep >= 95% of the SFT-only skill gain *and* >= 95% of the "
         "preference-only accuracy, in every seed, on the test rows. Every grid merge "
         "is built by mergekit (`search.build_candidate`) and scored by the search's "
         f"scorer (`evaluate.quick_metrics`) on the {rows['validation']} validation "
