@@ -37,7 +37,6 @@ def check(out: Path) -> None:
     """Run the demo into `out` at a few steps; assert what it promises."""
     build()
     demo = Path(sys.executable).with_name("axolotl-paft-demo")
-    demo = Path(sys.executable).with_name("axolotl-paft-demo")
     done = subprocess.run(
         [str(demo), str(out), "--steps", "4", "--budget", "1", "--rows", "8"]
         + ["--test-rows", "8", "--answer-tokens", "24"],
