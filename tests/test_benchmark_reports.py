@@ -1,11 +1,12 @@
 """Benchmark reports read their own results files (no training here)."""
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+REPORT = Path(__file__).parents[1] / "benchmarks/evidence/search_frontier_report.py"
 MET = {"skill_kept": 0.96, "preference_kept": 1.0}
 MISSED = {"skill_kept": 0.9375, "preference_kept": 1.0}
 
@@ -46,11 +47,12 @@ def _seed_file(seed: int, searches: dict) -> dict:
 
 
 @pytest.fixture
-def report(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    from search_frontier_report import report
-
-    return report
+def report():
+    """`search_frontier_report.report`, loaded from its file (a script's module)."""
+    spec = importlib.util.spec_from_file_location("search_frontier_report", REPORT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.report
 
 
 def _rows(md: Path, marker: str) -> list[list[str]]:

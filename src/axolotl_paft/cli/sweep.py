@@ -27,6 +27,12 @@ from pathlib import Path
 import yaml
 
 from axolotl_paft.cli.eval import add_data_arguments, evaluate_and_report
+from axolotl_paft.merging.answers import (
+    DEFAULT_ANSWER_TOKENS,
+    DEFAULT_FINALISTS,
+    AnswerStage,
+    parse_checks,
+)
 from axolotl_paft.merging.configs import (
     METHOD_LAYOUTS,
     MergeDeltas,
@@ -124,8 +130,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--export-rank", type=int, default=None,
         help="--export: the extracted adapter's rank (default r_s + r_p)",
     )  # fmt: skip
+    parser.add_argument(
+        "--answer-checks", type=_answer_checks, metavar="YAML",
+        help="--search: re-rank the screen's finalists by checks on their greedy "
+        "answers, per side, as paft_merge_search_answer_checks: "
+        "'{skill: [{starts_with: CARD}], preference: [{regex: ^Happy}]}'",
+    )  # fmt: skip
+    parser.add_argument(
+        "--finalists", type=_positive, default=DEFAULT_FINALISTS,
+        help="--answer-checks: the screen's best re-ranked by their answers",
+    )  # fmt: skip
+    parser.add_argument(
+        "--answer-tokens", type=_positive, default=DEFAULT_ANSWER_TOKENS,
+        help="--answer-checks: most tokens of each greedy answer",
+    )  # fmt: skip
     add_data_arguments(parser, out="paft_sweep")
     return parser
+
+
+def _answer_checks(text: str) -> dict:
+    """`--answer-checks`: YAML, checked as the config key is (`parse_checks`)."""
+    declared = yaml.safe_load(text)
+    try:
+        parse_checks(declared)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return declared
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number >= 1, not {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(argv)
     if opts.lm_eval_tasks is not None and not opts.search:
         parser.error("--lm-eval-tasks: ranks the candidates of --search")
+    if opts.answer_checks is not None and not opts.search:
+        parser.error("--answer-checks: re-ranks the candidates of --search")
     unknown = set(opts.methods.split(",")) - set(METHOD_LAYOUTS)
     if unknown:
         raise SystemExit(f"--methods: unknown {sorted(unknown)}")
@@ -161,7 +200,7 @@ def run_search(opts: argparse.Namespace, base: str) -> None:
         opts.out, budget=opts.budget, methods=tuple(opts.methods.split(",")),
         objective="balanced" if lm_eval is None else "lm_eval", lm_eval=lm_eval,
         skill_measure=opts.skill_measure,
-        preference_measure=opts.preference_measure,
+        preference_measure=opts.preference_measure, answers=_stage(opts),
     )  # fmt: skip
     print((opts.out / "leaderboard.md").read_text())
     print(f"best: {result.best}; config {result.config}")
@@ -170,6 +209,14 @@ def run_search(opts: argparse.Namespace, base: str) -> None:
             result, base, [opts.sft, opts.preference],
             opts.out / "adapter" / "best", opts.export_rank, print,
         )  # fmt: skip
+
+
+def _stage(opts: argparse.Namespace) -> AnswerStage | None:
+    if opts.answer_checks is None:
+        return None
+    return AnswerStage(
+        parse_checks(opts.answer_checks), opts.finalists, opts.answer_tokens
+    )
 
 
 def run_grid(opts: argparse.Namespace, base: str) -> None:

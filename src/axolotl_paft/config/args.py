@@ -112,7 +112,7 @@ class ParallelArgs(BaseModel):
             "train at 5e-6 to 5e-5 where SFT LoRA trains at 1e-4 to 2e-4), and the "
             "SFT rate, the old fallback, is another recipe: on SmolLM2-135M at r 64 "
             "it moved the held-out reward margin to 2.4 in 12 steps against 0.06 "
-            "at 5e-6 (benchmarks/results_real_defaults.md)."
+            "at 5e-6 (benchmarks/evidence/results_real_defaults.md)."
         ),
     )
     paft_preference_micro_batch_size: int | None = Field(

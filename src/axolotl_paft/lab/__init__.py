@@ -6,5 +6,6 @@ configs and search).
 - `world`: the miniature world (a pre-trained tiny Llama, its skills and preference);
 - `hub`: a local folder named by a hub id, offline (the HF cache layout);
 - `smollm2`: SmolLM2-135M-Instruct, a real pretrained chat model, from PyPI;
-- `demo`: the end-to-end demo.
+- `demo`: the end-to-end demo;
+- `bench`: what the benchmark scripts (`benchmarks/<question>/`) share.
 """

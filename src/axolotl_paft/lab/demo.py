@@ -56,7 +56,7 @@ from axolotl_paft.lab.freeform import (
 SHOWN = ("{'loss'", "{'train_runtime'", "paft:", "search ")
 LOGGED = ("loss", "sft/loss", "dpo/loss", "dpo/rewards/margins", "epoch")
 ANSWER_TOKENS = 120  # a field card is about 95 tokens with its end-of-turn
-# the demo's sizes (and the evidence's, benchmarks/real_evidence.py), chosen to
+# the demo's sizes (and the evidence's, benchmarks/evidence/real_evidence.py), chosen to
 # end within 15 minutes on 2 idle cores: search candidates, held-out rows a side
 # the search ranks on, test rows a side the table reports
 SIZES = {"budget": 6, "rows": 24, "test_rows": 32}

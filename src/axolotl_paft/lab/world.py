@@ -18,12 +18,12 @@ so that the polite phrases are known before any adapter, then
   generalises across the marker (it makes the plain questions polite too), so
   the two deltas still compete, as a chat-style preference set competes with a
   format-scored benchmark. How much depends on the preference adapter's size:
-  benchmarks/world_probe.py measures it.
+  benchmarks/evidence/world_probe.py measures it.
 
 `build_world(root)` builds and caches tokenizer, base and data (minutes on 2
 cores); `size="small"` is the quick variant used by the tests and the demo.
 The preconditions (alignment tax, interference) are measured by
-`benchmarks/evidence.py`, not assumed.
+`benchmarks/evidence/evidence.py`, not assumed.
 """
 
 from __future__ import annotations

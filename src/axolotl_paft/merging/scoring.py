@@ -242,7 +242,7 @@ PREFERENCE_MEASURES = tuple(
 # `auto` takes exact match where the held-out answers are short (median answer
 # with its end-of-turn token at most SHORT_ANSWER_TOKENS tokens: a sentence, a
 # number, a label), FREE_FORM_MEASURE otherwise: greedy reproduction of a long
-# answer is 0 for every model (benchmarks/results_measure_choice.md).
+# answer is 0 for every model (benchmarks/evidence/results_measure_choice.md).
 SHORT_ANSWER_TOKENS = 16
 FREE_FORM_MEASURE = "nll"
 DEFAULT_PREFERENCE_MEASURE = "margin"
