@@ -125,7 +125,13 @@ def switch_times(world, trees: dict[str, Path], repeats: int, calls: int) -> dic
     trained = ["sft", "dpo"]
 
     def load(name: str, src: Path):
-        path = src / "axolotl_paft" / "adapters.py"
+        # the module's place at the measured commit: training/ since the folders
+        package = src / "axolotl_paft"
+        path = next(
+            p
+            for p in (package / "training" / "adapters.py", package / "adapters.py")
+            if p.is_file()
+        )
         spec = importlib.util.spec_from_file_location(f"adapters_{name}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

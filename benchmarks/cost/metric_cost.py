@@ -77,7 +77,10 @@ def _rss_mib() -> float:
 def child(src: str, rank: int, layers: int) -> None:
     """One measurement in this fresh process: time and transient memory of the
     sparsity measures of `src`'s sparsity module (`PYTHONPATH`); prints JSON."""
-    from axolotl_paft.training import sparsity
+    try:  # the module's place at the measured commit: training/ since the folders
+        from axolotl_paft.training import sparsity
+    except ImportError:
+        from axolotl_paft import sparsity
 
     assert sparsity.__file__.startswith(src), sparsity.__file__
     built = factors(rank, layers)
