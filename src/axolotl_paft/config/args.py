@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from axolotl_paft.const import PEFT_DEFAULT_ADAPTER
+from axolotl_paft.const import DEFAULT_BUDGET, EXPORTS, PEFT_DEFAULT_ADAPTER
 from axolotl_paft.merging.configs import (
     DEFAULT_MERGE_METHODS,
     DEFAULT_SEARCH_METHODS,
@@ -28,7 +28,6 @@ from axolotl_paft.merging.configs import (
     MergeSettings,
     check_della_bounds,
 )
-from axolotl_paft.merging.export import EXPORTS
 from axolotl_paft.merging.lm_eval_objective import (
     EVOLVE_DEFAULTS,
     LmEvalObjective,
@@ -43,7 +42,6 @@ from axolotl_paft.merging.scoring import (
     SHORT_ANSWER_TOKENS,
     SKILL_MEASURES,
 )
-from axolotl_paft.merging.search import DEFAULT_BUDGET
 from axolotl_paft.training.losses import PREFERENCE_LOSSES
 
 L1Mode = Literal["loss", "proximal"]
