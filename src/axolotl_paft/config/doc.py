@@ -111,7 +111,7 @@ def _registries() -> list[str]:
     for method, layout in METHOD_LAYOUTS.items():
         two = "yes" if layout.min_deltas > 1 else "no"
         default = "yes" if layout.default else "no"
-        lines.append(f"| `{method}` | {default} | {two} | <{layout.reference}> |")
+        lines.append(f"| `{method}` | {default} | {two} | <{layout.paper}> |")
     lines += [
         "",
         "`paft_preference_loss` (from `axolotl_paft.training.losses.LOSS_SPECS`):",
