@@ -3,8 +3,8 @@
     python -m axolotl_paft.config.doc          # rewrite docs/config.md
     python -m axolotl_paft.config.doc --check  # exit 1 if it is stale
 
-As Axolotl generates its config reference from its schema: one section per parent
-class of `PAFTArgs` (its docstring is the heading), one row per key with its type,
+As Axolotl generates its config reference from its schema: one section per key
+group of `PAFTArgs` (its docstring is the heading), one row per key with its type,
 default, bounds and description, then the allowed merge methods and preference
 losses with their papers. `tests/test_configdoc.py` fails when the file is stale.
 """
@@ -132,10 +132,19 @@ def _registries() -> list[str]:
     return [*lines, ""]
 
 
+def _groups(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """The key groups of `model`, in the order its parents name them; a parent
+    that only joins groups (`MergeArgs`) stands for its own parents."""
+    groups = []
+    for parent in model.__bases__:
+        groups += [parent] if parent.__bases__ == (BaseModel,) else _groups(parent)
+    return groups
+
+
 def config_reference() -> str:
     """The text of `docs/config.md`."""
     lines = [HEADER]
-    for group in PAFTArgs.__bases__:
+    for group in _groups(PAFTArgs):
         lines += _section(group)
     lines += _registries()
     return "\n".join(lines)
