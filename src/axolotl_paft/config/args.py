@@ -5,10 +5,11 @@ in `axolotl train`'s config validation, before any model or data set is loaded.
 One class per concern (parallel mode, L1 and sparsity, report, merging, merge
 search, export); `PAFTArgs` joins them, so the YAML keys stay flat. The rules
 between keys, and against Axolotl's own, are `axolotl_paft.config.checks`;
-`PAFTArgs` runs them. `docs/config.md` is generated from these classes
+`PAFTArgs` runs them. Each key's description says what it does; why, and what was
+measured, is in docs/. `docs/config.md` is generated from these classes
 (`python -m axolotl_paft.config.doc`). Allowed values come from the registries:
 preference losses from `losses.LOSS_SPECS`, merge methods from
-`configs.METHOD_LAYOUTS`.
+`configs.METHOD_LAYOUTS`, the search's measures from `scoring.MEASURES`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from axolotl_paft.merging.lm_eval_objective import (
 from axolotl_paft.merging.scoring import (
     DEFAULT_PREFERENCE_MEASURE,
     FREE_FORM_MEASURE,
-    MEASURES,
     PREFERENCE_MEASURES,
     SHORT_ANSWER_TOKENS,
     SKILL_MEASURES,
@@ -82,8 +82,7 @@ class ParallelArgs(BaseModel):
         ge=0,
         description=(
             "Parallel mode: preference rows held out for evaluation, as Axolotl's "
-            "`val_set_size` (a fraction below 1, a row count from 1). Evaluated with "
-            "the preference adapter at each evaluation, logged as "
+            "`val_set_size` (a fraction below 1, a row count from 1); logged as "
             "`eval_<adapter>/rewards/accuracies`, ... (TRL's names)."
         ),
     )
@@ -105,12 +104,8 @@ class ParallelArgs(BaseModel):
         default=None,
         gt=0,
         description=(
-            "Learning rate of the preference adapter; parallel mode requires it. "
-            "No multiple of `learning_rate` fits every recipe (DPO LoRA recipes "
-            "train at 5e-6 to 5e-5 where SFT LoRA trains at 1e-4 to 2e-4), and the "
-            "SFT rate, the old fallback, is another recipe: on SmolLM2-135M at r 64 "
-            "it moved the held-out reward margin to 2.4 in 12 steps against 0.06 "
-            "at 5e-6 (benchmarks/results_real_defaults.md)."
+            "Learning rate of the preference adapter; parallel mode requires it "
+            "(DPO LoRA recipes train at 5e-6 to 5e-5; docs/parallel-mode.md)."
         ),
     )
     paft_preference_micro_batch_size: int | None = Field(
@@ -121,10 +116,9 @@ class ParallelArgs(BaseModel):
     paft_preference_cache_reference: bool = Field(
         default=True,
         description=(
-            "Keep each preference row's reference log-probs (DPO, IPO) from its "
-            "first use and reuse them on later passes over the data: they depend "
-            "only on the frozen base and the row. false: one reference forward per "
-            "micro-batch, every time (a base with dropout, say)."
+            "Reuse each preference row's reference log-probs (DPO, IPO) from its "
+            "first use on later passes over the data; false: one reference forward "
+            "per micro-batch, every time (a base with dropout, say)."
         ),
     )
     paft_sft_adapter_name: str = Field(
@@ -145,13 +139,8 @@ class L1Args(BaseModel):
         ge=0,
         description=(
             "Strength of the L1 penalty on the SFT LoRA weights (A and B); 0, the "
-            "default, turns it off: on the miniature world (docs/evidence.md) one "
-            "setting of 8 helped one merge method of 7 (TIES, `proximal` 0.03, by "
-            "re-weighting the deltas as the merge search does without L1) and 21 "
-            "made merges worse; with `paft_merge_search` no setting changed the "
-            "searched merge significantly. Up to 1e-3 (`loss`) or 1 (`proximal`) "
-            "the SFT skill itself is kept. With L1 on, run the merge search: an "
-            "L1 adapter's default merges mostly keep none of the skill."
+            "default, turns it off. With L1 on, run `paft_merge_search` too "
+            "(docs/l1-sparsity.md)."
         ),
     )
     paft_l1_mode: L1Mode = Field(
@@ -174,10 +163,8 @@ class L1Args(BaseModel):
         default="penalised",
         description=(
             "Which adapters' sparsity measures go into the training logs at each log "
-            "step (<adapter>/sparsity, ...): `penalised`: those with an L1 lambda > 0 "
-            "(each measure is a dense scale*B@A per module, main process only); "
-            "`all`: every adapter; `off`: none. The report after training measures "
-            "every adapter whatever this says."
+            "step (<adapter>/sparsity, ...): `penalised` (those with an L1 lambda "
+            "> 0), `all` or `off`. The report after training measures every adapter."
         ),
     )
     paft_sparsity_threshold: float = Field(
@@ -323,9 +310,8 @@ class SearchArgs(BaseModel):
         description=(
             "After training with two deltas (parallel mode or "
             "paft_preference_adapter), search merge method, both weights and "
-            "density on held-out data within paft_merge_search_budget merges, each "
-            "built by mergekit; writes mergekit/best.yml, search/leaderboard."
-            "{json,md}, search/search.png and the winner in search/merged/best."
+            "density on held-out data; writes mergekit/best.yml, search/ and the "
+            "winner in search/merged/best (docs/merge-search.md)."
         ),
     )
     paft_merge_search_budget: int = Field(
@@ -340,11 +326,10 @@ class SearchArgs(BaseModel):
     paft_merge_search_sft_data: str | None = Field(
         default=None,
         description=(
-            "paft_merge_search: held-out SFT rows (JSONL, `messages`, rendered "
-            "with the run's tokenizer and chat template); the skill is their last "
-            "answer (paft_merge_search_skill_measure). Unset: the run's "
-            "own SFT eval split (val_set_size or test_datasets, as Axolotl tokenized "
-            f"it; val_set_size defaults to {SEARCH_HELD_OUT} when neither is set)."
+            "paft_merge_search: held-out SFT rows (JSONL, `messages`), scored on "
+            "their last answer. Unset: the run's own SFT eval split (val_set_size or "
+            f"test_datasets; val_set_size defaults to {SEARCH_HELD_OUT} when neither "
+            "is set)."
         ),
     )
     paft_merge_search_preference_data: str | None = Field(
@@ -352,9 +337,8 @@ class SearchArgs(BaseModel):
         description=(
             "paft_merge_search: held-out preference rows (JSONL: question, chosen, "
             "rejected, as chatml.intel; or messages, chosen, rejected, as "
-            "chat_template.default); scored by "
-            "paft_merge_search_preference_measure. Unset, "
-            "in parallel mode: the run's held-out preference split "
+            "chat_template.default). Unset, in parallel mode: the run's held-out "
+            "preference split "
             "(paft_preference_val_set_size or paft_preference_test_datasets; the "
             f"former defaults to {SEARCH_HELD_OUT} when neither is set)."
         ),
@@ -363,38 +347,32 @@ class SearchArgs(BaseModel):
         default=SEARCH_ROWS,
         ge=1,
         description=(
-            "paft_merge_search: most held-out rows scored per side (from a file "
-            "or the run's split). See docs/merge-search.md for the interval "
-            "widths by rows."
+            "paft_merge_search: most held-out rows scored per side, from a file or "
+            "the run's split (docs/merge-search.md: interval widths by rows)."
         ),
     )
     paft_merge_search_skill_measure: SkillMeasure = Field(
         default="auto",
         description=(
-            "paft_merge_search: how the skill is scored on the held-out answers: "
-            + "; ".join(f"{n}: {MEASURES[n].description}" for n in SKILL_MEASURES)
-            + f". auto: exact_match where the median answer is at most "
-            f"{SHORT_ANSWER_TOKENS} tokens, {FREE_FORM_MEASURE} otherwise."
+            "paft_merge_search: how the skill is scored on the held-out answers "
+            "(measures below); auto: exact_match where the median answer is at "
+            f"most {SHORT_ANSWER_TOKENS} tokens, {FREE_FORM_MEASURE} otherwise."
         ),
     )
     paft_merge_search_preference_measure: PreferenceMeasure = Field(
         default=DEFAULT_PREFERENCE_MEASURE,
         description=(
             "paft_merge_search: how the preference is scored on the held-out "
-            "pairs: "
-            + "; ".join(f"{n}: {MEASURES[n].description}" for n in PREFERENCE_MEASURES)
-            + "."
+            "pairs (measures below)."
         ),
     )
     paft_merge_search_lm_eval_tasks: list[TaskConfiguration] | None = Field(
         default=None,
         description=(
             "paft_merge_search: rank candidates by lm-evaluation-harness tasks "
-            "instead of the held-out rows' balanced objective, as mergekit-evolve "
-            "takes them: each a task name or {name, weight (1), metric "
-            "(`acc,none`)}; the score is the sum of weight x metric, by "
-            "`lm_eval.simple_evaluate` on each candidate the search holds "
-            "(docs/merge-search.md)."
+            "instead of the held-out rows, as mergekit-evolve takes them: each a "
+            "task name or {name, weight (1), metric (`acc,none`)}; the score is the "
+            "sum of weight x metric (docs/merge-search.md)."
         ),
     )
     paft_merge_search_lm_eval_include_path: str | None = Field(
@@ -451,10 +429,8 @@ class ExportArgs(BaseModel):
         default="model",
         description=(
             "The merge as `model` (mergekit's merged model), `adapter` (one PEFT "
-            "LoRA in output_dir/adapter/<method> for paft_merge_run or the first "
-            "config, and adapter/best for the search's best: exact for "
-            "task_arithmetic and linear, else extracted by mergekit-extract-lora "
-            "with its error reported) or `both`."
+            "LoRA: output_dir/adapter/<method> for paft_merge_run or the first "
+            "config, adapter/best for the search's best; docs/export.md) or `both`."
         ),
     )
     paft_merge_export_rank: int | None = Field(
