@@ -219,7 +219,7 @@ def test_methods_come_from_one_table_with_their_papers():
     assert tuple(METHOD_LAYOUTS) == SUPPORTED_MERGE_METHODS
     assert set(DEFAULT_MERGE_METHODS) <= set(METHOD_LAYOUTS)
     assert all(
-        layout.reference.startswith("https://") for layout in METHOD_LAYOUTS.values()
+        layout.paper.startswith("https://") for layout in METHOD_LAYOUTS.values()
     )
 
 

@@ -8,6 +8,13 @@ PEFT_DEFAULT_ADAPTER = "default"
 # Axolotl's seed when `seed` is unset (its schema's default).
 DEFAULT_SEED = 42
 
+# Merge candidates a search builds and scores unless told otherwise: every method
+# once, then about two balance phases (`merging.search`, `paft_merge_search_budget`).
+DEFAULT_BUDGET = 24
+
+# What a merge is exported as (`merging.export`, `paft_merge_export`).
+EXPORTS = ("model", "adapter", "both")
+
 # Environment of every process we start: no hub access, no telemetry, no W&B.
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",

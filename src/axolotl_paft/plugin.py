@@ -8,9 +8,9 @@ from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 
-from axolotl_paft.config.args import (
+from axolotl_paft.config.args import PAFTArgs
+from axolotl_paft.config.checks import (
     LORA_KERNELS,
-    PAFTArgs,
     check_adapter_choice,
     check_output_dir_is_ours,
     search_split_defaults,

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from axolotl_paft.cli.eval import add_data_arguments, evaluate_and_report
+from axolotl_paft.const import DEFAULT_BUDGET, EXPORTS
 from axolotl_paft.merging.answers import (
     DEFAULT_ANSWER_TOKENS,
     DEFAULT_FINALISTS,
@@ -44,7 +45,7 @@ from axolotl_paft.merging.configs import (
     validate_config,
     write_config,
 )
-from axolotl_paft.merging.export import EXPORTS, export_search_best
+from axolotl_paft.merging.export import export_search_best
 from axolotl_paft.merging.lm_eval_objective import LmEvalObjective
 from axolotl_paft.merging.scoring import (
     DEFAULT_PREFERENCE_MEASURE,
@@ -52,7 +53,7 @@ from axolotl_paft.merging.scoring import (
     SKILL_MEASURES,
     read_jsonl,
 )
-from axolotl_paft.merging.search import DEFAULT_BUDGET, search
+from axolotl_paft.merging.search import search
 
 
 def sweep_configs(

@@ -1,12 +1,13 @@
-"""`docs/config.md`, generated from `PAFTArgs` and the two registries.
+"""`docs/config.md`, generated from `PAFTArgs` and the registries.
 
     python -m axolotl_paft.config.doc          # rewrite docs/config.md
     python -m axolotl_paft.config.doc --check  # exit 1 if it is stale
 
-As Axolotl generates its config reference from its schema: one section per parent
-class of `PAFTArgs` (its docstring is the heading), one row per key with its type,
+As Axolotl generates its config reference from its schema: one section per key
+group of `PAFTArgs` (its docstring is the heading), one row per key with its type,
 default, bounds and description, then the allowed merge methods and preference
-losses with their papers. `tests/test_configdoc.py` fails when the file is stale.
+losses with their papers and the merge search's measures. `tests/test_configdoc.py`
+fails when the file is stale.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic.fields import FieldInfo
 
 from axolotl_paft.config.args import PAFTArgs
 from axolotl_paft.merging.configs import METHOD_LAYOUTS
+from axolotl_paft.merging.scoring import MEASURES
 from axolotl_paft.training.losses import LOSS_SPECS
 
 DOC_PATH = Path(__file__).resolve().parents[3] / "docs" / "config.md"
@@ -99,10 +101,8 @@ def _section(group: type[BaseModel]) -> list[str]:
     return [*lines, ""]
 
 
-def _registries() -> list[str]:
+def _methods() -> list[str]:
     lines = [
-        "## Allowed values",
-        "",
         "`paft_merge_methods` (from `axolotl_paft.merging.configs.METHOD_LAYOUTS`):",
         "",
         "| method | written by default | needs two deltas | paper |",
@@ -111,9 +111,12 @@ def _registries() -> list[str]:
     for method, layout in METHOD_LAYOUTS.items():
         two = "yes" if layout.min_deltas > 1 else "no"
         default = "yes" if layout.default else "no"
-        lines.append(f"| `{method}` | {default} | {two} | <{layout.reference}> |")
-    lines += [
-        "",
+        lines.append(f"| `{method}` | {default} | {two} | <{layout.paper}> |")
+    return [*lines, ""]
+
+
+def _losses() -> list[str]:
+    lines = [
         "`paft_preference_loss` (from `axolotl_paft.training.losses.LOSS_SPECS`):",
         "",
         "| loss | needs a reference | length-normalised by | needs the chosen NLL "
@@ -132,12 +135,34 @@ def _registries() -> list[str]:
     return [*lines, ""]
 
 
+def _measures() -> list[str]:
+    lines = [
+        "`paft_merge_search_skill_measure` and `paft_merge_search_preference_measure` "
+        "(from `axolotl_paft.merging.scoring.MEASURES`):",
+        "",
+        "| measure | side | meaning |",
+        "|---|---|---|",
+    ]
+    for name, measure in MEASURES.items():
+        lines.append(f"| `{name}` | {measure.side} | {_cell(measure.description)} |")
+    return [*lines, ""]
+
+
+def _groups(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """The key groups of `model`, in the order its parents name them; a parent
+    that only joins groups (`MergeArgs`) stands for its own parents."""
+    groups = []
+    for parent in model.__bases__:
+        groups += [parent] if parent.__bases__ == (BaseModel,) else _groups(parent)
+    return groups
+
+
 def config_reference() -> str:
     """The text of `docs/config.md`."""
     lines = [HEADER]
-    for group in PAFTArgs.__bases__:
+    for group in _groups(PAFTArgs):
         lines += _section(group)
-    lines += _registries()
+    lines += ["## Allowed values", "", *_methods(), *_losses(), *_measures()]
     return "\n".join(lines)
 
 

@@ -59,7 +59,7 @@ class MethodLayout:
     base: str  # "pretrained", "sft" (SLERP endpoint) or "none"
     per_model: tuple[str, ...]
     shared: tuple[str, ...]
-    reference: str  # the method's paper (mergekit's `reference_url`)
+    paper: str  # the method's paper (mergekit's `reference_url`)
     default: bool = True  # in `paft_merge_methods` unless the user picks
     search: bool = True  # searched by `paft_merge_search` / axolotl-paft-sweep --search
     min_deltas: int = 1
@@ -83,56 +83,75 @@ _DELLA = "https://arxiv.org/abs/2406.11617"
 # delta); linear and SLERP keep the preference side only.
 METHOD_LAYOUTS: dict[str, MethodLayout] = {
     "breadcrumbs_ties": MethodLayout(
-        "pretrained", (*_TASK_VECTOR, "gamma"), _SCALED, _BREADCRUMBS
+        base="pretrained",
+        per_model=(*_TASK_VECTOR, "gamma"),
+        shared=_SCALED,
+        paper=_BREADCRUMBS,
     ),
-    "della": MethodLayout("pretrained", (*_TASK_VECTOR, "epsilon"), _SCALED, _DELLA),
-    "dare_ties": MethodLayout("pretrained", _TASK_VECTOR, _SCALED, _DARE),
-    "ties": MethodLayout("pretrained", _TASK_VECTOR, _SCALED, _TIES),
+    "della": MethodLayout(
+        base="pretrained",
+        per_model=(*_TASK_VECTOR, "epsilon"),
+        shared=_SCALED,
+        paper=_DELLA,
+    ),
+    "dare_ties": MethodLayout(
+        base="pretrained", per_model=_TASK_VECTOR, shared=_SCALED, paper=_DARE
+    ),
+    "ties": MethodLayout(
+        base="pretrained", per_model=_TASK_VECTOR, shared=_SCALED, paper=_TIES
+    ),
     "task_arithmetic": MethodLayout(
-        "pretrained", ("weight",), _SCALED, "https://arxiv.org/abs/2212.04089"
+        base="pretrained",
+        per_model=("weight",),
+        shared=_SCALED,
+        paper="https://arxiv.org/abs/2212.04089",
     ),
     "dare_linear": MethodLayout(
-        "pretrained", _TASK_VECTOR, _SCALED, _DARE, search=False
+        base="pretrained",
+        per_model=_TASK_VECTOR,
+        shared=_SCALED,
+        paper=_DARE,
+        search=False,
     ),
     "linear": MethodLayout(
-        "none",
-        ("weight",),
-        ("normalize",),
-        "https://arxiv.org/abs/2203.05482",
+        base="none",
+        per_model=("weight",),
+        shared=("normalize",),
+        paper="https://arxiv.org/abs/2203.05482",
         min_deltas=2,
         why_two="averages whole models",
     ),
     "slerp": MethodLayout(
-        "sft",
-        (),
-        ("t",),
-        "https://en.wikipedia.org/wiki/Slerp",
+        base="sft",
+        per_model=(),
+        shared=("t",),
+        paper="https://en.wikipedia.org/wiki/Slerp",
         min_deltas=2,
         why_two="interpolates between two endpoints",
     ),
     "nuslerp": MethodLayout(
-        "pretrained",
-        ("weight",),
-        (),
-        "https://github.com/arcee-ai/mergekit/blob/main/docs/merge_methods.md",
+        base="pretrained",
+        per_model=("weight",),
+        shared=(),
+        paper="https://github.com/arcee-ai/mergekit/blob/main/docs/merge_methods.md",
         default=False,
         search=False,
         min_deltas=2,
         why_two="interpolates between two task vectors",
     ),
     "breadcrumbs": MethodLayout(
-        "pretrained",
-        (*_TASK_VECTOR, "gamma"),
-        _SCALED,
-        _BREADCRUMBS,
+        base="pretrained",
+        per_model=(*_TASK_VECTOR, "gamma"),
+        shared=_SCALED,
+        paper=_BREADCRUMBS,
         default=False,
         search=False,
     ),
     "della_linear": MethodLayout(
-        "pretrained",
-        (*_TASK_VECTOR, "epsilon"),
-        _SCALED,
-        _DELLA,
+        base="pretrained",
+        per_model=(*_TASK_VECTOR, "epsilon"),
+        shared=_SCALED,
+        paper=_DELLA,
         default=False,
         search=False,
     ),

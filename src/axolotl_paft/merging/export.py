@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 
-EXPORTS = ("model", "adapter", "both")
 # mergekit methods whose merge of LoRA deltas is a LoRA (`exact_plan`)
 EXACT_METHODS = ("task_arithmetic", "linear")
 # vLLM's `--max-lora-rank` choices (vllm.config.lora.MaxLoRARanks, 0.14)

@@ -48,6 +48,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from axolotl_paft.const import DEFAULT_BUDGET
 from axolotl_paft.merging.answers import AnswerStage, answer_rank, first_lines
 from axolotl_paft.merging.candidates import Candidate, write_candidate_config
 from axolotl_paft.merging.configs import (
@@ -79,7 +80,6 @@ def _neighbours(candidate: Candidate, field: str) -> list[Candidate]:
 
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 OBJECTIVES = ("balanced", "score", "lm_eval")
-DEFAULT_BUDGET = 24  # candidates: every method once, then about two balance phases
 BALANCE_STEPS = 6  # bisection steps on the preference weight per balance phase
 BALANCED_METHODS = 2  # methods bisected after the first round
 STALL_STEPS = 2  # a balance line whose lagging side has not moved is dropped then

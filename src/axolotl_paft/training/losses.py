@@ -177,14 +177,18 @@ def _orpo(pairs: PairLogps, beta: float) -> tuple[Tensor, dict[str, Tensor]]:
 
 # The one table of preference losses (`paft_preference_loss` accepts its keys).
 LOSS_SPECS: dict[str, LossSpec] = {
-    "dpo": LossSpec(_dpo, "https://arxiv.org/abs/2305.18290"),
+    "dpo": LossSpec(compute=_dpo, paper="https://arxiv.org/abs/2305.18290"),
     "ipo": LossSpec(
-        _ipo, "https://arxiv.org/abs/2310.12036", lengths="completion_mask"
+        compute=_ipo,
+        paper="https://arxiv.org/abs/2310.12036",
+        lengths="completion_mask",
     ),
-    "rpo": LossSpec(_rpo, "https://arxiv.org/abs/2404.19733", lengths="scored"),
+    "rpo": LossSpec(
+        compute=_rpo, paper="https://arxiv.org/abs/2404.19733", lengths="scored"
+    ),
     "orpo": LossSpec(
-        _orpo,
-        "https://arxiv.org/abs/2403.07691",
+        compute=_orpo,
+        paper="https://arxiv.org/abs/2403.07691",
         needs_reference=False,
         lengths="scored",
         needs_chosen_nll=True,
