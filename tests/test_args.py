@@ -56,6 +56,21 @@ def test_every_key_documented():
         ({"paft_preference_beta": 0.5}, "paft_preference_beta"),
         ({"paft_merge_search": True}, "paft_merge_search"),
         ({"paft_merge_search_budget": 0}, "paft_merge_search_budget"),
+        (
+            {"paft_merge_search_answer_checks": {"skill": [{"startswith": "A"}]}},
+            "paft_merge_search_answer_checks",
+        ),
+        (
+            {
+                "paft_merge_search_answer_checks": {
+                    "skill": [{"regex": "("}],
+                    "preference": [{"min_chars": 1}],
+                }
+            },
+            "paft_merge_search_answer_checks: skill check 0: regex",
+        ),
+        ({"paft_merge_search_finalists": 0}, "paft_merge_search_finalists"),
+        ({"paft_merge_search_answer_tokens": 0}, "paft_merge_search_answer_tokens"),
     ],
 )
 def test_bad_config_names_the_key(llama_world, tmp_path, overrides, key):

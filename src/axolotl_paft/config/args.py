@@ -27,6 +27,12 @@ from axolotl_paft.config.checks import (
     check_run,
 )
 from axolotl_paft.const import DEFAULT_BUDGET, EXPORTS
+from axolotl_paft.merging.answers import (
+    DEFAULT_ANSWER_TOKENS,
+    DEFAULT_FINALISTS,
+    AnswerStage,
+    parse_checks,
+)
 from axolotl_paft.merging.configs import (
     DEFAULT_MERGE_METHODS,
     DEFAULT_SEARCH_METHODS,
@@ -407,6 +413,49 @@ class SearchArgs(BaseModel):
         ge=1,
         description="paft_merge_search_lm_eval_tasks: lm-eval's batch size.",
     )
+    paft_merge_search_answer_checks: dict[str, list[dict]] | None = Field(
+        default=None,
+        description=(
+            "paft_merge_search: checks on greedy answers, per side (`skill`, "
+            "`preference`: lists of `{kind: value}`, kinds below); the screen's "
+            "best paft_merge_search_finalists and the references answer the "
+            "held-out prompts and are re-ranked by the smaller kept share of "
+            "their pass rates (docs/merge-search.md). Unset: no second stage."
+        ),
+    )
+    paft_merge_search_finalists: int = Field(
+        default=DEFAULT_FINALISTS,
+        ge=1,
+        description="paft_merge_search_answer_checks: the screen's best re-ranked.",
+    )
+    paft_merge_search_answer_tokens: int = Field(
+        default=DEFAULT_ANSWER_TOKENS,
+        ge=1,
+        description=(
+            "paft_merge_search_answer_checks: most tokens of each greedy answer "
+            "(answers also stop at the chat template's end-of-turn token)."
+        ),
+    )
+
+    @field_validator("paft_merge_search_answer_checks")
+    @classmethod
+    def _answer_checks_parse(cls, declared: dict | None) -> dict | None:
+        if declared is not None:
+            try:
+                parse_checks(declared)
+            except ValueError as err:
+                raise ValueError(f"paft_merge_search_answer_checks: {err}") from err
+        return declared
+
+    def answer_stage(self) -> AnswerStage | None:
+        """paft_merge_search_answer_checks as the search takes them (None: unset)."""
+        if self.paft_merge_search_answer_checks is None:
+            return None
+        return AnswerStage(
+            parse_checks(self.paft_merge_search_answer_checks),
+            finalists=self.paft_merge_search_finalists,
+            max_new_tokens=self.paft_merge_search_answer_tokens,
+        )
 
     def lm_eval_objective(self) -> LmEvalObjective | None:
         """paft_merge_search_lm_eval_* as the search takes them (None: unset)."""

@@ -23,8 +23,9 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from axolotl_paft.config.args import PAFTArgs
+from axolotl_paft.merging.answers import CHECK_KINDS
 from axolotl_paft.merging.configs import METHOD_LAYOUTS
-from axolotl_paft.merging.scoring import MEASURES
+from axolotl_paft.merging.scoring import TEACHER_FORCED
 from axolotl_paft.training.losses import LOSS_SPECS
 
 DOC_PATH = Path(__file__).resolve().parents[3] / "docs" / "config.md"
@@ -138,13 +139,26 @@ def _losses() -> list[str]:
 def _measures() -> list[str]:
     lines = [
         "`paft_merge_search_skill_measure` and `paft_merge_search_preference_measure` "
-        "(from `axolotl_paft.merging.scoring.MEASURES`):",
+        "(from `axolotl_paft.merging.scoring.MEASURES`, the teacher-forced ones):",
         "",
         "| measure | side | meaning |",
         "|---|---|---|",
     ]
-    for name, measure in MEASURES.items():
+    for name, measure in TEACHER_FORCED.items():
         lines.append(f"| `{name}` | {measure.side} | {_cell(measure.description)} |")
+    return [*lines, ""]
+
+
+def _check_kinds() -> list[str]:
+    lines = [
+        "`paft_merge_search_answer_checks` kinds, one `{kind: value}` per check "
+        "(from `axolotl_paft.merging.answers.CHECK_KINDS`):",
+        "",
+        "| kind | passes when |",
+        "|---|---|",
+    ]
+    for name, kind in CHECK_KINDS.items():
+        lines.append(f"| `{name}` | {_cell(kind.description)} |")
     return [*lines, ""]
 
 
@@ -162,7 +176,14 @@ def config_reference() -> str:
     lines = [HEADER]
     for group in _groups(PAFTArgs):
         lines += _section(group)
-    lines += ["## Allowed values", "", *_methods(), *_losses(), *_measures()]
+    lines += [
+        "## Allowed values",
+        "",
+        *_methods(),
+        *_losses(),
+        *_measures(),
+        *_check_kinds(),
+    ]
     return "\n".join(lines)
 
 

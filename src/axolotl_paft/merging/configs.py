@@ -211,14 +211,21 @@ class MergeDeltas:
     chat_template: str | None = None  # the run's (`run_chat_template`)
 
 
-def run_chat_template(output_dir: Path) -> str | None:
-    """The chat template of the tokenizer Axolotl saved in `output_dir` before
-    training (the run's `chat_template` applied), or None without one."""
+def run_tokenizer(output_dir: Path):
+    """The tokenizer Axolotl saved in `output_dir` before training (the run's
+    `chat_template` applied, the tokens its rows were rendered with), or None
+    without one."""
     from transformers import AutoTokenizer
 
     if not (Path(output_dir) / "tokenizer_config.json").is_file():
         return None
-    return AutoTokenizer.from_pretrained(output_dir).chat_template
+    return AutoTokenizer.from_pretrained(output_dir)
+
+
+def run_chat_template(output_dir: Path) -> str | None:
+    """The chat template of the run's tokenizer (`run_tokenizer`), or None."""
+    tokenizer = run_tokenizer(output_dir)
+    return None if tokenizer is None else tokenizer.chat_template
 
 
 @dataclass(frozen=True)

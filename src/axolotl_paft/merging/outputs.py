@@ -4,7 +4,9 @@ cores."""
 
 from __future__ import annotations
 
+import json
 import logging
+import shlex
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from axolotl_paft.merging.configs import (
     mergekit_command,
     run_chat_template,
     run_merge_config,
+    run_tokenizer,
     write_merge_configs,
 )
 from axolotl_paft.merging.export import export_run_adapters
@@ -183,6 +186,13 @@ def rerun_search_command(
         f"--methods {','.join(args.paft_merge_search_methods)} "
         f"--out {(output_dir / SEARCH_DIR).resolve()}"
     )
+    if args.paft_merge_search_answer_checks is not None:
+        checks = json.dumps(args.paft_merge_search_answer_checks)
+        command += (
+            f" --answer-checks {shlex.quote(checks)} "
+            f"--finalists {args.paft_merge_search_finalists} "
+            f"--answer-tokens {args.paft_merge_search_answer_tokens}"
+        )
     if not (sft_data and preference_data):
         command += (
             " (this run scored its own held-out splits, which the command cannot "
@@ -274,6 +284,7 @@ def run_merge_search(
 
     out = output_dir / SEARCH_DIR
     lm_eval = args.lm_eval_objective()
+    tokenizer = run_tokenizer(output_dir)
     result = search(
         base_model,
         adapters["sft"],
@@ -286,7 +297,9 @@ def run_merge_search(
         lm_eval=lm_eval,
         skill_measure=args.paft_merge_search_skill_measure,
         preference_measure=args.paft_merge_search_preference_measure,
-        chat_template=run_chat_template(output_dir),
+        chat_template=None if tokenizer is None else tokenizer.chat_template,
+        answers=args.answer_stage(),
+        tokenizer=tokenizer,
     )
     best = output_dir / MERGEKIT_DIR / "best.yml"
     best.parent.mkdir(parents=True, exist_ok=True)
