@@ -70,6 +70,10 @@ def test_every_key_documented():
             "paft_merge_search_answer_checks: skill check 0: regex",
         ),
         ({"paft_merge_search_finalists": 0}, "paft_merge_search_finalists"),
+        (
+            {"paft_merge_search_profiles": ["lines", "ramp"]},
+            "paft_merge_search_profiles",
+        ),
         ({"paft_merge_search_answer_tokens": 0}, "paft_merge_search_answer_tokens"),
     ],
 )

@@ -40,10 +40,17 @@ def resident(llama_world, adapters, tmp_path_factory):
 CANDIDATES = [
     Candidate(method, sft_weight=1.25, preference_weight=0.5, density=0.7)
     for method in DEFAULT_SEARCH_METHODS
+] + [  # per-layer weights, as mergekit's gradient lists
+    Candidate(method, 1.25, 0.5, 0.7, profile=profile)
+    for method, profile in (
+        ("ties", "lines"),
+        ("task_arithmetic", "preference_deep"),
+        ("dare_ties", "preference_shallow"),
+    )
 ]
 
 
-@pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda c: c.method)
+@pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda c: c.name)
 def test_in_memory_candidate_equals_mergekit_yaml(
     resident, adapters, candidate, tmp_path
 ):
@@ -69,6 +76,37 @@ def test_in_memory_candidate_equals_mergekit_yaml(
         assert changed == len(merges.layers)  # every targeted weight, nothing else
     after = merges.model.state_dict()
     assert all(torch.equal(after[n], before[n]) for n in before)  # restored
+
+
+def test_a_layer_profile_scales_each_layers_delta_by_its_multiplier(resident, adapters):
+    """Task arithmetic with the `lines` profile (0.2 of each weight in the first
+    layer, all of it in the last): the first layer's merged delta is a fifth of
+    the flat merge's, the last layer's is the flat merge's."""
+    from axolotl_paft.merging.candidates import PROFILES
+
+    merges, base, _ = resident
+    sft, pref = adapters["sft"].resolve(), adapters["preference"].resolve()
+    assert PROFILES["lines"].sft == PROFILES["lines"].preference == (0.2, 1.0)
+    before = {n: t.clone() for n, t in merges.model.state_dict().items()}
+    deltas = {}
+    for profile in ("flat", "lines"):
+        config = candidate_config(
+            base, sft, pref, Candidate("task_arithmetic", profile=profile)
+        )
+        with merges.candidate(config) as model:
+            state = model.state_dict()
+            deltas[profile] = {n: state[n] - before[n] for n in merges.layers}
+    first = [n for n in merges.layers if ".layers.0." in n]
+    last = [n for n in merges.layers if ".layers.1." in n]
+    assert first and last
+    for name in first:
+        torch.testing.assert_close(
+            deltas["lines"][name], 0.2 * deltas["flat"][name], atol=1e-6, rtol=1e-4
+        )
+    for name in last:
+        torch.testing.assert_close(
+            deltas["lines"][name], deltas["flat"][name], atol=1e-6, rtol=1e-4
+        )
 
 
 def test_two_draws_of_dare_are_the_same_and_differ_by_density(resident, adapters):

@@ -355,3 +355,27 @@ def test_a_side_whose_reference_gains_nothing_neither_ranks_nor_spends_the_budge
     assert math.isnan(best["skill_kept"])
     assert best["balanced"] == best["preference_kept"] == 0.75  # weight 1.5
     assert {e["preference_weight"] for e in board} <= set(GRID["preference_weight"])
+
+
+def test_the_coordinate_search_tries_layer_profiles_and_keeps_one_that_wins():
+    """Where only per-layer weights keep both sides (the `preference_deep`
+    profile of task arithmetic, say), the search reaches it from the flat
+    default; without profiles it cannot, and it never names a profile."""
+    from axolotl_paft.merging.candidates import PROFILES
+
+    def layered(candidate):
+        if candidate.profile == "preference_deep":
+            return 1.0, 1.0
+        return 1.0, 0.5
+
+    measure = landscape({"default": layered}, REFERENCES)
+    board = explore(measure, ("task_arithmetic",), 12, profiles=tuple(PROFILES))
+    assert board[0]["name"] == "task_arithmetic-s1-p1-preference_deep"
+    assert board[0]["metrics"]["balanced"] == 1.0
+    flat = explore(measure, ("task_arithmetic",), 12)
+    assert {e["profile"] for e in flat} == {"flat"}
+    assert flat[0]["metrics"]["balanced"] == 0.5
+    with pytest.raises(ValueError, match="slerp has no per-model weight"):
+        from axolotl_paft.merging.candidates import Candidate, candidate_config
+
+        candidate_config("/b", "/s", "/p", Candidate("slerp", profile="lines"))

@@ -34,6 +34,7 @@ from axolotl_paft.merging.answers import (
     AnswerStage,
     parse_checks,
 )
+from axolotl_paft.merging.candidates import PROFILES
 from axolotl_paft.merging.configs import (
     METHOD_LAYOUTS,
     MergeDeltas,
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--search", action="store_true", help="search methods, weights and density"
     )
     parser.add_argument(
+        "--profiles", type=_profiles, default=list(PROFILES),
+        help="--search: per-layer weight profiles tried, comma-separated, of "
+        + ",".join(PROFILES),
+    )  # fmt: skip
+    parser.add_argument(
         "--budget", type=int, default=DEFAULT_BUDGET, help="--search: candidates"
     )
     parser.add_argument(
@@ -159,6 +165,16 @@ def _answer_checks(text: str) -> dict:
     return declared
 
 
+def _profiles(text: str) -> list[str]:
+    profiles = text.split(",")
+    unknown = [p for p in profiles if p not in PROFILES]
+    if unknown or len(set(profiles)) < len(profiles):
+        raise argparse.ArgumentTypeError(
+            f"distinct profiles of {','.join(PROFILES)}, not {text}"
+        )
+    return profiles
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -199,6 +215,7 @@ def run_search(opts: argparse.Namespace, base: str) -> None:
         read_jsonl(opts.sft_data, opts.limit),
         read_jsonl(opts.preference_data, opts.limit),
         opts.out, budget=opts.budget, methods=tuple(opts.methods.split(",")),
+        profiles=tuple(opts.profiles),
         objective="balanced" if lm_eval is None else "lm_eval", lm_eval=lm_eval,
         skill_measure=opts.skill_measure,
         preference_measure=opts.preference_measure, answers=_stage(opts),

@@ -33,6 +33,7 @@ from axolotl_paft.merging.answers import (
     AnswerStage,
     parse_checks,
 )
+from axolotl_paft.merging.candidates import PROFILES
 from axolotl_paft.merging.configs import (
     DEFAULT_MERGE_METHODS,
     DEFAULT_SEARCH_METHODS,
@@ -329,6 +330,13 @@ class SearchArgs(BaseModel):
         default=list(DEFAULT_SEARCH_METHODS),
         description="paft_merge_search: the mergekit methods searched.",
     )
+    paft_merge_search_profiles: list[str] = Field(
+        default=list(PROFILES),
+        description=(
+            "paft_merge_search: the per-layer weight profiles the coordinate search "
+            "tries (listed below; `flat`: one weight per delta)."
+        ),
+    )
     paft_merge_search_sft_data: str | None = Field(
         default=None,
         description=(
@@ -436,6 +444,17 @@ class SearchArgs(BaseModel):
             "(answers also stop at the chat template's end-of-turn token)."
         ),
     )
+
+    @field_validator("paft_merge_search_profiles")
+    @classmethod
+    def _known_profiles(cls, profiles: list[str]) -> list[str]:
+        unknown = [p for p in profiles if p not in PROFILES]
+        if unknown or not profiles or len(set(profiles)) < len(profiles):
+            raise ValueError(
+                f"paft_merge_search_profiles {profiles}: a list of distinct "
+                f"profiles of {list(PROFILES)}"
+            )
+        return profiles
 
     @field_validator("paft_merge_search_answer_checks")
     @classmethod

@@ -24,6 +24,7 @@ from pydantic.fields import FieldInfo
 
 from axolotl_paft.config.args import PAFTArgs
 from axolotl_paft.merging.answers import CHECK_KINDS
+from axolotl_paft.merging.candidates import PROFILES
 from axolotl_paft.merging.configs import METHOD_LAYOUTS
 from axolotl_paft.merging.scoring import TEACHER_FORCED
 from axolotl_paft.training.losses import LOSS_SPECS
@@ -149,6 +150,23 @@ def _measures() -> list[str]:
     return [*lines, ""]
 
 
+def _profiles() -> list[str]:
+    lines = [
+        "`paft_merge_search_profiles`: multipliers of each delta's weight from the "
+        "first layer to the last, as mergekit's per-layer lists (from "
+        "`axolotl_paft.merging.candidates.PROFILES`):",
+        "",
+        "| profile | SFT | preference | what | paper |",
+        "|---|---|---|---|---|",
+    ]
+    for name, profile in PROFILES.items():
+        lines.append(
+            f"| `{name}` | {list(profile.sft)} | {list(profile.preference)} "
+            f"| {_cell(profile.description)} | {profile.paper or ''} |"
+        )
+    return [*lines, ""]
+
+
 def _check_kinds() -> list[str]:
     lines = [
         "`paft_merge_search_answer_checks` kinds, one `{kind: value}` per check "
@@ -182,6 +200,7 @@ def config_reference() -> str:
         *_methods(),
         *_losses(),
         *_measures(),
+        *_profiles(),
         *_check_kinds(),
     ]
     return "\n".join(lines)

@@ -1,6 +1,12 @@
 """Merge-search candidates: one point of the search space (`Candidate`) and its
 checked mergekit config, written by `configs.write_config` and built in memory
-(`inmemory`) or on disk by mergekit (`build_candidate`)."""
+(`inmemory`) or on disk by mergekit (`build_candidate`).
+
+A candidate's weights can depend on the layer (`PROFILES`): each delta's weight
+times a profile of multipliers, written as mergekit's own per-layer parameter
+list (a gradient: the values spread evenly over the layers and interpolated
+between them), so that `mergekit-yaml` builds the same merge from the config.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,47 @@ from axolotl_paft.merging.configs import (
 
 
 @dataclass(frozen=True)
+class LayerProfile:
+    """Multipliers of the SFT and the preference weight over the layers, first
+    layer to last (one value: the same for every layer)."""
+
+    sft: tuple[float, ...]
+    preference: tuple[float, ...]
+    description: str
+    paper: str | None = None
+
+
+LINES = "https://arxiv.org/abs/2410.17146"
+BLOCKS = "https://arxiv.org/abs/2309.06256"
+PROFILES = {
+    "flat": LayerProfile(
+        sft=(1.0,), preference=(1.0,), description="one weight per delta"
+    ),
+    "lines": LayerProfile(
+        sft=(0.2, 1.0),
+        preference=(0.2, 1.0),
+        description="both deltas ramp from a fifth of their weight in the first "
+        "layer to all of it in the last: shallow layers stay near the base",
+        paper=LINES,
+    ),
+    "preference_deep": LayerProfile(
+        sft=(1.5, 1.0, 0.5),
+        preference=(0.5, 1.0, 1.5),
+        description="early / middle / late blocks weighted apart: the SFT delta "
+        "leads in the early layers, the preference delta in the late ones",
+        paper=BLOCKS,
+    ),
+    "preference_shallow": LayerProfile(
+        sft=(0.5, 1.0, 1.5),
+        preference=(1.5, 1.0, 0.5),
+        description="the other way round: the preference delta leads early, the "
+        "SFT delta late",
+        paper=BLOCKS,
+    ),
+}
+
+
+@dataclass(frozen=True)
 class Candidate:
     """One point of the search space."""
 
@@ -27,18 +74,22 @@ class Candidate:
     sft_weight: float = 1.0
     preference_weight: float = 1.0
     density: float = 0.5
+    profile: str = "flat"  # a `PROFILES` entry
 
     @property
     def name(self) -> str:
         name = f"{self.method}-s{self.sft_weight:g}-p{self.preference_weight:g}"
         if "density" in METHOD_LAYOUTS[self.method].per_model:
             name += f"-d{self.density:g}"
+        if self.profile != "flat":
+            name += f"-{self.profile}"
         return name
 
     def varies(self, field: str) -> bool:
         """Whether `field` changes this method's merge at all."""
-        if field == "density":
-            return "density" in METHOD_LAYOUTS[self.method].per_model
+        if field in ("density", "profile"):  # SLERP's position t has no layers
+            per_model = METHOD_LAYOUTS[self.method].per_model
+            return ("density" if field == "density" else "weight") in per_model
         return True  # SLERP reads the weights as its position t
 
 
@@ -67,8 +118,24 @@ def candidate_config(
     config = build_config(candidate.method, deltas, settings)
     if isinstance(config, str):
         raise ValueError(config)
+    if candidate.profile != "flat":
+        _layer_weights(config, candidate)
     validate_config(config)
     return config
+
+
+def _layer_weights(config: dict, candidate: Candidate) -> None:
+    """Each delta's `weight` as mergekit's per-layer list: the candidate's weight
+    times its profile's multipliers (the SFT delta is the first model)."""
+    if not candidate.varies("profile"):
+        raise ValueError(f"{candidate.method} has no per-model weight to profile")
+    profile = PROFILES[candidate.profile]
+    scales = (
+        (candidate.sft_weight, profile.sft),
+        (candidate.preference_weight, profile.preference),
+    )
+    for model, (weight, multipliers) in zip(config["models"], scales, strict=True):
+        model["parameters"]["weight"] = [weight * m for m in multipliers]
 
 
 def write_candidate_config(

@@ -347,7 +347,8 @@ def validate_config(config: dict) -> None:
             if name not in scopes or scopes[name] == ParameterScope.SHARED:
                 raise ValueError(f"{method}: {name!r} is not a per-model parameter")
             spec_param = next(p for p in spec.parameters if p.name == name)
-            spec_param.validate(value)
+            for setting in value if isinstance(value, list) else [value]:
+                spec_param.validate(setting)  # a list: per layer (a gradient)
     missing = [
         p.name
         for p in spec.parameters

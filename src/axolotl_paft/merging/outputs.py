@@ -184,6 +184,7 @@ def rerun_search_command(
         f"--limit {args.paft_merge_search_rows} "
         f"--budget {args.paft_merge_search_budget} "
         f"--methods {','.join(args.paft_merge_search_methods)} "
+        f"--profiles {','.join(args.paft_merge_search_profiles)} "
         f"--out {(output_dir / SEARCH_DIR).resolve()}"
     )
     if args.paft_merge_search_answer_checks is not None:
@@ -293,6 +294,7 @@ def run_merge_search(
         out,
         budget=args.paft_merge_search_budget,
         methods=tuple(args.paft_merge_search_methods),
+        profiles=tuple(args.paft_merge_search_profiles),
         objective="balanced" if lm_eval is None else "lm_eval",
         lm_eval=lm_eval,
         skill_measure=args.paft_merge_search_skill_measure,

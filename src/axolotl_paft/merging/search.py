@@ -26,8 +26,10 @@ whose default merge keeps the most in total (bisection of the preference weight
 towards the crossing of skill kept and preference kept, `_balance`; a method
 whose lagging side does not move gives its turn to the next one); then a
 coordinate search from the best candidate over the preference weight, the SFT
-weight and the density, one neighbouring grid value at a time, and a balance
-phase from the best again, while the budget lasts. Writes into `out`:
+weight, the density and the layer profile (`candidates.PROFILES`: per-layer
+weights), one neighbouring value at a time, and a balance phase from the best
+again, while the budget lasts. With an answer stage, the best finalists are
+then re-ranked by what they say (`answers`). Writes into `out`:
 
 - `mergekit/best.yml`: the winner's config (run it with `mergekit-yaml`);
 - `merged/best`: the winner, written by mergekit from `best.yml` at the end;
@@ -50,7 +52,11 @@ from pathlib import Path
 
 from axolotl_paft.const import DEFAULT_BUDGET
 from axolotl_paft.merging.answers import AnswerStage, answer_rank, first_lines
-from axolotl_paft.merging.candidates import Candidate, write_candidate_config
+from axolotl_paft.merging.candidates import (
+    PROFILES,
+    Candidate,
+    write_candidate_config,
+)
 from axolotl_paft.merging.configs import (
     DEFAULT_SEARCH_METHODS,
     lora_cache_dir,
@@ -67,7 +73,15 @@ GRID = {
 }
 
 
-def _neighbours(candidate: Candidate, field: str) -> list[Candidate]:
+def _neighbours(
+    candidate: Candidate, field: str, profiles: tuple[str, ...] = ()
+) -> list[Candidate]:
+    """The grid values next to `candidate`'s on `field`; for `profile`, every
+    other of `profiles` (they have no order)."""
+    if field == "profile":
+        return [
+            replace(candidate, profile=p) for p in profiles if p != candidate.profile
+        ]
     values = GRID[field]
     current = getattr(candidate, field)
     i = min(range(len(values)), key=lambda j: abs(values[j] - current))
@@ -206,6 +220,7 @@ def search(
     budget: int = DEFAULT_BUDGET,
     methods: tuple[str, ...] = DEFAULT_SEARCH_METHODS,
     cache: Path | None = None,
+    profiles: tuple[str, ...] = tuple(PROFILES),
     objective: str = "balanced",
     skill_measure: str = "auto",
     preference_measure: str | None = None,
@@ -261,7 +276,7 @@ def search(
         configs[candidate.name], metrics = build(candidate, score)
         return metrics
 
-    leaderboard = explore(measure, methods, budget, objective)
+    leaderboard = explore(measure, methods, budget, objective, profiles)
     summary = scorer.summary() if references else None
     if answers is not None:
         answers.on_rows(tokenizer, skill, pairs)
@@ -392,11 +407,19 @@ def _builder(base_model, base, sft, preference, out: Path, cache, chat_template)
     return build
 
 
-def explore(measure, methods, budget: int, objective: str = "balanced") -> list[dict]:
+def explore(
+    measure,
+    methods,
+    budget: int,
+    objective: str = "balanced",
+    profiles: tuple[str, ...] = ("flat",),
+) -> list[dict]:
     """The search strategy (module docstring) over `measure(candidate)`, which
     returns a candidate's metrics (with `balanced_metrics` for the balanced
-    objective); at most `budget` candidates, each measured once. Returns every
-    entry ({"name", the candidate's fields, "metrics"}), best first."""
+    objective); at most `budget` candidates, each measured once; the coordinate
+    search also tries each of `profiles` (`candidates.PROFILES`: per-layer
+    weights). Returns every entry ({"name", the candidate's fields,
+    "metrics"}), best first."""
     entries: dict[str, dict] = {}
     best: dict | None = None
 
@@ -419,15 +442,17 @@ def explore(measure, methods, budget: int, objective: str = "balanced") -> list[
         )
         return entry
 
+    fields = [*GRID, *(["profile"] if len(profiles) > 1 else [])]
+
     def coordinate(start: dict) -> None:
         improved = True
         while improved and len(entries) < budget:
             improved = False
             current = _candidate(start)
-            for field in GRID:
+            for field in fields:
                 if not current.varies(field):
                     continue
-                for neighbour in _neighbours(current, field):
+                for neighbour in _neighbours(current, field, profiles):
                     entry = evaluate(neighbour)
                     if entry is not None and rank(entry) > rank(start):
                         start, improved = entry, True
