@@ -25,6 +25,7 @@ from axolotl_paft.config.checks import (
     check_keys,
     check_known_keys,
     check_run,
+    typed_keys,
 )
 from axolotl_paft.const import DEFAULT_BUDGET, EXPORTS
 from axolotl_paft.merging.answers import (
@@ -510,8 +511,10 @@ class PAFTArgs(ParallelArgs, L1Args, ReportArgs, MergeArgs):
     @model_validator(mode="before")
     @classmethod
     def _check_against_run(cls, data: dict) -> dict:
-        """The rules against Axolotl's own keys (adapter, rl, deepspeed...)."""
+        """Each key's type and bounds (numbers as YAML reads them), then the rules
+        against Axolotl's own keys (adapter, rl, deepspeed...)."""
         if isinstance(data, dict):
+            data = typed_keys(data, PAFTArgs.model_fields)
             check_run(data)
         return data
 

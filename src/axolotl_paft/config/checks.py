@@ -15,9 +15,10 @@ assume when a config names no held-out data; the plugin sets it before validatio
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from axolotl_paft.const import PEFT_DEFAULT_ADAPTER
 from axolotl_paft.merging.configs import (
@@ -78,6 +79,37 @@ def check_known_keys(data: dict, known: list[str]) -> None:
     unknown = [k for k in data if str(k).startswith("paft_") and k not in known]
     if unknown:
         raise ValueError("; ".join(_unknown_key_message(k, known) for k in unknown))
+
+
+def typed_keys(data: dict, fields: dict) -> dict:
+    """The `paft_` keys of a raw config validated one by one against their
+    fields' types and bounds, so that the rules below compare numbers and a bad
+    value fails naming its key and what it allows. YAML reads `1e-4` (no dot)
+    as the string "1e-4": it is taken as the number, as pydantic and Axolotl's
+    own float keys (`learning_rate: 1e-4`) take it."""
+    from pydantic import ValidationError
+
+    typed = dict(data)
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None or value is None:
+            continue
+        try:
+            typed[key] = _adapter(key, field).validate_python(value)
+        except ValidationError as err:
+            reasons = "; ".join(e["msg"] for e in err.errors())
+            raise ValueError(f"{key}: {reasons} (got {value!r})") from None
+    return typed
+
+
+@functools.cache
+def _adapter(key: str, field):
+    from pydantic import TypeAdapter
+
+    annotated = field.annotation
+    if field.metadata:
+        annotated = Annotated[field.annotation, *field.metadata]
+    return TypeAdapter(annotated)
 
 
 def _unknown_key_message(key: str, known: list[str]) -> str:
