@@ -4,6 +4,8 @@ joins these tables."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import validate
 
@@ -20,6 +22,27 @@ def _const(**overrides):
 
 
 CONFIGS = {"sft": axolotl_config, "parallel": parallel_config}
+
+ANSWERED = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+PAIR = {"question": "2+2?", "chosen": "4", "rejected": "5"}
+
+
+def _held_out(side: str, *lines):
+    """The search on a held-out file of `lines` (rows, or raw text lines)."""
+    key = {"skill": "paft_merge_search_sft_data"}.get(
+        side, "paft_merge_search_preference_data"
+    )
+
+    def overrides(world, tmp):
+        path = tmp / f"held_out_{side}.jsonl"
+        path.write_text(
+            "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines)
+        )
+        split = {"val_set_size": 0.1} if side == "preference" else {}
+        return {"paft_merge_search": True, key: str(path), **split}
+
+    return overrides
+
 
 # numbers written as YAML reads them: `1e-4` (no dot) is the string "1e-4"
 CONFIG_MISTAKES = _rows(
@@ -39,6 +62,49 @@ CONFIG_MISTAKES = _rows(
     ("yaml-string-preference-rate-negative", "parallel",
      _const(paft_preference_learning_rate="-5e-6"),
      r"paft_preference_learning_rate: .*greater than 0"),
+    # held-out files, checked as training data is
+    ("held-out-sft-empty", "parallel", _held_out("skill"),
+     r"paft_merge_search_sft_data: .*held_out_skill.jsonl is empty"),
+    ("held-out-sft-bad-json", "parallel",
+     _held_out("skill", {"messages": ANSWERED}, '{"messages": [}'),
+     r"paft_merge_search_sft_data: .*held_out_skill.jsonl line 2: not JSON"),
+    ("held-out-sft-no-answer", "parallel",
+     _held_out("skill", {"messages": ANSWERED[:1]}),
+     r"paft_merge_search_sft_data: .*line 1: the last message must be the assistant"),
+    ("held-out-sft-ends-with-user", "parallel",
+     _held_out("skill", {"messages": [*ANSWERED, {"role": "user", "content": "?"}]}),
+     r"line 1: the last message must be the assistant's answer .*'user'"),
+    ("held-out-sft-sharegpt-keys", "parallel",
+     _held_out("skill", {"messages": ANSWERED},
+               {"messages": [{"from": "human", "value": "2+2?"},
+                             {"from": "gpt", "value": "4"}]}),
+     r"line 2: message 0 has ShareGPT keys .*write `role` and `content`"),
+    ("held-out-sft-sharegpt-roles", "parallel",
+     _held_out("skill", {"messages": [{"role": "human", "content": "2+2?"},
+                                      {"role": "gpt", "content": "4"}]}),
+     r"line 1: message 0 has role 'human', .*maps to 'user'"),
+    ("held-out-sft-conversations", "parallel",
+     _held_out("skill", {"conversations": ANSWERED}),
+     r"line 1: a held-out SFT row needs `messages` \(`conversations`"),
+    ("held-out-sft-system-field", "parallel",
+     _held_out("skill", {"system": "Be brief.", "messages": ANSWERED}),
+     r"line 1: a `system` field beside `messages`"),
+    ("held-out-sft-content-parts", "parallel",
+     _held_out("skill", {"messages": [ANSWERED[0], {"role": "assistant",
+                         "content": [{"type": "text", "text": "4"}]}]}),
+     r"line 1: message 1: `content` must be a string"),
+    ("held-out-pairs-missing-rejected", "parallel",
+     _held_out("preference", PAIR, {"question": "q", "chosen": "a"}),
+     r"paft_merge_search_preference_data: .*line 2: a held-out pair needs"),
+    ("held-out-pairs-trl-prompt", "parallel",
+     _held_out("preference", {"prompt": "q", "chosen": "a", "rejected": "b"}),
+     r"paft_merge_search_preference_data: .*line 1: .*question"),
+    ("held-out-pairs-chosen-turn-list", "parallel",
+     _held_out("preference", {"messages": ANSWERED[:1], "chosen": ANSWERED,
+                              "rejected": ANSWERED}),
+     r"line 1: `chosen` must be a string or one assistant message"),
+    ("held-out-pairs-empty", "parallel", _held_out("preference", ""),
+     r"paft_merge_search_preference_data: .*is empty"),
 )  # fmt: skip
 
 
@@ -68,3 +134,20 @@ def test_yaml_exponent_numbers_are_taken_as_numbers(llama_world, tmp_path):
     assert cfg.paft_l1_lambda == 1e-4
     assert cfg.paft_preference_learning_rate == 5e-6
     assert cfg.paft_merge_density == 0.3
+
+
+def test_held_out_shapes_the_scorer_reads_are_accepted(llama_world, tmp_path):
+    """The toy world's files (chat rows; chatml.intel pairs with a system
+    prompt) and chat_template.default pairs (prompt turns, assistant messages)."""
+    from axolotl_paft.merging.scoring import check_held_out_file
+
+    assert check_held_out_file(llama_world.sft_path, "skill") > 0
+    assert check_held_out_file(llama_world.preference_path, "preference") > 0
+    answer = {"role": "assistant", "content": "4"}
+    pairs = _held_out(
+        "preference",
+        {"messages": ANSWERED[:1], "chosen": answer, "rejected": "5"},
+        "",  # a blank line is no row, as read_jsonl reads it
+        PAIR,
+    )(llama_world, tmp_path)
+    validate(parallel_config(llama_world, tmp_path / "out", **pairs))

@@ -27,6 +27,7 @@ from axolotl_paft.merging.configs import (
     check_della_bounds,
 )
 from axolotl_paft.merging.lm_eval_objective import unknown_tasks
+from axolotl_paft.merging.scoring import check_held_out_file
 
 if TYPE_CHECKING:
     from axolotl_paft.config.args import PAFTArgs
@@ -523,13 +524,21 @@ def check_search_methods(args: PAFTArgs) -> None:
 
 
 def check_search_files(args: PAFTArgs) -> None:
-    """A held-out file that does not exist fails here, not after training."""
+    """A held-out file the scorer would misread (none, empty, a bad line, a row
+    of the wrong shape) fails here, not after training, naming the line."""
     if not args.paft_merge_search:
         return
-    for key in ("paft_merge_search_sft_data", "paft_merge_search_preference_data"):
+    sides = {
+        "paft_merge_search_sft_data": "skill",
+        "paft_merge_search_preference_data": "preference",
+    }
+    for key, side in sides.items():
         path = getattr(args, key)
-        if path is not None and not Path(path).is_file():
-            raise ValueError(f"{key}: no such JSONL file {path!r}")
+        if path is not None:
+            try:
+                check_held_out_file(path, side)
+            except ValueError as err:
+                raise ValueError(f"{key}: {err}") from None
 
 
 def check_lm_eval_include_path(args: PAFTArgs) -> None:
