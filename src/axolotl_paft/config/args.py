@@ -18,7 +18,13 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from axolotl_paft.config.checks import (
     SEARCH_HELD_OUT,
@@ -510,16 +516,32 @@ class PAFTArgs(ParallelArgs, L1Args, ReportArgs, MergeArgs):
 
     @model_validator(mode="before")
     @classmethod
-    def _check_against_run(cls, data: dict) -> dict:
+    def _check_against_run(cls, data: dict, info: ValidationInfo) -> dict:
         """Each key's type and bounds (numbers as YAML reads them), then the rules
         against Axolotl's own keys (adapter, rl, deepspeed...)."""
         if isinstance(data, dict):
             data = typed_keys(data, PAFTArgs.model_fields)
-            check_run(data)
+            if not _validated(info):
+                check_run(data)
         return data
 
     @model_validator(mode="after")
-    def _check_between_keys(self):
+    def _check_between_keys(self, info: ValidationInfo):
         """The rules between the validated keys (merge run, export, search)."""
-        check_keys(self)
+        if not _validated(info):
+            check_keys(self)
         return self
+
+    @classmethod
+    def of_validated(cls, keys: dict) -> PAFTArgs:
+        """The keys of a config Axolotl's validation already ran the rules on
+        (the plugin's hooks): typed again, the rules (which read files and
+        adapters) not rerun."""
+        return cls.model_validate(keys, context={VALIDATED: True})
+
+
+VALIDATED = "paft_rules_ran"
+
+
+def _validated(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get(VALIDATED))
