@@ -4,10 +4,12 @@ joins these tables."""
 
 from __future__ import annotations
 
+import functools
 import json
+from pathlib import Path
 
 import pytest
-from conftest import validate
+from conftest import make_adapter, validate
 
 from axolotl_paft.lab.toy import axolotl_config, parallel_config
 
@@ -45,6 +47,36 @@ def _held_out(side: str, *lines):
 
 
 # numbers written as YAML reads them: `1e-4` (no dot) is the string "1e-4"
+@functools.cache
+def foreign_adapter(base_dir: Path) -> Path:
+    """A LoRA trained on another base: the toy Llama with a wider hidden size."""
+    from transformers import AutoTokenizer
+
+    from axolotl_paft.lab.toy import build_model
+
+    root = base_dir.parent / "foreign"
+    if not (root / "adapter" / "adapter_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        build_model(
+            root / "base", tokenizer, pretrain_steps=0, dims={"hidden_size": 96}
+        )
+        make_adapter(root / "base", root / "adapter", seed=3)
+    return root / "adapter"
+
+
+def _adapter_at(where: str):
+    """paft_preference_adapter: an adapter of another base, or this base's
+    adapter saved at `where` under the test's folder (`out` is output_dir)."""
+
+    def overrides(world, tmp):
+        if where == "foreign":
+            return {"paft_preference_adapter": str(foreign_adapter(world.model_dir))}
+        path = make_adapter(world.model_dir, tmp / where, seed=4)
+        return {"paft_preference_adapter": str(path)}
+
+    return overrides
+
+
 CONFIG_MISTAKES = _rows(
     ("yaml-string-l1-with-deepspeed", "sft",
      _const(paft_l1_lambda="1e-3", deepspeed="zero2.json"),
@@ -105,6 +137,14 @@ CONFIG_MISTAKES = _rows(
      r"line 1: `chosen` must be a string or one assistant message"),
     ("held-out-pairs-empty", "parallel", _held_out("preference", ""),
      r"paft_merge_search_preference_data: .*is empty"),
+    # adapters named by path: this base's, outside what the run writes
+    ("preference-adapter-of-another-base", "sft", _adapter_at("foreign"),
+     r"paft_preference_adapter: .*not trained on the base .*lora_.\.weight has "
+     r"shape \[.*\], and the base's .* has (in|out) size 64"),
+    ("preference-adapter-is-output-dir", "sft", _adapter_at("out"),
+     r"paft_preference_adapter: .*is inside output_dir .*which this run writes"),
+    ("preference-adapter-inside-output-dir", "sft", _adapter_at("out/adapter/best"),
+     r"paft_preference_adapter: .*is inside output_dir"),
 )  # fmt: skip
 
 
@@ -151,3 +191,24 @@ def test_held_out_shapes_the_scorer_reads_are_accepted(llama_world, tmp_path):
         PAIR,
     )(llama_world, tmp_path)
     validate(parallel_config(llama_world, tmp_path / "out", **pairs))
+
+
+def test_an_adapter_of_this_base_is_accepted(
+    llama_world, adapters, llama_hub_id, tmp_path
+):
+    """The base named by folder or by hub id (read from the HF cache)."""
+    for base in (str(llama_world.model_dir), llama_hub_id):
+        config = axolotl_config(
+            llama_world,
+            tmp_path / "out",
+            base_model=base,
+            paft_preference_adapter=str(adapters["preference"]),
+        )
+        assert validate(config).paft_preference_adapter == str(adapters["preference"])
+    with pytest.raises(ValueError, match=f"not trained on the base '{llama_hub_id}'"):
+        validate(
+            {
+                **config,
+                "paft_preference_adapter": str(foreign_adapter(llama_world.model_dir)),
+            }
+        )

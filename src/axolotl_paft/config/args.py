@@ -207,7 +207,8 @@ class MergeMethodArgs(BaseModel):
         default=None,
         description=(
             "Folder of a preference (DPO/ORPO) LoRA trained separately from the same "
-            "base; the emitted mergekit configs then merge both deltas."
+            "base (checked against it: every module and shape) and outside "
+            "output_dir; the emitted mergekit configs then merge both deltas."
         ),
     )
     paft_merge_methods: list[str] = Field(

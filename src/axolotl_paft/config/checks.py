@@ -24,6 +24,7 @@ from axolotl_paft.const import PEFT_DEFAULT_ADAPTER
 from axolotl_paft.merging.configs import (
     DEFAULT_MERGE_METHODS,
     DEFAULT_SEARCH_METHODS,
+    base_model_reference,
     check_della_bounds,
 )
 from axolotl_paft.merging.lm_eval_objective import unknown_tasks
@@ -258,6 +259,127 @@ def check_merge_paths(data: dict) -> None:
                 "`base+adapter` references cannot hold; rename the folder or set "
                 "paft_merge_methods: []"
             )
+
+
+def check_preference_adapter_fits(data: dict) -> None:
+    """A separately trained preference adapter: outside this run's output_dir
+    (which training writes), and trained on this base (`adapter_fits_base`)."""
+    adapter = data.get("paft_preference_adapter")
+    if not adapter:
+        return
+    try:
+        adapter_outside(
+            "output_dir", data.get("output_dir") or DEFAULT_OUTPUT_DIR, adapter
+        )
+        adapter_fits_base(
+            adapter, data.get("base_model"), data.get("revision_of_model")
+        )
+    except ValueError as err:
+        raise ValueError(f"paft_preference_adapter: {err}") from None
+
+
+def adapter_outside(what: str, folder: str | Path, adapter: str | Path) -> None:
+    """Refuse an input adapter at or inside `folder`, which the run writes (an
+    SFT-only run saves its adapter into output_dir itself; merges, exports and
+    the search write beside it): it would be overwritten, or merged with itself."""
+    folder, path = Path(folder).resolve(), Path(adapter).resolve()
+    if path == folder or path.is_relative_to(folder):
+        raise ValueError(
+            f"{str(adapter)!r} is inside {what} {str(folder)!r}, which this run "
+            "writes (and would overwrite the adapter or merge a delta with "
+            f"itself): copy the adapter out of it, or choose another {what}"
+        )
+
+
+def adapter_fits_base(
+    adapter: str | Path, base_model: str | Path | None, revision: str | None = None
+) -> None:
+    """A PEFT LoRA folder whose every module is one of the base's, with that
+    module's shapes (`lora_A` [r, in], `lora_B` [out, r], embeddings likewise),
+    read from the adapter's safetensors header and the base's config.json (the
+    model built on the meta device: no weights load). A base given by hub id is
+    read from the HF cache (`configs.base_model_reference`); a base this machine
+    cannot read is left to Axolotl's or transformers' own loading to name."""
+    folder = Path(adapter)
+    if not (folder / "adapter_config.json").is_file():
+        raise ValueError(
+            f"{str(adapter)!r} is not a PEFT adapter folder (no adapter_config.json)"
+        )
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ValueError(f"{str(adapter)!r} holds no adapter_model.safetensors")
+    if not base_model:
+        return
+    modules = _base_modules(base_model_reference(base_model, revision))
+    if modules is None:
+        return
+    from safetensors import safe_open
+
+    with safe_open(weights, "pt") as tensors:
+        shapes = {k: tuple(tensors.get_slice(k).get_shape()) for k in tensors.keys()}  # noqa: SIM118
+    for key, shape in shapes.items():
+        problem = _lora_tensor_problem(key, shape, modules)
+        if problem:
+            raise ValueError(
+                f"{str(adapter)!r} was not trained on the base {str(base_model)!r}: "
+                f"{problem}"
+            )
+
+
+def _base_modules(base: str) -> dict[str, tuple[int, int] | None] | None:
+    """Module name -> (in, out) of the base's linear and embedding modules (None
+    for other modules), from its config on the meta device; None when the base
+    cannot be read here."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    try:
+        config = AutoConfig.from_pretrained(base)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError, KeyError):
+        return None
+    modules = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            modules[name] = (module.in_features, module.out_features)
+        elif isinstance(module, torch.nn.Embedding):
+            modules[name] = (module.num_embeddings, module.embedding_dim)
+        elif isinstance(module, Conv1D):
+            modules[name] = tuple(module.weight.shape)
+        else:
+            modules[name] = None
+    return modules
+
+
+LORA_FACTORS = {  # the saved tensor's suffix -> which dimension of the base's
+    ".lora_A.weight": (1, 0),  # [r, in]: dimension 1 is `in`
+    ".lora_B.weight": (0, 1),  # [out, r]: dimension 0 is `out`
+    ".lora_embedding_A": (1, 0),  # [r, num_embeddings]
+    ".lora_embedding_B": (0, 1),  # [embedding_dim, r]
+    ".lora_magnitude_vector": (0, 1),  # DoRA: [out]
+    ".lora_magnitude_vector.weight": (0, 1),
+}
+
+
+def _lora_tensor_problem(key: str, shape: tuple, modules: dict) -> str | None:
+    suffix = next((s for s in LORA_FACTORS if key.endswith(s)), None)
+    if suffix is None:
+        return None
+    name = key[: -len(suffix)].removeprefix("base_model.model.")
+    if name not in modules:
+        return f"its module {name!r} is not in the base"
+    sizes = modules[name]
+    if sizes is None:
+        return None
+    axis, which = LORA_FACTORS[suffix]
+    if shape[axis] != sizes[which]:
+        return (
+            f"{key} has shape {list(shape)}, and the base's {name} has "
+            f"{('in', 'out')[which]} size {sizes[which]}"
+        )
+    return None
 
 
 # Parallel mode's rules, in the order check_parallel applies them.
@@ -605,6 +727,7 @@ RUN_RULES: tuple[Callable[[dict], None], ...] = (
     check_search_sft_rows,
     check_search_preference_rows,
     check_merge_paths,
+    check_preference_adapter_fits,
 )
 KEY_RULES: tuple[Callable[[PAFTArgs], None], ...] = (
     check_merge_run_is_written,
