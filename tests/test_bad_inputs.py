@@ -212,3 +212,116 @@ def test_an_adapter_of_this_base_is_accepted(
                 "paft_preference_adapter": str(foreign_adapter(llama_world.model_dir)),
             }
         )
+
+
+# The console scripts: argv added to a command line that is otherwise right.
+BASELINES = {
+    "eval": [
+        "--base", "{base}", "--candidate", "sft={sft}",
+        "--sft-data", "{sft_data}", "--preference-data", "{preference_data}",
+        "--out", "{tmp}/eval",
+    ],
+    "sweep": [
+        "--base", "{base}", "--sft", "{sft}", "--preference", "{preference}",
+        "--sft-data", "{sft_data}", "--preference-data", "{preference_data}",
+        "--out", "{tmp}/sweep",
+    ],
+}  # fmt: skip
+
+FLAG_MISTAKES = _rows(
+    ("eval-limit-zero", "eval", ["--limit", "0"],
+     "argument --limit: a whole number >= 1, not 0"),
+    ("eval-limit-word", "eval", ["--limit", "all"],
+     "argument --limit: a whole number >= 1, not 'all'"),
+    ("eval-candidate-named-base", "eval", ["--candidate", "base={preference}"],
+     "argument --candidate: 'base' is reserved"),
+    ("eval-candidate-name-twice", "eval", ["--candidate", "sft={preference}"],
+     r"--candidate: the name\(s\) \['sft'\] given twice"),
+    ("eval-candidate-no-name", "eval", ["--candidate", "={preference}"],
+     "argument --candidate: use NAME=FOLDER"),
+    ("eval-candidate-no-folder", "eval", ["--candidate", "x={tmp}/none"],
+     "argument --candidate: .*none' is not a folder"),
+    ("eval-candidate-of-another-base", "eval", ["--candidate", "other={foreign}"],
+     "--candidate other=.*not trained on the base"),
+    ("eval-candidate-neither-adapter-nor-model", "eval", ["--candidate", "x={tmp}"],
+     "--candidate x=.*neither a PEFT adapter"),
+    ("eval-sft-data-no-answer", "eval", ["--sft-data", "{bad_sft}"],
+     "--sft-data: .*bad_sft.jsonl line 1: the last message"),
+    ("eval-preference-data-missing", "eval", ["--preference-data", "{tmp}/no.jsonl"],
+     "--preference-data: no such JSONL file"),
+    ("sweep-budget-zero", "sweep", ["--search", "--budget", "0"],
+     "argument --budget: a whole number >= 1, not 0"),
+    ("sweep-budget-without-search", "sweep", ["--budget", "4"],
+     "--budget: only with --search"),
+    ("sweep-skill-measure-without-search", "sweep", ["--skill-measure", "nll"],
+     "--skill-measure: only with --search"),
+    ("sweep-method-unknown", "sweep", ["--methods", "ties,tiez"],
+     r"argument --methods: unknown \['tiez'\]"),
+    ("sweep-method-twice", "sweep", ["--methods", "ties,ties"],
+     r"argument --methods: \['ties'\] given twice"),
+    ("sweep-method-not-searchable", "sweep", ["--search", "--methods", "ties,nuslerp"],
+     r"--methods: \['nuslerp'\] cannot be searched"),
+    ("sweep-density-above-one", "sweep", ["--densities", "0.5,1.5"],
+     r"argument --densities: 1.5 is not in \(0, 1\]"),
+    ("sweep-density-zero", "sweep", ["--densities", "0"],
+     r"argument --densities: 0 is not in \(0, 1\]"),
+    ("sweep-density-twice", "sweep", ["--densities", "0.5,0.50"],
+     "argument --densities: a density given twice"),
+    ("sweep-export-rank-zero", "sweep",
+     ["--search", "--export", "adapter", "--export-rank", "0"],
+     "argument --export-rank: a whole number >= 1"),
+    ("sweep-export-rank-without-export", "sweep", ["--search", "--export-rank", "4"],
+     "--export-rank: only with --export adapter or both"),
+    ("sweep-lm-eval-limit-without-tasks", "sweep", ["--search", "--lm-eval-limit", "5"],
+     "--lm-eval-limit: only with --lm-eval-tasks"),
+    ("sweep-lm-eval-limit-zero", "sweep",
+     ["--search", "--lm-eval-tasks", "arc_easy", "--lm-eval-limit", "0"],
+     "argument --lm-eval-limit: a whole number >= 1"),
+    ("sweep-lm-eval-task-without-name", "sweep",
+     ["--search", "--lm-eval-tasks", "[{{weight: 2}}]"], "argument --lm-eval-tasks"),
+    ("sweep-finalists-without-checks", "sweep", ["--search", "--finalists", "3"],
+     "--finalists: only with --answer-checks"),
+    ("sweep-finalists-zero", "sweep", ["--finalists", "0"],
+     "argument --finalists: a whole number >= 1"),
+    ("sweep-sft-of-another-base", "sweep", ["--sft", "{foreign}"],
+     "--sft: .*not trained on the base"),
+    ("sweep-preference-not-an-adapter", "sweep", ["--preference", "{tmp}"],
+     "--preference: .*not a PEFT adapter folder"),
+    ("sweep-adapters-inside-out", "sweep", ["--out", "{adapters}"],
+     "--sft: .*is inside --out"),
+    ("sweep-same-adapter-twice", "sweep", ["--preference", "{sft}"],
+     "--preference: the same folder as --sft"),
+    ("sweep-preference-data-missing", "sweep", ["--preference-data", "{sft_data}x"],
+     "--preference-data: no such JSONL file"),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(("command", "extra", "message"), FLAG_MISTAKES)
+def test_bad_flag_is_refused_naming_it(
+    llama_world, adapters, tmp_path, capsys, command, extra, message
+):
+    import re
+
+    from axolotl_paft.cli import eval as evaluate
+    from axolotl_paft.cli import sweep
+
+    bad_sft = tmp_path / "bad_sft.jsonl"
+    bad_sft.write_text(json.dumps({"messages": ANSWERED[:1]}) + "\n")
+    paths = {
+        "base": llama_world.model_dir,
+        "sft": adapters["sft"],
+        "preference": adapters["preference"],
+        "adapters": adapters["sft"].parent,
+        "foreign": foreign_adapter(llama_world.model_dir),
+        "sft_data": llama_world.sft_path,
+        "preference_data": llama_world.preference_path,
+        "bad_sft": bad_sft,
+        "tmp": tmp_path,
+    }
+    argv = [arg.format(**paths) for arg in BASELINES[command] + extra]
+    main = {"eval": evaluate.main, "sweep": sweep.main}[command]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error), error
