@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -300,8 +301,6 @@ FLAG_MISTAKES = _rows(
 def test_bad_flag_is_refused_naming_it(
     llama_world, adapters, tmp_path, capsys, command, extra, message
 ):
-    import re
-
     from axolotl_paft.cli import eval as evaluate
     from axolotl_paft.cli import sweep
 
@@ -325,3 +324,47 @@ def test_bad_flag_is_refused_naming_it(
     assert exited.value.code == 2
     error = capsys.readouterr().err
     assert re.search(message, error), error
+
+
+# Traps of the user's own setup: warned about at validation, naming the key.
+END_OF_TURN_TRAPS = [
+    pytest.param({"chat_template": "gemma3"},
+                 r"eot_tokens: unset, .*'<\|im_end\|>'.*chat_template 'gemma3' never",
+                 id="template-never-writes-eos"),
+    pytest.param({"chat_template": "gemma3", "eot_tokens": ["<|eot_id|>"]},
+                 r"eot_tokens: \['<\|eot_id\|>'\] do not occur in chat_template",
+                 id="eot-token-not-in-template"),
+    pytest.param({"datasets": "train_on_eot-none"}, r"train_on_eot/train_on_eos: none",
+                 id="train-on-eot-none"),
+    pytest.param({"chat_template": "gemma3", "eot_tokens": ["<end_of_turn>"]}, None,
+                 id="eot-tokens-set"),
+    pytest.param({}, None, id="chatml-writes-eos"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "warning"), END_OF_TURN_TRAPS)
+def test_untrained_end_of_turn_is_warned_at_validation(
+    llama_world, tmp_path, overrides, warning
+):
+    """Axolotl logs the trap once among hundreds of lines, at tokenization; the
+    plugin names it, and the key to set, when the config is validated."""
+    import logging
+
+    import axolotl.cli  # noqa: F401 - configures Axolotl's logging on import
+
+    if overrides.get("datasets"):
+        entry = {"path": str(llama_world.sft_path), "type": "chat_template"}
+        overrides = {"datasets": [{**entry, "train_on_eot": "none"}]}
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("axolotl.axolotl_paft.config.checks")
+    logger.addHandler(handler)
+    try:
+        validate(parallel_config(llama_world, tmp_path / "out", **overrides))
+    finally:
+        logger.removeHandler(handler)
+    if warning is None:
+        assert not messages
+    else:
+        assert any(re.search(warning, m) for m in messages), messages

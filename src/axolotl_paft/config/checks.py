@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -33,6 +34,7 @@ from axolotl_paft.merging.scoring import check_held_out_file
 if TYPE_CHECKING:
     from axolotl_paft.config.args import PAFTArgs
 
+LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 LORA_ADAPTERS = ("lora", "qlora")
 DEFAULT_OUTPUT_DIR = "./model-out"  # Axolotl's default output_dir
 # The share of each side's data held out for paft_merge_search when the config
@@ -382,6 +384,105 @@ def _lora_tensor_problem(key: str, shape: tuple, modules: dict) -> str | None:
     return None
 
 
+def warn_untrained_end_of_turn(data: dict) -> None:
+    """A parallel run or a search whose chat template's end-of-turn token will
+    not be trained (`untrained_end_of_turn`) is warned about at validation,
+    naming the key to set: no model of the run would learn to stop its answer,
+    and every greedy answer and end-of-turn score depends on it."""
+    if not (data.get("paft_parallel") or data.get("paft_merge_search")):
+        return
+    try:
+        problem = untrained_end_of_turn(data)
+    except (OSError, ValueError):
+        return  # no tokenizer or template here: Axolotl's own loading names it
+    if problem:
+        LOG.warning("paft: %s", problem)
+
+
+def untrained_end_of_turn(data: dict) -> str | None:
+    """What Axolotl's chat_template strategy will do with the turn terminator of
+    each `type: chat_template` SFT dataset, as `ChatTemplateStrategy` decides
+    it: with `eot_tokens` unset it trains the tokenizer's `eos_token`, which a
+    template that never writes it (`chat_template: gemma3` or `llama3` on a
+    base whose eos is `<eos>` or `<|end_of_text|>`) leaves untrained; a listed
+    token the template does not write is dropped; `train_on_eot` (or
+    `train_on_eos`) `none` trains none. None when the terminator is trained."""
+    entries = [  # dicts, or Axolotl's dataset models once its validation read them
+        d.model_dump() if hasattr(d, "model_dump") else d
+        for d in data.get("datasets") or []
+    ]
+    entries = [
+        d
+        for d in entries
+        if isinstance(d, dict) and str(d.get("type") or "").startswith("chat_template")
+    ]
+    if not entries:
+        return None
+    from axolotl.utils.chat_templates import get_chat_template_from_config
+    from transformers import AutoTokenizer
+
+    source = data.get("tokenizer_config") or data.get("base_model")
+    tokenizer = AutoTokenizer.from_pretrained(
+        base_model_reference(source, data.get("revision_of_model"))
+    )
+    for entry in entries:
+        # a dataset's own template, unless tokenizer_default: the tokenizer
+        # Axolotl loads carries the config's `chat_template`
+        own = _choice(entry.get("chat_template"))
+        entry = {**entry, "chat_template": own}
+        cfg = {**data, "chat_template": _choice(data.get("chat_template"))}
+        template = get_chat_template_from_config(cfg, entry, tokenizer)
+        name = own or cfg["chat_template"] or "tokenizer_default"
+        off = entry.get("train_on_eot") or entry.get("train_on_eos")
+        if off == "none":
+            return (
+                f"datasets: {entry.get('path')} sets train_on_eot/train_on_eos: none, "
+                "so no end-of-turn token is trained and no model of this run "
+                "learns to stop its answer; unset it (default: turn)"
+            )
+        listed = data.get("eot_tokens")
+        if listed:
+            missing = [t for t in listed if t not in template]
+            if missing:
+                return (
+                    f"eot_tokens: {missing} do not occur in chat_template {name!r}, "
+                    "and Axolotl drops them untrained; list the template's own "
+                    f"turn-ending token{_suggest(tokenizer, template)}"
+                )
+            continue
+        eos = tokenizer.eos_token
+        if eos and eos not in template and "eos_token" not in template:
+            return (
+                f"eot_tokens: unset, so Axolotl trains the tokenizer's eos_token "
+                f"{eos!r} as the end of each turn, which chat_template {name!r} never "
+                "writes: the turn terminator will not be trained, no model of this "
+                "run learns to stop its answer, and the search's end-of-turn "
+                f"scores and greedy answers mean little. Set eot_tokens"
+                f"{_suggest(tokenizer, template)}"
+            )
+    return None
+
+
+def _choice(template) -> str | None:
+    """A `chat_template` value as a name, None for the tokenizer's own."""
+    name = getattr(template, "value", template)
+    return None if name in (None, "tokenizer_default") else name
+
+
+def _suggest(tokenizer, template: str) -> str:
+    """`, e.g. eot_tokens: [...]` with the tokenizer's special tokens the
+    template writes (its bos excepted), or nothing."""
+    specials = set(tokenizer.all_special_tokens) | {
+        str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
+    }
+    written = sorted(
+        t for t in specials if t and t in template and t != tokenizer.bos_token
+    )
+    enders = [t for t in written if any(k in t.lower() for k in ("end", "eot"))]
+    written = enders or written
+    return f", e.g. eot_tokens: {written}" if written else ""
+
+
 # Parallel mode's rules, in the order check_parallel applies them.
 
 
@@ -728,6 +829,7 @@ RUN_RULES: tuple[Callable[[dict], None], ...] = (
     check_search_preference_rows,
     check_merge_paths,
     check_preference_adapter_fits,
+    warn_untrained_end_of_turn,
 )
 KEY_RULES: tuple[Callable[[PAFTArgs], None], ...] = (
     check_merge_run_is_written,
