@@ -34,3 +34,22 @@ def test_example_follows_the_plugins_own_advice(path):
     if config.get("paft_l1_lambda", 0) > 0:
         assert config.get("paft_merge_search"), "L1 on without paft_merge_search"
     assert config["paft_preference_learning_rate"] <= config["learning_rate"] / 4
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_trains_its_templates_end_of_turn_token(path):
+    """Axolotl trains `eot_tokens`, by default the base's `eos_token`: a template
+    that never writes `eos_token` (llama3 writes `<|eot_id|>`, the Llama-3
+    base's eos is `<|end_of_text|>`) needs its own terminator listed, or no
+    model of the run learns to stop (checks.untrained_end_of_turn warns)."""
+    from axolotl.utils.chat_templates import get_chat_template
+
+    config = yaml.safe_load(path.read_text())
+    template = get_chat_template(config["chat_template"])
+    if "eos_token" in template:
+        return
+    listed = config.get("eot_tokens") or []
+    assert listed, (
+        f"{path.name}: chat_template {config['chat_template']} needs eot_tokens"
+    )
+    assert all(token in template for token in listed)

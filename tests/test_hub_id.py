@@ -17,7 +17,7 @@ from test_merge import assert_same_weights, run_printed_command
 
 from axolotl_paft.cli import eval as evaluate
 from axolotl_paft.cli import sweep
-from axolotl_paft.lab.toy import parallel_config, run_axolotl_train, write_jsonl
+from axolotl_paft.lab.toy import parallel_config, write_jsonl
 from axolotl_paft.merging.configs import base_model_reference
 
 
@@ -137,10 +137,19 @@ def test_sweep_and_eval_by_hub_id_score_what_the_folder_scores(
 def test_a_failing_search_keeps_the_run_and_names_the_rerun(
     llama_world, llama_hub_id, tmp_path
 ):
-    """A held-out SFT file in ShareGPT's shape (`conversations`, not `messages`)
-    fails only in the search, after training: adapters, report and configs are
-    written, the error says what failed, and the printed command reruns only the
-    search once the file is fixed."""
+    """A held-out SFT file rewritten during training into ShareGPT's shape
+    (`conversations`, not `messages`; config validation refuses it before
+    training: test_bad_inputs) fails only in the search, after training:
+    adapters, report and configs are written, the error says what failed, and
+    the printed command reruns only the search once the file is fixed."""
+    import collections
+
+    from axolotl.cli.args import TrainerCliArgs
+    from axolotl.cli.config import load_cfg
+    from axolotl.cli.train import do_train
+    from axolotl.integrations.base import PluginManager
+    from axolotl.utils.dict import DictDefault
+
     from axolotl_paft.merging.outputs import MergeSearchFailed
 
     out = tmp_path / "out"
@@ -149,7 +158,6 @@ def test_a_failing_search_keeps_the_run_and_names_the_rerun(
     shared = [
         {"conversations": json.loads(line)["messages"]} for line in good.splitlines()
     ]
-    write_jsonl(Path(keys["paft_merge_search_sft_data"]), shared)
     config = parallel_config(
         llama_world,
         out,
@@ -161,8 +169,11 @@ def test_a_failing_search_keeps_the_run_and_names_the_rerun(
         paft_merge_search_methods=["ties"],
         **keys,
     )
+    PluginManager.get_instance().plugins = collections.OrderedDict()
+    cfg = load_cfg(DictDefault(config))  # as run_axolotl_train, the file edited
+    write_jsonl(Path(keys["paft_merge_search_sft_data"]), shared)  # between
     with pytest.raises(MergeSearchFailed) as failed:
-        run_axolotl_train(config)
+        do_train(cfg, TrainerCliArgs())
     message = str(failed.value)
     assert "KeyError: 'messages'" in message
     for written in ("paft_report.json", "mergekit/ties.yml", "sft", "dpo"):

@@ -28,9 +28,10 @@ SFT_ROLE = "sft"
 
 
 def paft_args(cfg) -> PAFTArgs:
-    """The plugin's keys out of a validated Axolotl config."""
+    """The plugin's keys out of a validated Axolotl config (its rules ran in
+    Axolotl's validation; not again at every hook)."""
     keys = PAFTArgs.model_fields
-    return PAFTArgs(**{k: cfg[k] for k in keys if cfg.get(k) is not None})
+    return PAFTArgs.of_validated({k: cfg[k] for k in keys if cfg.get(k) is not None})
 
 
 def adapter_folders(cfg, args: PAFTArgs) -> dict[str, Path]:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from axolotl_paft.cli.inputs import candidate, check_candidates, check_data, positive
+from axolotl_paft.merging.configs import base_model_reference
 from axolotl_paft.merging.scoring import (
     assistant_loss,
     device_of,
@@ -199,23 +201,13 @@ def write_evaluation(
     return best
 
 
-def parse_candidates(items: list[str]) -> dict[str, Path]:
-    candidates = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not Path(path).is_dir():
-            raise SystemExit(
-                f"--candidate {item!r}: use NAME=FOLDER (an existing folder)"
-            )
-        candidates[name] = Path(path)
-    return candidates
-
-
 def add_data_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     """Held-out data and output options shared by the eval and sweep commands."""
     parser.add_argument("--sft-data", required=True, type=Path)
     parser.add_argument("--preference-data", required=True, type=Path)
-    parser.add_argument("--limit", type=int, default=None, help="rows per data set")
+    parser.add_argument(
+        "--limit", type=positive, default=None, help="rows per data set"
+    )
     parser.add_argument("--out", type=Path, default=Path(out))
 
 
@@ -244,10 +236,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--base", required=True, help="the base model: a folder or a hub id"
     )
-    parser.add_argument("--candidate", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument(
+        "--candidate", action="append", default=[], type=candidate, metavar="NAME=DIR",
+        help="an adapter folder (on --base) or a model folder; `base` is reserved",
+    )  # fmt: skip
     add_data_arguments(parser, out="paft_eval")
     opts = parser.parse_args(argv)
-    evaluate_and_report(opts, opts.base, parse_candidates(opts.candidate))
+    base = base_model_reference(opts.base)
+    candidates = check_candidates(parser, opts.candidate, base)
+    check_data(parser, opts)
+    evaluate_and_report(opts, opts.base, candidates)
 
 
 if __name__ == "__main__":

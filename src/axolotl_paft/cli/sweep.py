@@ -27,6 +27,15 @@ from pathlib import Path
 import yaml
 
 from axolotl_paft.cli.eval import add_data_arguments, evaluate_and_report
+from axolotl_paft.cli.inputs import (
+    check_adapter,
+    check_data,
+    check_searchable,
+    densities,
+    lm_eval_tasks,
+    methods,
+    positive,
+)
 from axolotl_paft.const import DEFAULT_BUDGET, EXPORTS
 from axolotl_paft.merging.answers import (
     DEFAULT_ANSWER_TOKENS,
@@ -92,49 +101,58 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--base", required=True, help="the base model: a folder or a hub id"
     )
-    parser.add_argument("--sft", required=True, type=Path)
-    parser.add_argument("--preference", required=True, type=Path)
-    parser.add_argument("--methods", default="ties,dare_ties,task_arithmetic")
-    parser.add_argument("--densities", default="0.3,0.5,0.9")
+    parser.add_argument("--sft", required=True, type=Path, help="the SFT adapter")
+    parser.add_argument(
+        "--preference", required=True, type=Path, help="the preference adapter"
+    )
+    parser.add_argument(
+        "--methods", type=methods, default=methods("ties,dare_ties,task_arithmetic"),
+        help="comma-separated mergekit methods (--search: searchable ones)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--densities", type=densities, default=densities("0.3,0.5,0.9"),
+        help="without --search: comma-separated densities in (0, 1]",
+    )  # fmt: skip
     parser.add_argument(
         "--search", action="store_true", help="search methods, weights and density"
     )
     parser.add_argument(
-        "--profiles", type=_profiles, default=list(PROFILES),
+        "--profiles", type=_profiles,
         help="--search: per-layer weight profiles tried, comma-separated, of "
         + ",".join(PROFILES),
     )  # fmt: skip
     parser.add_argument(
-        "--budget", type=int, default=DEFAULT_BUDGET, help="--search: candidates"
+        "--budget", type=positive, help=f"--search: candidates ({DEFAULT_BUDGET})"
     )
     parser.add_argument(
         "--lm-eval-tasks",
-        type=yaml.safe_load,
+        type=lm_eval_tasks,
         help="--search: rank by lm-eval tasks, a name or a YAML list as "
         "mergekit-evolve's tasks: '[my_task, {name: other, weight: 0.5}]'",
     )
     parser.add_argument("--lm-eval-include-path", help="folder of task YAMLs")
-    parser.add_argument("--lm-eval-limit", type=int, help="rows per lm-eval task")
+    parser.add_argument("--lm-eval-limit", type=positive, help="rows per lm-eval task")
     parser.add_argument(
         "--lm-eval-no-chat-template",
         action="store_true",
         help="lm-eval prompts without the base tokenizer's chat template",
     )
     parser.add_argument(
-        "--skill-measure", default="auto", choices=("auto", *SKILL_MEASURES),
-        help="--search: the skill measure (auto: by the answers' lengths)",
+        "--skill-measure", choices=("auto", *SKILL_MEASURES),
+        help="--search: the skill measure (auto, the default: by the answers' "
+        "lengths)",
     )  # fmt: skip
     parser.add_argument(
-        "--preference-measure", default=DEFAULT_PREFERENCE_MEASURE,
-        choices=PREFERENCE_MEASURES, help="--search: the preference measure",
+        "--preference-measure", choices=PREFERENCE_MEASURES,
+        help=f"--search: the preference measure ({DEFAULT_PREFERENCE_MEASURE})",
     )  # fmt: skip
     parser.add_argument(
-        "--export", choices=EXPORTS, default="model",
+        "--export", choices=EXPORTS,
         help="--search: adapter or both also writes the best merge as one LoRA "
         "adapter in OUT/adapter/best (docs/export.md)",
     )  # fmt: skip
     parser.add_argument(
-        "--export-rank", type=int, default=None,
+        "--export-rank", type=positive, default=None,
         help="--export: the extracted adapter's rank (default r_s + r_p)",
     )  # fmt: skip
     parser.add_argument(
@@ -144,12 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
         "'{skill: [{starts_with: CARD}], preference: [{regex: ^Happy}]}'",
     )  # fmt: skip
     parser.add_argument(
-        "--finalists", type=_positive, default=DEFAULT_FINALISTS,
-        help="--answer-checks: the screen's best re-ranked by their answers",
+        "--finalists", type=positive,
+        help=f"--answer-checks: the screen's best re-ranked by their answers "
+        f"({DEFAULT_FINALISTS})",
     )  # fmt: skip
     parser.add_argument(
-        "--answer-tokens", type=_positive, default=DEFAULT_ANSWER_TOKENS,
-        help="--answer-checks: most tokens of each greedy answer",
+        "--answer-tokens", type=positive,
+        help=f"--answer-checks: most tokens of each greedy answer "
+        f"({DEFAULT_ANSWER_TOKENS})",
     )  # fmt: skip
     add_data_arguments(parser, out="paft_sweep")
     return parser
@@ -165,6 +185,50 @@ def _answer_checks(text: str) -> dict:
     return declared
 
 
+# flag -> (the flag it qualifies, when that flag is given, its default)
+DEPENDENT_FLAGS = {
+    "budget": ("--search", "search", DEFAULT_BUDGET),
+    "skill_measure": ("--search", "search", "auto"),
+    "preference_measure": ("--search", "search", DEFAULT_PREFERENCE_MEASURE),
+    "export": ("--search", "search", "model"),
+    "lm_eval_tasks": ("--search", "search", None),
+    "answer_checks": ("--search", "search", None),
+    "profiles": ("--search", "search", list(PROFILES)),
+    "lm_eval_include_path": ("--lm-eval-tasks", "lm_eval_tasks", None),
+    "lm_eval_limit": ("--lm-eval-tasks", "lm_eval_tasks", None),
+    "lm_eval_no_chat_template": ("--lm-eval-tasks", "lm_eval_tasks", False),
+    "finalists": ("--answer-checks", "answer_checks", DEFAULT_FINALISTS),
+    "answer_tokens": ("--answer-checks", "answer_checks", DEFAULT_ANSWER_TOKENS),
+}
+
+
+def check_flags(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> str:
+    """Every flag checked before a model loads: none given where it does
+    nothing, the adapters against the base and outside --out, the held-out
+    files; the defaults filled in. Returns the base as the merges name it."""
+    for key, (needs, needed, default) in DEPENDENT_FLAGS.items():
+        given = getattr(opts, key) not in (None, False)
+        if given and not getattr(opts, needed):
+            flag = "--" + key.replace("_", "-")
+            parser.error(f"{flag}: only with {needs}, which it qualifies")
+        if getattr(opts, key) is None:
+            setattr(opts, key, default)
+    if opts.export_rank is not None and opts.export == "model":
+        parser.error("--export-rank: only with --export adapter or both")
+    if opts.search:
+        check_searchable(parser, opts.methods)
+    folder = opts.lm_eval_include_path
+    if folder and not Path(folder).is_dir():
+        parser.error(f"--lm-eval-include-path: no such folder {folder!r}")
+    base = base_model_reference(opts.base)
+    for flag, folder in (("--sft", opts.sft), ("--preference", opts.preference)):
+        check_adapter(parser, flag, folder, base, opts.out)
+    if opts.sft.resolve() == opts.preference.resolve():
+        parser.error("--preference: the same folder as --sft")
+    check_data(parser, opts)
+    return base
+
+
 def _profiles(text: str) -> list[str]:
     profiles = text.split(",")
     unknown = [p for p in profiles if p not in PROFILES]
@@ -175,24 +239,10 @@ def _profiles(text: str) -> list[str]:
     return profiles
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a whole number >= 1, not {text}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     opts = parser.parse_args(argv)
-    if opts.lm_eval_tasks is not None and not opts.search:
-        parser.error("--lm-eval-tasks: ranks the candidates of --search")
-    if opts.answer_checks is not None and not opts.search:
-        parser.error("--answer-checks: re-ranks the candidates of --search")
-    unknown = set(opts.methods.split(",")) - set(METHOD_LAYOUTS)
-    if unknown:
-        raise SystemExit(f"--methods: unknown {sorted(unknown)}")
-    base = base_model_reference(opts.base)
+    base = check_flags(parser, opts)
     if opts.search:
         run_search(opts, base)
     else:
@@ -203,9 +253,8 @@ def run_search(opts: argparse.Namespace, base: str) -> None:
     """`--search`: the merge search on the held-out files, then the export."""
     lm_eval = None
     if opts.lm_eval_tasks is not None:
-        tasks = opts.lm_eval_tasks
         lm_eval = LmEvalObjective(
-            [tasks] if isinstance(tasks, str | dict) else tasks,
+            opts.lm_eval_tasks,
             limit=opts.lm_eval_limit,
             include_path=opts.lm_eval_include_path,
             apply_chat_template=not opts.lm_eval_no_chat_template,
@@ -214,7 +263,7 @@ def run_search(opts: argparse.Namespace, base: str) -> None:
         base, opts.sft, opts.preference,
         read_jsonl(opts.sft_data, opts.limit),
         read_jsonl(opts.preference_data, opts.limit),
-        opts.out, budget=opts.budget, methods=tuple(opts.methods.split(",")),
+        opts.out, budget=opts.budget, methods=tuple(opts.methods),
         profiles=tuple(opts.profiles),
         objective="balanced" if lm_eval is None else "lm_eval", lm_eval=lm_eval,
         skill_measure=opts.skill_measure,
@@ -240,8 +289,7 @@ def _stage(opts: argparse.Namespace) -> AnswerStage | None:
 def run_grid(opts: argparse.Namespace, base: str) -> None:
     """Without `--search`: every method x density merged, then evaluated."""
     deltas = MergeDeltas(base, opts.sft.resolve(), opts.preference.resolve())
-    densities = [float(d) for d in opts.densities.split(",")]
-    configs = sweep_configs(deltas, opts.methods.split(","), densities)
+    configs = sweep_configs(deltas, opts.methods, opts.densities)
     merged = run_sweep(deltas, configs, opts.out)
     candidates = {"sft": opts.sft, "preference": opts.preference, **merged}
     evaluate_and_report(opts, base, candidates)

@@ -18,13 +18,20 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from axolotl_paft.config.checks import (
     SEARCH_HELD_OUT,
     check_keys,
     check_known_keys,
     check_run,
+    typed_keys,
 )
 from axolotl_paft.const import DEFAULT_BUDGET, EXPORTS
 from axolotl_paft.merging.answers import (
@@ -201,7 +208,8 @@ class MergeMethodArgs(BaseModel):
         default=None,
         description=(
             "Folder of a preference (DPO/ORPO) LoRA trained separately from the same "
-            "base; the emitted mergekit configs then merge both deltas."
+            "base (checked against it: every module and shape) and outside "
+            "output_dir; the emitted mergekit configs then merge both deltas."
         ),
     )
     paft_merge_methods: list[str] = Field(
@@ -528,14 +536,32 @@ class PAFTArgs(ParallelArgs, L1Args, ReportArgs, MergeArgs):
 
     @model_validator(mode="before")
     @classmethod
-    def _check_against_run(cls, data: dict) -> dict:
-        """The rules against Axolotl's own keys (adapter, rl, deepspeed...)."""
+    def _check_against_run(cls, data: dict, info: ValidationInfo) -> dict:
+        """Each key's type and bounds (numbers as YAML reads them), then the rules
+        against Axolotl's own keys (adapter, rl, deepspeed...)."""
         if isinstance(data, dict):
-            check_run(data)
+            data = typed_keys(data, PAFTArgs.model_fields)
+            if not _validated(info):
+                check_run(data)
         return data
 
     @model_validator(mode="after")
-    def _check_between_keys(self):
+    def _check_between_keys(self, info: ValidationInfo):
         """The rules between the validated keys (merge run, export, search)."""
-        check_keys(self)
+        if not _validated(info):
+            check_keys(self)
         return self
+
+    @classmethod
+    def of_validated(cls, keys: dict) -> PAFTArgs:
+        """The keys of a config Axolotl's validation already ran the rules on
+        (the plugin's hooks): typed again, the rules (which read files and
+        adapters) not rerun."""
+        return cls.model_validate(keys, context={VALIDATED: True})
+
+
+VALIDATED = "paft_rules_ran"
+
+
+def _validated(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get(VALIDATED))

@@ -15,21 +15,26 @@ assume when a config names no held-out data; the plugin sets it before validatio
 from __future__ import annotations
 
 import difflib
+import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from axolotl_paft.const import PEFT_DEFAULT_ADAPTER
 from axolotl_paft.merging.configs import (
     DEFAULT_MERGE_METHODS,
     DEFAULT_SEARCH_METHODS,
+    base_model_reference,
     check_della_bounds,
 )
 from axolotl_paft.merging.lm_eval_objective import unknown_tasks
+from axolotl_paft.merging.scoring import check_held_out_file
 
 if TYPE_CHECKING:
     from axolotl_paft.config.args import PAFTArgs
 
+LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 LORA_ADAPTERS = ("lora", "qlora")
 DEFAULT_OUTPUT_DIR = "./model-out"  # Axolotl's default output_dir
 # The share of each side's data held out for paft_merge_search when the config
@@ -78,6 +83,37 @@ def check_known_keys(data: dict, known: list[str]) -> None:
     unknown = [k for k in data if str(k).startswith("paft_") and k not in known]
     if unknown:
         raise ValueError("; ".join(_unknown_key_message(k, known) for k in unknown))
+
+
+def typed_keys(data: dict, fields: dict) -> dict:
+    """The `paft_` keys of a raw config validated one by one against their
+    fields' types and bounds, so that the rules below compare numbers and a bad
+    value fails naming its key and what it allows. YAML reads `1e-4` (no dot)
+    as the string "1e-4": it is taken as the number, as pydantic and Axolotl's
+    own float keys (`learning_rate: 1e-4`) take it."""
+    from pydantic import ValidationError
+
+    typed = dict(data)
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None or value is None:
+            continue
+        try:
+            typed[key] = _adapter(key, field).validate_python(value)
+        except ValidationError as err:
+            reasons = "; ".join(e["msg"] for e in err.errors())
+            raise ValueError(f"{key}: {reasons} (got {value!r})") from None
+    return typed
+
+
+@functools.cache
+def _adapter(key: str, field):
+    from pydantic import TypeAdapter
+
+    annotated = field.annotation
+    if field.metadata:
+        annotated = Annotated[field.annotation, *field.metadata]
+    return TypeAdapter(annotated)
 
 
 def _unknown_key_message(key: str, known: list[str]) -> str:
@@ -225,6 +261,226 @@ def check_merge_paths(data: dict) -> None:
                 "`base+adapter` references cannot hold; rename the folder or set "
                 "paft_merge_methods: []"
             )
+
+
+def check_preference_adapter_fits(data: dict) -> None:
+    """A separately trained preference adapter: outside this run's output_dir
+    (which training writes), and trained on this base (`adapter_fits_base`)."""
+    adapter = data.get("paft_preference_adapter")
+    if not adapter:
+        return
+    try:
+        adapter_outside(
+            "output_dir", data.get("output_dir") or DEFAULT_OUTPUT_DIR, adapter
+        )
+        adapter_fits_base(
+            adapter, data.get("base_model"), data.get("revision_of_model")
+        )
+    except ValueError as err:
+        raise ValueError(f"paft_preference_adapter: {err}") from None
+
+
+def adapter_outside(what: str, folder: str | Path, adapter: str | Path) -> None:
+    """Refuse an input adapter at or inside `folder`, which the run writes (an
+    SFT-only run saves its adapter into output_dir itself; merges, exports and
+    the search write beside it): it would be overwritten, or merged with itself."""
+    folder, path = Path(folder).resolve(), Path(adapter).resolve()
+    if path == folder or path.is_relative_to(folder):
+        raise ValueError(
+            f"{str(adapter)!r} is inside {what} {str(folder)!r}, which this run "
+            "writes (and would overwrite the adapter or merge a delta with "
+            f"itself): copy the adapter out of it, or choose another {what}"
+        )
+
+
+def adapter_fits_base(
+    adapter: str | Path, base_model: str | Path | None, revision: str | None = None
+) -> None:
+    """A PEFT LoRA folder whose every module is one of the base's, with that
+    module's shapes (`lora_A` [r, in], `lora_B` [out, r], embeddings likewise),
+    read from the adapter's safetensors header and the base's config.json (the
+    model built on the meta device: no weights load). A base given by hub id is
+    read from the HF cache (`configs.base_model_reference`); a base this machine
+    cannot read is left to Axolotl's or transformers' own loading to name."""
+    folder = Path(adapter)
+    if not (folder / "adapter_config.json").is_file():
+        raise ValueError(
+            f"{str(adapter)!r} is not a PEFT adapter folder (no adapter_config.json)"
+        )
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ValueError(f"{str(adapter)!r} holds no adapter_model.safetensors")
+    if not base_model:
+        return
+    modules = _base_modules(base_model_reference(base_model, revision))
+    if modules is None:
+        return
+    from safetensors import safe_open
+
+    with safe_open(weights, "pt") as tensors:
+        shapes = {k: tuple(tensors.get_slice(k).get_shape()) for k in tensors.keys()}  # noqa: SIM118
+    for key, shape in shapes.items():
+        problem = _lora_tensor_problem(key, shape, modules)
+        if problem:
+            raise ValueError(
+                f"{str(adapter)!r} was not trained on the base {str(base_model)!r}: "
+                f"{problem}"
+            )
+
+
+def _base_modules(base: str) -> dict[str, tuple[int, int] | None] | None:
+    """Module name -> (in, out) of the base's linear and embedding modules (None
+    for other modules), from its config on the meta device; None when the base
+    cannot be read here."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    try:
+        config = AutoConfig.from_pretrained(base)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError, KeyError):
+        return None
+    modules = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            modules[name] = (module.in_features, module.out_features)
+        elif isinstance(module, torch.nn.Embedding):
+            modules[name] = (module.num_embeddings, module.embedding_dim)
+        elif isinstance(module, Conv1D):
+            modules[name] = tuple(module.weight.shape)
+        else:
+            modules[name] = None
+    return modules
+
+
+LORA_FACTORS = {  # the saved tensor's suffix -> which dimension of the base's
+    ".lora_A.weight": (1, 0),  # [r, in]: dimension 1 is `in`
+    ".lora_B.weight": (0, 1),  # [out, r]: dimension 0 is `out`
+    ".lora_embedding_A": (1, 0),  # [r, num_embeddings]
+    ".lora_embedding_B": (0, 1),  # [embedding_dim, r]
+    ".lora_magnitude_vector": (0, 1),  # DoRA: [out]
+    ".lora_magnitude_vector.weight": (0, 1),
+}
+
+
+def _lora_tensor_problem(key: str, shape: tuple, modules: dict) -> str | None:
+    suffix = next((s for s in LORA_FACTORS if key.endswith(s)), None)
+    if suffix is None:
+        return None
+    name = key[: -len(suffix)].removeprefix("base_model.model.")
+    if name not in modules:
+        return f"its module {name!r} is not in the base"
+    sizes = modules[name]
+    if sizes is None:
+        return None
+    axis, which = LORA_FACTORS[suffix]
+    if shape[axis] != sizes[which]:
+        return (
+            f"{key} has shape {list(shape)}, and the base's {name} has "
+            f"{('in', 'out')[which]} size {sizes[which]}"
+        )
+    return None
+
+
+def warn_untrained_end_of_turn(data: dict) -> None:
+    """A parallel run or a search whose chat template's end-of-turn token will
+    not be trained (`untrained_end_of_turn`) is warned about at validation,
+    naming the key to set: no model of the run would learn to stop its answer,
+    and every greedy answer and end-of-turn score depends on it."""
+    if not (data.get("paft_parallel") or data.get("paft_merge_search")):
+        return
+    try:
+        problem = untrained_end_of_turn(data)
+    except (OSError, ValueError):
+        return  # no tokenizer or template here: Axolotl's own loading names it
+    if problem:
+        LOG.warning("paft: %s", problem)
+
+
+def untrained_end_of_turn(data: dict) -> str | None:
+    """What Axolotl's chat_template strategy will do with the turn terminator of
+    each `type: chat_template` SFT dataset, as `ChatTemplateStrategy` decides
+    it: with `eot_tokens` unset it trains the tokenizer's `eos_token`, which a
+    template that never writes it (`chat_template: gemma3` or `llama3` on a
+    base whose eos is `<eos>` or `<|end_of_text|>`) leaves untrained; a listed
+    token the template does not write is dropped; `train_on_eot` (or
+    `train_on_eos`) `none` trains none. None when the terminator is trained."""
+    entries = [  # dicts, or Axolotl's dataset models once its validation read them
+        d.model_dump() if hasattr(d, "model_dump") else d
+        for d in data.get("datasets") or []
+    ]
+    entries = [
+        d
+        for d in entries
+        if isinstance(d, dict) and str(d.get("type") or "").startswith("chat_template")
+    ]
+    if not entries:
+        return None
+    from axolotl.utils.chat_templates import get_chat_template_from_config
+    from transformers import AutoTokenizer
+
+    source = data.get("tokenizer_config") or data.get("base_model")
+    tokenizer = AutoTokenizer.from_pretrained(
+        base_model_reference(source, data.get("revision_of_model"))
+    )
+    for entry in entries:
+        # a dataset's own template, unless tokenizer_default: the tokenizer
+        # Axolotl loads carries the config's `chat_template`
+        own = _choice(entry.get("chat_template"))
+        entry = {**entry, "chat_template": own}
+        cfg = {**data, "chat_template": _choice(data.get("chat_template"))}
+        template = get_chat_template_from_config(cfg, entry, tokenizer)
+        name = own or cfg["chat_template"] or "tokenizer_default"
+        off = entry.get("train_on_eot") or entry.get("train_on_eos")
+        if off == "none":
+            return (
+                f"datasets: {entry.get('path')} sets train_on_eot/train_on_eos: none, "
+                "so no end-of-turn token is trained and no model of this run "
+                "learns to stop its answer; unset it (default: turn)"
+            )
+        listed = data.get("eot_tokens")
+        if listed:
+            missing = [t for t in listed if t not in template]
+            if missing:
+                return (
+                    f"eot_tokens: {missing} do not occur in chat_template {name!r}, "
+                    "and Axolotl drops them untrained; list the template's own "
+                    f"turn-ending token{_suggest(tokenizer, template)}"
+                )
+            continue
+        eos = tokenizer.eos_token
+        if eos and eos not in template and "eos_token" not in template:
+            return (
+                f"eot_tokens: unset, so Axolotl trains the tokenizer's eos_token "
+                f"{eos!r} as the end of each turn, which chat_template {name!r} never "
+                "writes: the turn terminator will not be trained, no model of this "
+                "run learns to stop its answer, and the search's end-of-turn "
+                f"scores and greedy answers mean little. Set eot_tokens"
+                f"{_suggest(tokenizer, template)}"
+            )
+    return None
+
+
+def _choice(template) -> str | None:
+    """A `chat_template` value as a name, None for the tokenizer's own."""
+    name = getattr(template, "value", template)
+    return None if name in (None, "tokenizer_default") else name
+
+
+def _suggest(tokenizer, template: str) -> str:
+    """`, e.g. eot_tokens: [...]` with the tokenizer's special tokens the
+    template writes (its bos excepted), or nothing."""
+    specials = set(tokenizer.all_special_tokens) | {
+        str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
+    }
+    written = sorted(
+        t for t in specials if t and t in template and t != tokenizer.bos_token
+    )
+    enders = [t for t in written if any(k in t.lower() for k in ("end", "eot"))]
+    written = enders or written
+    return f", e.g. eot_tokens: {written}" if written else ""
 
 
 # Parallel mode's rules, in the order check_parallel applies them.
@@ -491,13 +747,21 @@ def check_search_methods(args: PAFTArgs) -> None:
 
 
 def check_search_files(args: PAFTArgs) -> None:
-    """A held-out file that does not exist fails here, not after training."""
+    """A held-out file the scorer would misread (none, empty, a bad line, a row
+    of the wrong shape) fails here, not after training, naming the line."""
     if not args.paft_merge_search:
         return
-    for key in ("paft_merge_search_sft_data", "paft_merge_search_preference_data"):
+    sides = {
+        "paft_merge_search_sft_data": "skill",
+        "paft_merge_search_preference_data": "preference",
+    }
+    for key, side in sides.items():
         path = getattr(args, key)
-        if path is not None and not Path(path).is_file():
-            raise ValueError(f"{key}: no such JSONL file {path!r}")
+        if path is not None:
+            try:
+                check_held_out_file(path, side)
+            except ValueError as err:
+                raise ValueError(f"{key}: {err}") from None
 
 
 def check_lm_eval_include_path(args: PAFTArgs) -> None:
@@ -564,6 +828,8 @@ RUN_RULES: tuple[Callable[[dict], None], ...] = (
     check_search_sft_rows,
     check_search_preference_rows,
     check_merge_paths,
+    check_preference_adapter_fits,
+    warn_untrained_end_of_turn,
 )
 KEY_RULES: tuple[Callable[[PAFTArgs], None], ...] = (
     check_merge_run_is_written,

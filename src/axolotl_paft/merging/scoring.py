@@ -69,6 +69,126 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
+# Chat roles as Axolotl's chat_template loader maps them by default
+# (`ChatTemplatePrompter.roles`): the scorer renders roles as written, so a held-
+# out file must use the mapped names.
+AXOLOTL_ROLES = {"human": "user", "gpt": "assistant"}
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_held_out_file(path: Path, side: str) -> int:
+    """Refuse a held-out file the scorer would misread, naming the file, the line
+    and what to write: no file, no rows, a line that is not a JSON object, and
+    rows of the wrong shape for `side` (`skill`: `messages` of `role`/`content`
+    turns ending in an assistant answer, as `TextSkill` reads them; `preference`:
+    `question` or `messages`, `chosen` and `rejected`, as `TextPairs` reads
+    them). Shapes Axolotl's chat_template loader maps before rendering (ShareGPT
+    `from`/`value` keys, `human`/`gpt` roles, a `system` field beside the turns,
+    content parts) are refused with the mapped spelling: the scorer renders rows
+    as written. Returns the number of rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no such JSONL file {str(path)!r}")
+    rows = 0
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not JSON ({err})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: not a JSON object")
+        problem = _skill_row_problem(row) if side == "skill" else _pair_problem(row)
+        if problem:
+            raise ValueError(f"{where}: {problem}")
+        rows += 1
+    if not rows:
+        raise ValueError(f"{path} is empty: no rows to score")
+    return rows
+
+
+def _turns_problem(turns) -> str | None:
+    if not isinstance(turns, list) or not turns:
+        return "`messages` must be a non-empty list of turns"
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            return f"message {i} is not an object"
+        if {"from", "value"} & turn.keys() and "content" not in turn:
+            return (
+                f"message {i} has ShareGPT keys {sorted(turn)}: write `role` and "
+                "`content` (Axolotl maps `from`/`value` only through a dataset "
+                "entry's message_property_mappings)"
+            )
+        role, content = turn.get("role"), turn.get("content")
+        if role in AXOLOTL_ROLES:
+            return (
+                f"message {i} has role {role!r}, which Axolotl's chat_template "
+                f"loader maps to {AXOLOTL_ROLES[role]!r}: write "
+                f"{AXOLOTL_ROLES[role]!r} (the scorer renders roles as written)"
+            )
+        if role not in CHAT_ROLES:
+            return f"message {i} has role {role!r}; roles: {list(CHAT_ROLES)}"
+        if not isinstance(content, str):
+            return f"message {i}: `content` must be a string, not {content!r:.60}"
+    return None
+
+
+def _skill_row_problem(row: dict) -> str | None:
+    if "messages" not in row:
+        hint = " (`conversations` is ShareGPT's name)" if "conversations" in row else ""
+        return f"a held-out SFT row needs `messages`{hint}; it has {sorted(row)}"
+    if "system" in row:
+        return (
+            "a `system` field beside `messages` is rendered by Axolotl as a first "
+            "system turn; write it into `messages` as {role: system, content: ...}"
+        )
+    turns = row["messages"]
+    problem = _turns_problem(turns)
+    if problem:
+        return problem
+    if turns[-1]["role"] != "assistant" or len(turns) < 2:
+        return (
+            "the last message must be the assistant's answer to the turns before "
+            f"it (the skill scored), not a {turns[-1]['role']!r} turn"
+            + (" alone" if len(turns) < 2 else "")
+        )
+    if not turns[-1]["content"].strip():
+        return "the assistant's answer (the last message) is empty"
+    return None
+
+
+def _pair_problem(row: dict) -> str | None:
+    missing = [k for k in ("chosen", "rejected") if k not in row]
+    if missing or not row.keys() & {"messages", "question"}:
+        return (
+            f"a held-out pair needs `question` (or `messages`), `chosen` and "
+            f"`rejected`, as chatml.intel or chat_template.default rows; it has "
+            f"{sorted(row)}"
+        )
+    if "messages" in row:
+        problem = _turns_problem(row["messages"])
+        if problem:
+            return problem
+    elif not isinstance(row["question"], str):
+        return "`question` must be a string"
+    if not isinstance(row.get("system", ""), str):
+        return "`system` must be a string"
+    for key in ("chosen", "rejected"):
+        answer = row[key]
+        if isinstance(answer, dict):
+            if answer.get("role", "assistant") != "assistant":
+                return f"`{key}` must be an assistant message"
+            answer = answer.get("content")
+        if not isinstance(answer, str):
+            return (
+                f"`{key}` must be a string or one assistant message "
+                "({role: assistant, content: ...}), not a list of turns"
+            )
+    return None
+
+
 def load_candidate(base: str | Path, path: str | Path):
     """An adapter folder on `base`, or a full model folder."""
     adapter = Path(path) / "adapter_config.json"
