@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -179,3 +180,41 @@ def test_scorer_names_a_side_whose_reference_gains_nothing(
     assert metrics["preference_kept"] == pytest.approx(1.0)
     assert metrics["balanced"] == pytest.approx(1.0)
     assert metrics["balanced_low"] == pytest.approx(1.0)  # itself: no noise
+
+
+def _terms(values, denominators=None):
+    values = torch.tensor(values, dtype=torch.float64)
+    ones = torch.ones_like(values)
+    return values, ones if denominators is None else torch.tensor(denominators)
+
+
+def test_a_side_inside_the_noise_has_no_kept_shares_and_nan_never_balances():
+    """Measured on the demo: the SFT-only adapter's NLL gain over the base was
+    positive but inside its noise, so skill did not rank, yet every candidate
+    still got skill kept shares such as 72 and -62 (gain over a near-zero
+    denominator) that fed the tie-break. A side that does not rank has none
+    (nan, intervals too); and a candidate whose ranked measure is nan (a broken
+    merge) is nan balanced, not the other side's share or 1."""
+    from axolotl_paft.merging.scoring import Scorer, balanced_of
+
+    base = {"nll": _terms([1.0, 1.0, 1.0, 1.0]), "margin": _terms([0.0] * 4)}
+    sft = {"nll": _terms([0.0, 2.0, 0.6, 1.2]), "margin": _terms([0.0] * 4)}
+    preference = {"nll": base["nll"], "margin": _terms([1.0, 1.1, 0.9, 1.0])}
+    scorer = Scorer({"skill": "nll", "preference": "margin"}, base)
+    scorer.add_reference("sft", sft)
+    scorer.add_reference("preference", preference)
+    assert scorer.gains["skill"]["gain"] > 0 and not scorer.gains["skill"]["clear"]
+    assert scorer.ranked_sides == ("preference",)
+    metrics = scorer.metrics(
+        {"nll": _terms([0.9, 1.0, 0.8, 1.0]), "margin": _terms([0.5] * 4)}
+    )
+    for key in ("skill_kept", "skill_kept_low", "skill_kept_high"):
+        assert math.isnan(metrics[key]), (key, metrics[key])
+    assert metrics["balanced"] == metrics["preference_kept"] == pytest.approx(0.5)
+    broken = scorer.metrics(
+        {"nll": _terms([0.9] * 4), "margin": _terms([math.nan] * 4)}
+    )
+    assert math.isnan(broken["balanced"])
+    for skill, preference in ((math.nan, 1.0), (0.5, math.nan)):
+        kept = {"skill_kept": skill, "preference_kept": preference}
+        assert math.isnan(balanced_of(kept, ("skill", "preference")))

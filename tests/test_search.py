@@ -355,3 +355,24 @@ def test_a_side_whose_reference_gains_nothing_neither_ranks_nor_spends_the_budge
     assert math.isnan(best["skill_kept"])
     assert best["balanced"] == best["preference_kept"] == 0.75  # weight 1.5
     assert {e["preference_weight"] for e in board} <= set(GRID["preference_weight"])
+
+
+def test_a_broken_candidate_never_wins():
+    """A merge whose skill measure is nan (a broken merge: inf weights, a NaN
+    loss): `min(1, nan, p)` made its balanced objective the preference kept (or
+    1) and it won; nan also compared neither above nor below anything, so the
+    order depended on which candidate came first. It ranks last, under every
+    objective."""
+    measure = landscape(
+        {
+            "ties-s1-p1-d0.5": (math.nan, 1.0),
+            "task_arithmetic-s1-p1": (0.75, 0.75),
+            "default": lambda candidate: (0.5, 0.5),
+        },
+        REFERENCES,
+    )
+    for objective in ("balanced", "score"):
+        for methods in (("ties", "task_arithmetic"), ("task_arithmetic", "ties")):
+            board = explore(measure, methods, budget=4, objective=objective)
+            assert board[0]["name"] == "task_arithmetic-s1-p1", (objective, methods)
+            assert board[-1]["name"] == "ties-s1-p1-d0.5", (objective, methods)

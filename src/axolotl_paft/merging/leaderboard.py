@@ -61,8 +61,9 @@ def write_search(
 
 
 def interval_text(metrics: dict, key: str, digits: int = 3) -> str:
-    """`metrics[key]` with its 95% interval where it has one: "0.85 [0.79, 0.91]"."""
-    if key not in metrics:
+    """`metrics[key]` with its 95% interval where it has one: "0.85 [0.79, 0.91]";
+    "n/a" where it has none (a side that does not rank: nan)."""
+    if key not in metrics or math.isnan(metrics[key]):
         return "n/a"
     low, value, high = (metrics.get(f"{key}{end}") for end in ("_low", "", "_high"))
     text = f"{value:.{digits}f}"
@@ -166,7 +167,8 @@ def _reference_lines(leaderboard: list[dict], objective: str, scoring: dict) -> 
             + (
                 ""
                 if gain["clear"]
-                else f". **Not clear of 0: {side} kept does not rank the merges.**"
+                else f". **Not clear of 0: {side} kept does not rank the merges "
+                "(n/a below).**"
             )
         )
     if objective == "balanced" and not ranked_by:

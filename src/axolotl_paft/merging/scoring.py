@@ -448,9 +448,12 @@ def kept_shares(
 
 def balanced_of(kept: dict, sides=SIDES) -> float:
     """The balanced objective: the smallest kept share of `sides` (those whose
-    reference gains over the base), capped at 1; nan without a side."""
+    reference gains over the base), capped at 1; nan without a side, and nan
+    where a share of `sides` is nan (a broken candidate: `min` would skip it)."""
     shares = [kept[f"{side}_kept"] for side in sides]
-    return min(1.0, *shares) if shares else math.nan
+    if not shares or any(math.isnan(share) for share in shares):
+        return math.nan
+    return min(1.0, *shares)
 
 
 def balanced_metrics(
@@ -460,7 +463,14 @@ def balanced_metrics(
     gains over the base; `Scorer` also requires the gain to exceed its noise
     and says which sides rank)."""
     kept = kept_shares(metrics, references, measures)
-    sides = [s for s in SIDES if not math.isnan(kept[f"{s}_kept"])]
+    measures = measures or LEGACY_MEASURES
+    sides = [
+        side
+        for side, reference in zip(SIDES, ("sft", "preference"), strict=True)
+        if not math.isnan(
+            kept_shares(references[reference], references, measures)[f"{side}_kept"]
+        )
+    ]  # the sides whose reference gains over the base (not the candidate's nan)
     return kept | {"balanced": balanced_of(kept, sides)}
 
 
@@ -588,9 +598,16 @@ class Scorer:
         if not self.gains:
             return metrics
         kept = kept_shares(metrics, self.references, self.measures)
+        # a side that does not rank has no kept share: its reference's gain is
+        # noise, and a share of noise (72, -62) means nothing and must not
+        # break ties
+        kept |= {f"{s}_kept": math.nan for s in SIDES if s not in self.ranked_sides}
         metrics |= kept | {"balanced": balanced_of(kept, self.ranked_sides)}
         draws = {}
         for side, reference in zip(SIDES, ("sft", "preference"), strict=True):
+            if side not in self.ranked_sides:
+                metrics |= {f"{side}_kept_low": math.nan, f"{side}_kept_high": math.nan}
+                continue
             measure, index = self.measures[side], self.index[side]
             base, ref = (
                 _bootstrap_values(self.reference_terms[n][measure], index)

@@ -167,17 +167,28 @@ def _total_kept(entry: dict) -> float:
     return sum(0.0 if math.isnan(share) else share for share in shares)
 
 
+def _ranked(value: float) -> float:
+    """A value as a rank key: nan (a broken candidate, a side that does not
+    rank) below every number, so that it never wins and sorts consistently
+    (nan compares neither above nor below anything)."""
+    return -math.inf if math.isnan(value) else value
+
+
 def _rank(entry: dict, objective: str = "balanced") -> tuple:
     """Balanced, then both kept shares summed (the two break the balanced
-    objective's ties by what a merge keeps in total), then the score."""
+    objective's ties by what a merge keeps in total), then the score; nan
+    ranks lowest (`_ranked`). Where no side ranks, every candidate's balanced
+    is nan and kept shares are absent: the score decides."""
     metrics = entry["metrics"]
-    both = min(metrics["sft_exact_match"], metrics["preference_accuracy"])
-    rank = (metrics["score"], both, metrics["preference_margin"])
-    balanced = metrics.get("balanced", math.nan)
+    both = min(
+        _ranked(metrics["sft_exact_match"]), _ranked(metrics["preference_accuracy"])
+    )
+    rank = (_ranked(metrics["score"]), both, _ranked(metrics["preference_margin"]))
     if objective == "lm_eval":  # paft lm-eval objective: its weighted sum first
-        return (metrics["lm_eval"], *rank)
-    if objective == "score" or math.isnan(balanced):
+        return (_ranked(metrics["lm_eval"]), *rank)
+    if objective == "score":
         return rank
+    balanced = _ranked(metrics.get("balanced", math.nan))
     return (balanced, _total_kept(entry), *rank)
 
 
