@@ -218,3 +218,32 @@ def test_a_side_inside_the_noise_has_no_kept_shares_and_nan_never_balances():
     for skill, preference in ((math.nan, 1.0), (0.5, math.nan)):
         kept = {"skill_kept": skill, "preference_kept": preference}
         assert math.isnan(balanced_of(kept, ("skill", "preference")))
+
+
+def test_train_on_inputs_does_not_make_the_skill_the_whole_conversation(llama_world):
+    """With `train_on_inputs: true` Axolotl labels every token of an SFT row,
+    prompt included: the last labelled span was then the whole conversation,
+    and the run's own eval split scored the prompt's loss as the skill. The
+    skill is the last answer and its end-of-turn token, as from a file."""
+    from axolotl_paft.lab.toy import sft_rows
+    from axolotl_paft.merging.scoring import TextSkill, TokenizedSkill
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_world.model_dir)
+    text = TextSkill(tokenizer, sft_rows(4, seed=3))
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    rows = [
+        {"input_ids": ids + newline, "labels": ids + newline}  # all labelled
+        for ids, _, _ in text.spans
+    ]
+    tokenized = TokenizedSkill(rows, tokenizer)
+    assert [(ids[:end], start, end) for ids, start, end in tokenized.spans] == [
+        (ids, start, end) for ids, start, end in text.spans
+    ]
+    with pytest.raises(ValueError, match="train_on_inputs"):
+        TokenizedSkill(rows)  # without the run's tokenizer, refused by name
+    # a row labelled as Axolotl labels it without train_on_inputs is unchanged
+    masked = [
+        {"input_ids": ids, "labels": [-100] * start + ids[start:end]}
+        for ids, start, end in text.spans
+    ]
+    assert TokenizedSkill(masked, tokenizer).spans == text.spans

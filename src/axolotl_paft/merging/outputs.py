@@ -253,7 +253,7 @@ def search_rows(base_model: str, args: PAFTArgs, trainer) -> tuple:
     if args.paft_merge_search_sft_data:
         skill = TextSkill(tokenizer, read_jsonl(args.paft_merge_search_sft_data, limit))
     else:
-        skill = TokenizedSkill(first(trainer.eval_dataset))
+        skill = TokenizedSkill(first(trainer.eval_dataset), tokenizer)
     if args.paft_merge_search_preference_data:
         rows = read_jsonl(args.paft_merge_search_preference_data, limit)
         pairs = TextPairs(tokenizer, rows)

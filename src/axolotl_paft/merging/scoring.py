@@ -283,14 +283,67 @@ class TextSkill:
 class TokenizedSkill(TextSkill):
     """A run's own SFT eval rows as Axolotl tokenized them (`input_ids`,
     `labels`): the skill is the last labelled span (the last answer and its
-    end-of-turn token), so any dataset type and template Axolotl reads works."""
+    end-of-turn token), so any dataset type and template Axolotl reads works.
 
-    def __init__(self, rows):
+    With `train_on_inputs: true` every token is labelled, the prompt too: the
+    last labelled span is then the whole conversation, not the answer. Where
+    the span holds the template's assistant header (`tokenizer`: the run's),
+    the answer starts after its last occurrence and ends at the first
+    end-of-turn token after it (`render_answer`'s span); without a tokenizer
+    such rows are refused."""
+
+    def __init__(self, rows, tokenizer=None):
         self.rows = rows
         self.spans = []
-        for row in rows:
+        header = None if tokenizer is None else assistant_header(tokenizer)
+        ends = set() if tokenizer is None else end_of_turn_ids(tokenizer)
+        for number, row in enumerate(rows, 1):
+            ids = list(row["input_ids"])
             start, end = last_labelled_span(torch.as_tensor(row["labels"]))
-            self.spans.append((list(row["input_ids"]), start, end))
+            if header is not None:
+                start, end = _answer_in(ids, start, end, header, ends)
+            if start <= 1:
+                raise ValueError(
+                    f"held-out SFT row {number}: every token is labelled "
+                    "(train_on_inputs: true), so its last labelled span is the "
+                    "whole conversation, not the answer, and the run's tokenizer "
+                    "(TokenizedSkill(rows, tokenizer)) finds no assistant header "
+                    "in it: name held-out rows in paft_merge_search_sft_data"
+                )
+            self.spans.append((ids, start, end))
+
+
+def assistant_header(tokenizer) -> list[list[int]]:
+    """The token ids the chat template puts before an assistant answer (its
+    generation prompt, e.g. ChatML's `<|im_start|>assistant\n`), and the same
+    without its last token (which may merge with the answer's first)."""
+    turns = [{"role": "user", "content": "x"}]
+    without = tokenizer.apply_chat_template(turns, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        turns, add_generation_prompt=True, tokenize=False
+    )
+    if not prompt.startswith(without) or prompt == without:
+        return []
+    ids = tokenizer(prompt[len(without) :], add_special_tokens=False)["input_ids"]
+    return [ids, ids[:-1]] if len(ids) > 1 else [ids]
+
+
+def _answer_in(
+    ids: list[int], start: int, end: int, headers: list[list[int]], ends: set[int]
+) -> tuple[int, int]:
+    """`[start, end)` narrowed to the last answer where the labelled span holds
+    an assistant header (`train_on_inputs`): after the header's last
+    occurrence, to the first end-of-turn token after it (included)."""
+    for header in headers:
+        width = len(header)
+        found = [
+            i for i in range(start, end - width + 1) if ids[i : i + width] == header
+        ]
+        if found:
+            answer = found[-1] + width
+            stop = next((i + 1 for i in range(answer, end) if ids[i] in ends), end)
+            return answer, stop
+    return start, end
 
 
 def prompt_turns(row: dict, number: int) -> list[dict]:
