@@ -36,15 +36,35 @@ def test_every_candidate_is_scored(evaluated):
     results = summary["results"]
     assert list(results) == ["base", "sft", "pref"]
     for metrics in results.values():
-        for key in ("sft_exact_match", "preference_accuracy", "chosen_over_rejected"):
+        for key in ("sft_greedy_match", "preference_accuracy", "chosen_over_rejected"):
             assert 0 <= metrics[key] <= 1
-        assert metrics["score"] == pytest.approx(
-            (metrics["sft_exact_match"] + metrics["preference_accuracy"]) / 2
+        assert metrics["greedy_score"] == pytest.approx(
+            (metrics["sft_greedy_match"] + metrics["preference_accuracy"]) / 2
         )
     assert results["base"]["preference_margin"] == 0  # the base against itself
-    best = max(results, key=lambda n: (results[n]["score"], -results[n]["sft_loss"]))
+    best = max(
+        results, key=lambda n: (results[n]["greedy_score"], -results[n]["sft_loss"])
+    )
     assert summary["best"] == best
     assert (evaluated / "eval.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_measures_name_means_one_computation_in_every_command(evaluated):
+    """`sft_exact_match` was greedy generation (text compared, whitespace
+    trimmed, 32 new tokens) in axolotl-paft-eval and teacher-forced matching of
+    the answer and its end-of-turn token in the search (`scoring.MEASURES`), and
+    `score` was built from each. The eval's generated ones are named for what
+    they are; every name the eval shares with `scoring.MEASURES` is the
+    search's computation."""
+    from axolotl_paft.cli.eval import METRICS
+    from axolotl_paft.merging.scoring import MEASURES
+
+    results = json.loads((evaluated / "eval.json").read_text())["results"]
+    for metrics in results.values():
+        assert "sft_exact_match" not in metrics and "score" not in metrics
+        assert {"sft_greedy_match", "greedy_score"} <= metrics.keys()
+    shared = set(METRICS) & {m.metric for m in MEASURES.values()}
+    assert shared == {"sft_loss", "preference_accuracy", "preference_margin"}
 
 
 def test_preference_accuracy_matches_recomputation(llama_world, adapters, evaluated):

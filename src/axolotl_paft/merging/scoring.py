@@ -443,7 +443,8 @@ def row_terms(
 
 def summarize(terms: dict[str, tuple]) -> dict[str, float]:
     """Every measure's value from `row_terms`, under its metric key, and
-    `score = (sft_exact_match + preference_accuracy) / 2` (`axolotl-paft-eval`'s)
+    `score = (sft_exact_match + preference_accuracy) / 2` (teacher-forced:
+    `axolotl-paft-eval`'s generated one is `greedy_score`)
     where both are among them."""
     metrics = {MEASURES[name].metric: value(name, t) for name, t in terms.items()}
     if {"sft_exact_match", "preference_accuracy"} <= metrics.keys():
