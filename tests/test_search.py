@@ -376,3 +376,81 @@ def test_a_broken_candidate_never_wins():
             board = explore(measure, methods, budget=4, objective=objective)
             assert board[0]["name"] == "task_arithmetic-s1-p1", (objective, methods)
             assert board[-1]["name"] == "ties-s1-p1-d0.5", (objective, methods)
+
+
+def _sweep_search(llama_world, adapters, out, *extra):
+    main(
+        [
+            "--base", str(llama_world.model_dir),
+            "--sft", str(adapters["sft"]),
+            "--preference", str(adapters["preference"]),
+            "--search", "--methods", "task_arithmetic",
+            "--sft-data", str(llama_world.sft_path),
+            "--preference-data", str(llama_world.preference_path),
+            "--out", str(out), *extra,
+        ]
+    )  # fmt: skip
+
+
+def test_a_search_keeps_what_it_computed_and_a_rerun_skips_it(
+    llama_world, adapters, tmp_path, caplog
+):
+    """Each candidate's config and metrics go to candidates.jsonl as it is scored,
+    with the fingerprint of what it was scored on; a rerun into the same folder
+    (after a failure, or a kill that cut the last line) scores only what is
+    new; on other held-out rows nothing is reused and the earlier file is moved
+    aside, not appended to."""
+    out = tmp_path / "search"
+    _sweep_search(llama_world, adapters, out, "--budget", "2", "--limit", "4")
+    path = out / "candidates.jsonl"
+    first = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(first) == 2
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert {e["fingerprint"] for e in first} == {board["fingerprint"]}
+    for entry in first:
+        assert entry["config"]["merge_method"] == "task_arithmetic"
+        scored = next(e for e in board["leaderboard"] if e["name"] == entry["name"])
+        assert json.dumps(entry["metrics"]) == json.dumps(scored["metrics"])  # nan
+    with path.open("a") as handle:
+        handle.write('{"name": "task_arithmetic-s1-p0.7')  # killed mid-line
+    caplog.set_level("INFO", logger="axolotl.axolotl_paft.merging.search")
+    _sweep_search(llama_world, adapters, out, "--budget", "3", "--limit", "4")
+    assert "takes 2 candidates scored by an earlier try" in caplog.text
+    again = path.read_text().splitlines()
+    assert again[:2] == [json.dumps(e) for e in first]  # the cut line dropped
+    assert len(again) == 3  # one new candidate scored
+    assert len(json.loads((out / "leaderboard.json").read_text())["leaderboard"]) == 3
+    caplog.clear()
+    _sweep_search(llama_world, adapters, out, "--budget", "1", "--limit", "3")
+    assert "not reused" in caplog.text
+    assert len(path.read_text().splitlines()) == 1  # scored again on 3 rows
+    assert len(list(out.glob("candidates-*.jsonl"))) == 1  # the earlier, aside
+
+
+def test_the_winner_as_written_is_rescored_where_its_build_can_differ(
+    llama_world, adapters, tmp_path
+):
+    """On an accelerator, a DARE or DELLA candidate built in memory draws its
+    masks from the accelerator's generator and mergekit-yaml's winner from the
+    CPU's: the winner as written is scored again and both numbers are kept.
+    Forced here on CPU (where the two are the same merge): the record appears,
+    equal to the searched numbers."""
+    from axolotl_paft.merging.scoring import read_jsonl
+    from axolotl_paft.merging.search import _rebuild_differs, search
+
+    out = tmp_path / "search"
+    result = search(
+        llama_world.model_dir, adapters["sft"], adapters["preference"],
+        read_jsonl(llama_world.sft_path, 4), read_jsonl(llama_world.preference_path, 4),
+        out, budget=1, methods=("dare_ties",), rescore=True,
+    )  # fmt: skip
+    best = json.loads((out / "leaderboard.json").read_text())["leaderboard"][0]
+    assert best["rescored"]["why"] == "asked for"
+    for key in ("sft_exact_match", "preference_margin", "balanced"):
+        assert best["rescored"][key] == pytest.approx(best["metrics"][key], abs=1e-5)
+    assert json.dumps(result.leaderboard[0]["rescored"]) == json.dumps(best["rescored"])
+    dare = {"merge_method": "dare_ties"}
+    assert "cuda" in _rebuild_differs(object(), dare, torch.device("cuda"))
+    assert _rebuild_differs(object(), dare, torch.device("cpu")) == ""
+    assert _rebuild_differs(None, dare, torch.device("cuda")) == ""  # on disk
+    assert _rebuild_differs(object(), {"merge_method": "ties"}, "cuda") == ""

@@ -173,6 +173,13 @@ def _reference_lines(leaderboard: list[dict], objective: str, scoring: dict) -> 
         )
     if objective == "balanced" and not ranked_by:
         lines.append("- **No side ranks: the candidates are ranked by the score.**")
+    rescored = leaderboard[0].get("rescored")
+    if rescored:
+        lines.append(
+            f"- The winner as mergekit wrote it (merged/best; {rescored['why']}): "
+            f"{progress_text(rescored)}; as searched: "
+            f"{progress_text(leaderboard[0]['metrics'])}."
+        )
     if len(leaderboard) > 1 and "balanced_low" in leaderboard[0]["metrics"]:
         first, second = (e["metrics"] for e in leaderboard[:2])
         overlap = (
