@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 
 import pytest
 import torch
@@ -454,3 +455,59 @@ def test_the_winner_as_written_is_rescored_where_its_build_can_differ(
     assert _rebuild_differs(object(), dare, torch.device("cpu")) == ""
     assert _rebuild_differs(None, dare, torch.device("cuda")) == ""  # on disk
     assert _rebuild_differs(object(), {"merge_method": "ties"}, "cuda") == ""
+
+
+def test_the_rerun_command_reproduces_a_runs_search_on_its_own_splits(
+    llama_world, tmp_path
+):
+    """The printed rerun command dropped the run's measures and lm-eval tasks,
+    rendered rows with the base's tokenizer and named placeholders for the
+    run's own held-out splits. Now the splits are written as JSONL (as scored)
+    and the command carries measures, objective, tokenizer and files: run into
+    another folder, it scores every candidate as the run's search did. (With
+    `train_on_inputs: true`, the skill is the answer, not the conversation.)"""
+    from conftest import last_trainer
+
+    from axolotl_paft.lab.toy import parallel_config, run_axolotl_train
+    from axolotl_paft.merging.outputs import rerun_search_command, search_rows
+    from axolotl_paft.plugin import adapter_folders, paft_args
+
+    out = tmp_path / "out"
+    config = parallel_config(
+        llama_world, out, max_steps=4, paft_merge_methods=[],
+        paft_merge_search=True, paft_merge_search_budget=2,
+        paft_merge_search_methods=["task_arithmetic", "ties"],
+        paft_merge_search_skill_measure="token_accuracy",
+        paft_merge_search_preference_measure="accuracy",
+        train_on_inputs=True,
+    )  # fmt: skip
+    del config["val_set_size"]  # the run's own splits: 5% held out per side
+    run_axolotl_train(config)
+    board = json.loads((out / "search" / "leaderboard.json").read_text())
+    assert board["measures"] == {"skill": "token_accuracy", "preference": "accuracy"}
+    held_out = {
+        side: out / "search" / "held_out" / f"{side}.jsonl"
+        for side in ("sft", "preference")
+    }
+    assert all(path.is_file() for path in held_out.values())
+    from axolotl.utils.dict import DictDefault
+
+    cfg = DictDefault(config)
+    args = paft_args(cfg)
+    skill, _ = search_rows(str(llama_world.model_dir), args, last_trainer())
+    for ids, start, end in skill.spans:  # the answer, not the conversation
+        assert start > 1 and ids[start - 1] != ids[end - 1]
+    command = rerun_search_command(
+        out, str(llama_world.model_dir.resolve()), adapter_folders(cfg, args), args,
+        held_out,
+    )  # fmt: skip
+    words = shlex.split(command)
+    for flag in ("--skill-measure", "--preference-measure", "--tokenizer"):
+        assert flag in words, flag
+    assert "SFT.jsonl" not in words and "PREFERENCE.jsonl" not in words
+    again = tmp_path / "again"
+    main(words[1 : words.index("--out")] + ["--out", str(again)])
+    rerun = json.loads((again / "leaderboard.json").read_text())
+    assert rerun["fingerprint"] == board["fingerprint"]
+    assert rerun["held_out"] == board["held_out"]
+    assert json.dumps(rerun["leaderboard"]) == json.dumps(board["leaderboard"])

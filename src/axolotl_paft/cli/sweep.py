@@ -110,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lm-eval-include-path", help="folder of task YAMLs")
     parser.add_argument("--lm-eval-limit", type=int, help="rows per lm-eval task")
     parser.add_argument(
+        "--lm-eval-num-fewshot", type=int, help="few-shot examples per lm-eval task"
+    )
+    parser.add_argument(
+        "--lm-eval-batch-size", type=_positive, default=8, help="lm-eval's batch size"
+    )
+    parser.add_argument(
+        "--tokenizer", type=Path,
+        help="--search: the tokenizer that renders the held-out rows and whose chat "
+        "template the merges carry (a training run's output_dir; default: the base's)",
+    )  # fmt: skip
+    parser.add_argument(
         "--lm-eval-no-chat-template",
         action="store_true",
         help="lm-eval prompts without the base tokenizer's chat template",
@@ -192,8 +203,15 @@ def run_search(opts: argparse.Namespace, base: str) -> None:
             [tasks] if isinstance(tasks, str | dict) else tasks,
             limit=opts.lm_eval_limit,
             include_path=opts.lm_eval_include_path,
+            batch_size=opts.lm_eval_batch_size,
+            num_fewshot=opts.lm_eval_num_fewshot,
             apply_chat_template=not opts.lm_eval_no_chat_template,
         )
+    tokenizer = None
+    if opts.tokenizer is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(opts.tokenizer)
     result = search(
         base, opts.sft, opts.preference,
         read_jsonl(opts.sft_data, opts.limit),
@@ -202,6 +220,8 @@ def run_search(opts: argparse.Namespace, base: str) -> None:
         objective="balanced" if lm_eval is None else "lm_eval", lm_eval=lm_eval,
         skill_measure=opts.skill_measure,
         preference_measure=opts.preference_measure, answers=_stage(opts),
+        tokenizer=tokenizer,
+        chat_template=None if tokenizer is None else tokenizer.chat_template,
     )  # fmt: skip
     print((opts.out / "leaderboard.md").read_text())
     print(f"best: {result.best}; config {result.config}")

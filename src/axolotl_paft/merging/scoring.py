@@ -312,6 +312,14 @@ class TokenizedSkill(TextSkill):
                 )
             self.spans.append((ids, start, end))
 
+    def token_rows(self) -> list[dict]:
+        """The rows as scored, for a JSONL file `TokenizedSkill` reads back to
+        the same spans: `input_ids`, and `labels` on the answer's span only."""
+        return [
+            {"input_ids": ids, "labels": [IGNORE_INDEX] * start + ids[start:end]}
+            for ids, start, end in self.spans
+        ]
+
 
 def assistant_header(tokenizer) -> list[list[int]]:
     """The token ids the chat template puts before an assistant answer (its
@@ -391,6 +399,25 @@ class TokenizedPairs:
     def __init__(self, rows, collator, batch_size: int = 8):
         self.rows, self.collator, self.batch_size = rows, collator, batch_size
 
+    def token_rows(self) -> list[dict]:
+        """The rows as the collator scores them (prompt and completions cut to
+        its `max_length`, keep start), for a JSONL file read back with a
+        collator that cuts nothing (`read_rows`) to the same scores."""
+        most = getattr(self.collator, "max_length", None)
+        rows = []
+        for i in range(len(self.rows)):
+            row = self.rows[i]
+            prompt = list(row["prompt_ids"])
+            room = None if most is None else max(0, most - len(prompt))
+            rows.append(
+                {
+                    "prompt_ids": prompt if most is None else prompt[:most],
+                    "chosen_ids": list(row["chosen_ids"])[:room],
+                    "rejected_ids": list(row["rejected_ids"])[:room],
+                }
+            )
+        return rows
+
     @torch.no_grad()
     def logps(self, model) -> torch.Tensor:
         """`[n, 2]` summed log-probs of each pair's chosen and rejected completion."""
@@ -413,6 +440,27 @@ class TokenizedPairs:
             )
             logps.append(torch.stack(summed.float().cpu().chunk(2), dim=1))
         return torch.cat(logps)
+
+
+def read_rows(tokenizer, skill_rows: list[dict], pair_rows: list[dict]) -> tuple:
+    """Held-out JSONL rows as the search scores them: text rows (`messages`;
+    `question`/`chosen`/`rejected`) rendered with `tokenizer` (`TextSkill`,
+    `TextPairs`), or a run's own splits as `outputs.write_held_out` wrote them
+    (`input_ids`/`labels`; `prompt_ids`/`chosen_ids`/`rejected_ids`), scored as
+    the run scored them (`TokenizedSkill`, `TokenizedPairs`)."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    if skill_rows and "input_ids" in skill_rows[0]:
+        skill = TokenizedSkill(skill_rows, tokenizer)
+    else:
+        skill = TextSkill(tokenizer, skill_rows)
+    if pair_rows and "prompt_ids" in pair_rows[0]:
+        pad = tokenizer.pad_token_id
+        pad = tokenizer.eos_token_id if pad is None else pad
+        pairs = TokenizedPairs(pair_rows, DataCollatorForPreference(pad_token_id=pad))
+    else:
+        pairs = TextPairs(tokenizer, pair_rows)
+    return skill, pairs
 
 
 def last_labelled_span(labels: torch.Tensor) -> tuple[int, int]:

@@ -63,13 +63,7 @@ from axolotl_paft.merging.configs import (
 )
 from axolotl_paft.merging.inmemory import InMemoryMerges, InMemoryUnsupported
 from axolotl_paft.merging.leaderboard import progress_text, write_search
-from axolotl_paft.merging.scoring import (
-    Scorer,
-    TextPairs,
-    TextSkill,
-    device_of,
-    load_model,
-)
+from axolotl_paft.merging.scoring import Scorer, device_of, load_model, read_rows
 
 GRID = {
     "preference_weight": (0.1, 0.25, 0.5, 0.75, 1.0, 1.5),
@@ -347,10 +341,16 @@ def search(
 
 
 def _as_rows(tokenizer, skill, pairs) -> tuple:
-    """Held-out rows given as lists of JSONL rows, read as text with `tokenizer`;
-    rows given as `scoring`'s row classes, as they are."""
-    skill = TextSkill(tokenizer, skill) if isinstance(skill, list) else skill
-    pairs = TextPairs(tokenizer, pairs) if isinstance(pairs, list) else pairs
+    """Held-out rows given as lists of JSONL rows, read with `tokenizer`
+    (`scoring.read_rows`: text, or a run's own split as written); rows given as
+    `scoring`'s row classes, as they are."""
+    read_skill, read_pairs = read_rows(
+        tokenizer,
+        skill if isinstance(skill, list) else [],
+        pairs if isinstance(pairs, list) else [],
+    )
+    skill = read_skill if isinstance(skill, list) else skill
+    pairs = read_pairs if isinstance(pairs, list) else pairs
     return skill, pairs
 
 
@@ -537,13 +537,7 @@ def folder_digest(folder: Path, whole: bool = True) -> str:
 def rows_digest(skill, pairs) -> str:
     """A digest of the held-out rows as scored: the skill's token spans, the
     pairs' spans (text rows) or token columns (the run's own split)."""
-    if hasattr(pairs, "spans"):
-        pair_rows = pairs.spans
-    else:
-        pair_rows = [
-            {k: list(v) for k, v in dict(row).items() if k.endswith("_ids")}
-            for row in pairs.rows
-        ]
+    pair_rows = pairs.spans if hasattr(pairs, "spans") else pairs.token_rows()
     return _digest(skill.spans, pair_rows)
 
 
