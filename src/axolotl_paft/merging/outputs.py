@@ -23,8 +23,9 @@ from axolotl_paft.merging.configs import (
     run_tokenizer,
     write_merge_configs,
 )
-from axolotl_paft.merging.export import export_run_adapters
+from axolotl_paft.merging.export import export_run_adapters, stamp_merged
 from axolotl_paft.merging.report import build_report, write_report
+from axolotl_paft.merging.runs import run_id_of, run_stamp
 
 if TYPE_CHECKING:
     from axolotl_paft.merging.search import SearchResult
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 
 MERGEKIT_DIR = "mergekit"
+ROLES = ("sft", "preference")
 SEARCH_DIR = "search"
 
 
@@ -58,6 +60,7 @@ class RunOutputs:
     from the files the same process wrote."""
 
     written: list[Path] = field(default_factory=list)
+    stamp: dict = field(default_factory=dict)  # `runs.run_stamp` of this run
     emitted: EmittedConfigs | None = None  # the mergekit configs and their cache
     merge: dict | None = None  # the emitted configs as the report summarises them
     search: SearchResult | None = None
@@ -81,7 +84,7 @@ def write_run_outputs(
     naming each failed step with the command that redoes it alone (the
     search's takes `--export` too: `paft_merge_export` runs only after a search
     that ended, last, so that its lines close the log)."""
-    run = RunOutputs()
+    run = RunOutputs(stamp=run_stamp(adapters, run_id_of(output_dir)))
     failed: list[tuple[str, Exception, str]] = []  # step, error, its command
 
     def guarded(step: str, redo: Callable[[], str], write: Callable[[], None]):
@@ -105,9 +108,9 @@ def write_run_outputs(
 
         def merge_run():
             LOG.info("paft: merging with %s into %s", args.paft_merge_run, merged)
-            run.written.append(
-                run_merge_config(method_config, merged, run.emitted.cache_dir)
-            )
+            run_merge_config(method_config, merged, run.emitted.cache_dir)
+            folders = [adapters[r].resolve() for r in ROLES if r in adapters]
+            run.written.append(stamp_merged(merged, method_config, folders))
 
         guarded(
             "paft_merge_run",
@@ -121,7 +124,7 @@ def write_run_outputs(
             rows.append(held_out())
             rows.append(write_held_out(output_dir, args, *rows[0]))
             run.search = run_merge_search(
-                output_dir, base_model, adapters, args, rows[0]
+                output_dir, base_model, adapters, args, rows[0], run.stamp
             )
             run.written += [
                 output_dir / MERGEKIT_DIR / "best.yml", *run.search.paths[1:3],
@@ -150,8 +153,9 @@ def write_run_outputs(
         ) from failed[0][1]
     # paft_merge_export: one adapter per merge; its log lines name it and its use
     run.written += export_run_adapters(
-        output_dir, base_model, adapters, args, run.emitted, run.search
-    )
+        output_dir, base_model, adapters, args, run.emitted, run.search,
+        run=run.stamp,
+    )  # fmt: skip
     return run
 
 
@@ -387,6 +391,7 @@ def run_merge_search(
     adapters: dict[str, Path],
     args: PAFTArgs,
     held_out: tuple,
+    run: dict | None = None,
 ) -> SearchResult:
     """`paft_merge_search`: search into output_dir/search, the winner's config
     copied to output_dir/mergekit/best.yml."""
@@ -410,6 +415,7 @@ def run_merge_search(
         chat_template=None if tokenizer is None else tokenizer.chat_template,
         answers=args.answer_stage(),
         tokenizer=tokenizer,
+        run=run,
     )
     best = output_dir / MERGEKIT_DIR / "best.yml"
     best.parent.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,7 @@ from axolotl_paft.merging.configs import (
 )
 from axolotl_paft.merging.inmemory import InMemoryMerges, InMemoryUnsupported
 from axolotl_paft.merging.leaderboard import progress_text, write_search
+from axolotl_paft.merging.runs import adapter_digest, run_stamp
 from axolotl_paft.merging.scoring import Scorer, device_of, load_model, read_rows
 
 GRID = {
@@ -211,6 +212,7 @@ class SearchResult:
     scorer: Scorer  # the held-out rows and measures, the references scored
     paths: list[Path]  # best.yml, leaderboard.json / .md, search.png
     fingerprint: str = ""  # what the candidates were scored on (`fingerprint`)
+    run: dict | None = None  # the run that searched (`runs.run_stamp`)
 
 
 def search(
@@ -231,6 +233,7 @@ def search(
     answers: AnswerStage | None = None,
     tokenizer=None,
     rescore: bool | None = None,
+    run: dict | None = None,
 ) -> SearchResult:
     """Search within `budget` candidates; write the outputs (module docstring) and
     return them as a `SearchResult`.
@@ -253,7 +256,9 @@ def search(
     candidates scored there instead of scoring them again. `rescore`: score the
     winner as mergekit wrote it (`merged/best`) and record it beside the
     searched numbers (`rescored`); None: where that build can differ from the
-    candidate's (`_rebuild_differs`)."""
+    candidate's (`_rebuild_differs`). `run`: the `runs.run_stamp` of the run
+    that searches (its id, the adapters' digests), written into
+    leaderboard.json (default: the adapters' alone)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} not in {OBJECTIVES}")
     if lm_eval is not None:  # paft lm-eval objective: checked before loading
@@ -311,7 +316,10 @@ def search(
         summary = (summary or {}) | {"answers": said}
     held_out = {"sft_rows": len(skill.spans), "preference_pairs": len(pairs.rows)}
     best = leaderboard[0]["name"]
-    summary = (summary or {"measures": scorer.measures}) | {"fingerprint": stamp}
+    summary = (summary or {"measures": scorer.measures}) | {
+        "fingerprint": stamp,
+        "run": run or run_stamp({"sft": sft, "preference": preference}),
+    }
 
     def write() -> list[Path]:
         return write_search(
@@ -336,8 +344,9 @@ def search(
         )  # fmt: skip
         paths = write()
     return SearchResult(
-        best, leaderboard, references, paths[0], merged, cache, scorer, paths, stamp
-    )
+        best, leaderboard, references, paths[0], merged, cache, scorer, paths, stamp,
+        summary["run"],
+    )  # fmt: skip
 
 
 def _as_rows(tokenizer, skill, pairs) -> tuple:
@@ -500,7 +509,6 @@ def _builder(merges, base, sft, preference, out: Path, cache, chat_template):
 
 
 CANDIDATES = "candidates.jsonl"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.")
 LM_EVAL_SETTINGS = ("limit", "include_path", "num_fewshot", "apply_chat_template")
 
 
@@ -512,23 +520,16 @@ def _digest(*parts) -> str:
     return hasher.hexdigest()
 
 
-def folder_digest(folder: Path, whole: bool = True) -> str:
-    """A digest of an adapter folder (`whole`: its adapter_config.json and
-    adapter_model.* contents, not what else a run's folder holds) or of a base
-    model folder (its top-level files: the small ones' contents, the large
-    ones' names and sizes; hashing 15 GB of weights per search costs
-    minutes)."""
+def base_digest(folder: Path) -> str:
+    """A digest of a base model folder: its top-level files, the small ones'
+    contents, the large ones' names and sizes (hashing 15 GB of weights per
+    search costs minutes)."""
     hasher = hashlib.sha256()
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
-    if whole:
-        files = [p for p in files if p.name.startswith(ADAPTER_FILES)]
-    for path in files:
+    for path in sorted(p for p in Path(folder).iterdir() if p.is_file()):
         hasher.update(path.name.encode())
         size = path.stat().st_size
-        if whole or size <= 1 << 20:
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    hasher.update(block)
+        if size <= 1 << 20:
+            hasher.update(path.read_bytes())
         else:
             hasher.update(str(size).encode())
     return hasher.hexdigest()
@@ -554,9 +555,9 @@ def fingerprint(
         tasks = [getattr(lm_eval, k, None) for k in LM_EVAL_SETTINGS]
         tasks.append([t.model_dump() for t in lm_eval.tasks])
     return _digest(
-        folder_digest(base_path, whole=False) if base_path.is_dir() else str(base),
-        folder_digest(Path(sft)),
-        folder_digest(Path(preference)),
+        base_digest(base_path) if base_path.is_dir() else str(base),
+        adapter_digest(Path(sft)),
+        adapter_digest(Path(preference)),
         rows_digest(skill, pairs),
         measures, objective, tasks, chat_template, MERGE_SEED, device,
     )  # fmt: skip
