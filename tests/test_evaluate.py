@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -35,15 +36,35 @@ def test_every_candidate_is_scored(evaluated):
     results = summary["results"]
     assert list(results) == ["base", "sft", "pref"]
     for metrics in results.values():
-        for key in ("sft_exact_match", "preference_accuracy", "chosen_over_rejected"):
+        for key in ("sft_greedy_match", "preference_accuracy", "chosen_over_rejected"):
             assert 0 <= metrics[key] <= 1
-        assert metrics["score"] == pytest.approx(
-            (metrics["sft_exact_match"] + metrics["preference_accuracy"]) / 2
+        assert metrics["greedy_score"] == pytest.approx(
+            (metrics["sft_greedy_match"] + metrics["preference_accuracy"]) / 2
         )
     assert results["base"]["preference_margin"] == 0  # the base against itself
-    best = max(results, key=lambda n: (results[n]["score"], -results[n]["sft_loss"]))
+    best = max(
+        results, key=lambda n: (results[n]["greedy_score"], -results[n]["sft_loss"])
+    )
     assert summary["best"] == best
     assert (evaluated / "eval.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_measures_name_means_one_computation_in_every_command(evaluated):
+    """`sft_exact_match` was greedy generation (text compared, whitespace
+    trimmed, 32 new tokens) in axolotl-paft-eval and teacher-forced matching of
+    the answer and its end-of-turn token in the search (`scoring.MEASURES`), and
+    `score` was built from each. The eval's generated ones are named for what
+    they are; every name the eval shares with `scoring.MEASURES` is the
+    search's computation."""
+    from axolotl_paft.cli.eval import METRICS
+    from axolotl_paft.merging.scoring import MEASURES
+
+    results = json.loads((evaluated / "eval.json").read_text())["results"]
+    for metrics in results.values():
+        assert "sft_exact_match" not in metrics and "score" not in metrics
+        assert {"sft_greedy_match", "greedy_score"} <= metrics.keys()
+    shared = set(METRICS) & {m.metric for m in MEASURES.values()}
+    assert shared == {"sft_loss", "preference_accuracy", "preference_margin"}
 
 
 def test_preference_accuracy_matches_recomputation(llama_world, adapters, evaluated):
@@ -179,3 +200,70 @@ def test_scorer_names_a_side_whose_reference_gains_nothing(
     assert metrics["preference_kept"] == pytest.approx(1.0)
     assert metrics["balanced"] == pytest.approx(1.0)
     assert metrics["balanced_low"] == pytest.approx(1.0)  # itself: no noise
+
+
+def _terms(values, denominators=None):
+    values = torch.tensor(values, dtype=torch.float64)
+    ones = torch.ones_like(values)
+    return values, ones if denominators is None else torch.tensor(denominators)
+
+
+def test_a_side_inside_the_noise_has_no_kept_shares_and_nan_never_balances():
+    """Measured on the demo: the SFT-only adapter's NLL gain over the base was
+    positive but inside its noise, so skill did not rank, yet every candidate
+    still got skill kept shares such as 72 and -62 (gain over a near-zero
+    denominator) that fed the tie-break. A side that does not rank has none
+    (nan, intervals too); and a candidate whose ranked measure is nan (a broken
+    merge) is nan balanced, not the other side's share or 1."""
+    from axolotl_paft.merging.scoring import Scorer, balanced_of
+
+    base = {"nll": _terms([1.0, 1.0, 1.0, 1.0]), "margin": _terms([0.0] * 4)}
+    sft = {"nll": _terms([0.0, 2.0, 0.6, 1.2]), "margin": _terms([0.0] * 4)}
+    preference = {"nll": base["nll"], "margin": _terms([1.0, 1.1, 0.9, 1.0])}
+    scorer = Scorer({"skill": "nll", "preference": "margin"}, base)
+    scorer.add_reference("sft", sft)
+    scorer.add_reference("preference", preference)
+    assert scorer.gains["skill"]["gain"] > 0 and not scorer.gains["skill"]["clear"]
+    assert scorer.ranked_sides == ("preference",)
+    metrics = scorer.metrics(
+        {"nll": _terms([0.9, 1.0, 0.8, 1.0]), "margin": _terms([0.5] * 4)}
+    )
+    for key in ("skill_kept", "skill_kept_low", "skill_kept_high"):
+        assert math.isnan(metrics[key]), (key, metrics[key])
+    assert metrics["balanced"] == metrics["preference_kept"] == pytest.approx(0.5)
+    broken = scorer.metrics(
+        {"nll": _terms([0.9] * 4), "margin": _terms([math.nan] * 4)}
+    )
+    assert math.isnan(broken["balanced"])
+    for skill, preference in ((math.nan, 1.0), (0.5, math.nan)):
+        kept = {"skill_kept": skill, "preference_kept": preference}
+        assert math.isnan(balanced_of(kept, ("skill", "preference")))
+
+
+def test_train_on_inputs_does_not_make_the_skill_the_whole_conversation(llama_world):
+    """With `train_on_inputs: true` Axolotl labels every token of an SFT row,
+    prompt included: the last labelled span was then the whole conversation,
+    and the run's own eval split scored the prompt's loss as the skill. The
+    skill is the last answer and its end-of-turn token, as from a file."""
+    from axolotl_paft.lab.toy import sft_rows
+    from axolotl_paft.merging.scoring import TextSkill, TokenizedSkill
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_world.model_dir)
+    text = TextSkill(tokenizer, sft_rows(4, seed=3))
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    rows = [
+        {"input_ids": ids + newline, "labels": ids + newline}  # all labelled
+        for ids, _, _ in text.spans
+    ]
+    tokenized = TokenizedSkill(rows, tokenizer)
+    assert [(ids[:end], start, end) for ids, start, end in tokenized.spans] == [
+        (ids, start, end) for ids, start, end in text.spans
+    ]
+    with pytest.raises(ValueError, match="train_on_inputs"):
+        TokenizedSkill(rows)  # without the run's tokenizer, refused by name
+    # a row labelled as Axolotl labels it without train_on_inputs is unchanged
+    masked = [
+        {"input_ids": ids, "labels": [-100] * start + ids[start:end]}
+        for ids, start, end in text.spans
+    ]
+    assert TokenizedSkill(masked, tokenizer).spans == text.spans

@@ -203,3 +203,46 @@ def test_the_search_merges_other_adapters_on_disk(
     assert len(result.leaderboard) == 1
     assert [p.suffix for p in (out / "candidates").iterdir()] == [".yml"]
     assert (out / "merged" / "best" / "model.safetensors").is_file()
+
+
+def test_on_disk_references_are_scored_merged_as_the_candidates_are(
+    llama_world, adapters, tmp_path
+):
+    """On the on-disk fallback the candidates are mergekit's merges of
+    `base+adapter`, while the references were the adapters applied unmerged by
+    PEFT: where the two differ (a LoRA on a tied lm_head: merging it moves the
+    embeddings too) the same SFT adapter scored NLL 6.75 as a reference and
+    7.45 inside a merge. The references are built as mergekit builds them."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from axolotl_paft.merging.scoring import read_jsonl
+    from axolotl_paft.merging.search import merged_reference, search
+
+    tied = tmp_path / "tied"
+    model = AutoModelForCausalLM.from_pretrained(llama_world.model_dir)
+    model.config.tie_word_embeddings = True
+    model.lm_head.weight = model.model.embed_tokens.weight
+    model.save_pretrained(tied)
+    AutoModelForCausalLM.from_pretrained(tied)  # loads tied
+    for file in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (tied / file).write_bytes((llama_world.model_dir / file).read_bytes())
+    torch.manual_seed(3)
+    lora = LoraConfig(
+        r=4, target_modules=["q_proj", "lm_head"], use_dora=True,
+        init_lora_weights=False,
+    )  # fmt: skip
+    sft = tmp_path / "sft"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tied), lora).save_pretrained(
+        sft
+    )
+    result = search(
+        tied, sft, adapters["preference"],
+        read_jsonl(llama_world.sft_path, 4), read_jsonl(llama_world.preference_path, 4),
+        tmp_path / "search", budget=1, methods=("task_arithmetic",),
+    )  # fmt: skip
+    merged = result.scorer(load_model(merged_reference(tied, sft, result.cache)))
+    unmerged = result.scorer(load_model(tied, sft))
+    reference = result.references["sft"]
+    assert reference["sft_loss"] == pytest.approx(merged["sft_loss"], abs=1e-6)
+    assert abs(unmerged["sft_loss"] - merged["sft_loss"]) > 1e-3  # they differ

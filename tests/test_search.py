@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 
 import pytest
 import torch
@@ -379,3 +380,158 @@ def test_the_coordinate_search_tries_layer_profiles_and_keeps_one_that_wins():
         from axolotl_paft.merging.candidates import Candidate, candidate_config
 
         candidate_config("/b", "/s", "/p", Candidate("slerp", profile="lines"))
+
+
+def test_a_broken_candidate_never_wins():
+    """A merge whose skill measure is nan (a broken merge: inf weights, a NaN
+    loss): `min(1, nan, p)` made its balanced objective the preference kept (or
+    1) and it won; nan also compared neither above nor below anything, so the
+    order depended on which candidate came first. It ranks last, under every
+    objective."""
+    measure = landscape(
+        {
+            "ties-s1-p1-d0.5": (math.nan, 1.0),
+            "task_arithmetic-s1-p1": (0.75, 0.75),
+            "default": lambda candidate: (0.5, 0.5),
+        },
+        REFERENCES,
+    )
+    for objective in ("balanced", "score"):
+        for methods in (("ties", "task_arithmetic"), ("task_arithmetic", "ties")):
+            board = explore(measure, methods, budget=4, objective=objective)
+            assert board[0]["name"] == "task_arithmetic-s1-p1", (objective, methods)
+            assert board[-1]["name"] == "ties-s1-p1-d0.5", (objective, methods)
+
+
+def _sweep_search(llama_world, adapters, out, *extra):
+    main(
+        [
+            "--base", str(llama_world.model_dir),
+            "--sft", str(adapters["sft"]),
+            "--preference", str(adapters["preference"]),
+            "--search", "--methods", "task_arithmetic",
+            "--sft-data", str(llama_world.sft_path),
+            "--preference-data", str(llama_world.preference_path),
+            "--out", str(out), *extra,
+        ]
+    )  # fmt: skip
+
+
+def test_a_search_keeps_what_it_computed_and_a_rerun_skips_it(
+    llama_world, adapters, tmp_path, caplog
+):
+    """Each candidate's config and metrics go to candidates.jsonl as it is scored,
+    with the fingerprint of what it was scored on; a rerun into the same folder
+    (after a failure, or a kill that cut the last line) scores only what is
+    new; on other held-out rows nothing is reused and the earlier file is moved
+    aside, not appended to."""
+    out = tmp_path / "search"
+    _sweep_search(llama_world, adapters, out, "--budget", "2", "--limit", "4")
+    path = out / "candidates.jsonl"
+    first = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(first) == 2
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert {e["fingerprint"] for e in first} == {board["fingerprint"]}
+    for entry in first:
+        assert entry["config"]["merge_method"] == "task_arithmetic"
+        scored = next(e for e in board["leaderboard"] if e["name"] == entry["name"])
+        assert json.dumps(entry["metrics"]) == json.dumps(scored["metrics"])  # nan
+    with path.open("a") as handle:
+        handle.write('{"name": "task_arithmetic-s1-p0.7')  # killed mid-line
+    caplog.set_level("INFO", logger="axolotl.axolotl_paft.merging.search")
+    _sweep_search(llama_world, adapters, out, "--budget", "3", "--limit", "4")
+    assert "takes 2 candidates scored by an earlier try" in caplog.text
+    again = path.read_text().splitlines()
+    assert again[:2] == [json.dumps(e) for e in first]  # the cut line dropped
+    assert len(again) == 3  # one new candidate scored
+    assert len(json.loads((out / "leaderboard.json").read_text())["leaderboard"]) == 3
+    caplog.clear()
+    _sweep_search(llama_world, adapters, out, "--budget", "1", "--limit", "3")
+    assert "not reused" in caplog.text
+    assert len(path.read_text().splitlines()) == 1  # scored again on 3 rows
+    assert len(list(out.glob("candidates-*.jsonl"))) == 1  # the earlier, aside
+
+
+def test_the_winner_as_written_is_rescored_where_its_build_can_differ(
+    llama_world, adapters, tmp_path
+):
+    """On an accelerator, a DARE or DELLA candidate built in memory draws its
+    masks from the accelerator's generator and mergekit-yaml's winner from the
+    CPU's: the winner as written is scored again and both numbers are kept.
+    Forced here on CPU (where the two are the same merge): the record appears,
+    equal to the searched numbers."""
+    from axolotl_paft.merging.scoring import read_jsonl
+    from axolotl_paft.merging.search import _rebuild_differs, search
+
+    out = tmp_path / "search"
+    result = search(
+        llama_world.model_dir, adapters["sft"], adapters["preference"],
+        read_jsonl(llama_world.sft_path, 4), read_jsonl(llama_world.preference_path, 4),
+        out, budget=1, methods=("dare_ties",), rescore=True,
+    )  # fmt: skip
+    best = json.loads((out / "leaderboard.json").read_text())["leaderboard"][0]
+    assert best["rescored"]["why"] == "asked for"
+    for key in ("sft_exact_match", "preference_margin", "balanced"):
+        assert best["rescored"][key] == pytest.approx(best["metrics"][key], abs=1e-5)
+    assert json.dumps(result.leaderboard[0]["rescored"]) == json.dumps(best["rescored"])
+    dare = {"merge_method": "dare_ties"}
+    assert "cuda" in _rebuild_differs(object(), dare, torch.device("cuda"))
+    assert _rebuild_differs(object(), dare, torch.device("cpu")) == ""
+    assert _rebuild_differs(None, dare, torch.device("cuda")) == ""  # on disk
+    assert _rebuild_differs(object(), {"merge_method": "ties"}, "cuda") == ""
+
+
+def test_the_rerun_command_reproduces_a_runs_search_on_its_own_splits(
+    llama_world, tmp_path
+):
+    """The printed rerun command dropped the run's measures and lm-eval tasks,
+    rendered rows with the base's tokenizer and named placeholders for the
+    run's own held-out splits. Now the splits are written as JSONL (as scored)
+    and the command carries measures, objective, tokenizer and files: run into
+    another folder, it scores every candidate as the run's search did. (With
+    `train_on_inputs: true`, the skill is the answer, not the conversation.)"""
+    from conftest import last_trainer
+
+    from axolotl_paft.lab.toy import parallel_config, run_axolotl_train
+    from axolotl_paft.merging.outputs import rerun_search_command, search_rows
+    from axolotl_paft.plugin import adapter_folders, paft_args
+
+    out = tmp_path / "out"
+    config = parallel_config(
+        llama_world, out, max_steps=4, paft_merge_methods=[],
+        paft_merge_search=True, paft_merge_search_budget=2,
+        paft_merge_search_methods=["task_arithmetic", "ties"],
+        paft_merge_search_skill_measure="token_accuracy",
+        paft_merge_search_preference_measure="accuracy",
+        train_on_inputs=True,
+    )  # fmt: skip
+    del config["val_set_size"]  # the run's own splits: 5% held out per side
+    run_axolotl_train(config)
+    board = json.loads((out / "search" / "leaderboard.json").read_text())
+    assert board["measures"] == {"skill": "token_accuracy", "preference": "accuracy"}
+    held_out = {
+        side: out / "search" / "held_out" / f"{side}.jsonl"
+        for side in ("sft", "preference")
+    }
+    assert all(path.is_file() for path in held_out.values())
+    from axolotl.utils.dict import DictDefault
+
+    cfg = DictDefault(config)
+    args = paft_args(cfg)
+    skill, _ = search_rows(str(llama_world.model_dir), args, last_trainer())
+    for ids, start, end in skill.spans:  # the answer, not the conversation
+        assert start > 1 and ids[start - 1] != ids[end - 1]
+    command = rerun_search_command(
+        out, str(llama_world.model_dir.resolve()), adapter_folders(cfg, args), args,
+        held_out,
+    )  # fmt: skip
+    words = shlex.split(command)
+    for flag in ("--skill-measure", "--preference-measure", "--tokenizer"):
+        assert flag in words, flag
+    assert "SFT.jsonl" not in words and "PREFERENCE.jsonl" not in words
+    again = tmp_path / "again"
+    main(words[1 : words.index("--out")] + ["--out", str(again)])
+    rerun = json.loads((again / "leaderboard.json").read_text())
+    assert rerun["fingerprint"] == board["fingerprint"]
+    assert rerun["held_out"] == board["held_out"]
+    assert json.dumps(rerun["leaderboard"]) == json.dumps(board["leaderboard"])

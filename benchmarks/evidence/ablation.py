@@ -6,8 +6,9 @@ Candidates, all from the same briefly pre-trained tiny Llama:
 - PAFT: one parallel run, its two deltas merged by ties / dare_ties /
   task_arithmetic / slerp;
 each SFT-bearing candidate with and without L1 on the SFT adapter. Scored on
-held-out rows by `axolotl_paft.merging.scoring` (SFT exact match and loss, preference
-accuracy against the base, score = mean of exact match and preference accuracy),
+held-out rows by `axolotl-paft-eval` (SFT greedy match and loss, preference
+accuracy against the base, greedy score = mean of greedy match and preference
+accuracy),
 with both deltas' sparsity.
 
 Usage: python benchmarks/evidence/ablation.py [OUT] [--steps N]

@@ -18,6 +18,7 @@ from axolotl_paft.config.checks import (
 from axolotl_paft.const import PEFT_DEFAULT_ADAPTER, run_seed
 from axolotl_paft.merging.configs import base_model_reference
 from axolotl_paft.merging.outputs import search_rows, write_run_outputs
+from axolotl_paft.merging.runs import hold_output_dir, release_output_dir
 from axolotl_paft.threads import machine_threads
 from axolotl_paft.training.l1 import L1SparsityCallback
 
@@ -103,9 +104,13 @@ class PAFTPlugin(BasePlugin):
 
     def load_datasets(self, cfg, preprocess: bool = False):
         """Parallel mode: load (and cache) the preference data before the model;
-        in a training run, first make sure output_dir holds no other run's
-        adapters. SFT data stay Axolotl's: returning None keeps its own loading."""
+        in a training run, first take output_dir for this run (`runs.
+        hold_output_dir`: a second run into it at the same time is refused,
+        naming the other) and make sure it holds no other run's adapters. SFT
+        data stay Axolotl's: returning None keeps its own loading."""
         args = paft_args(cfg)
+        if not preprocess and os.environ.get("RANK", "0") == "0":
+            hold_output_dir(Path(cfg.output_dir))
         if not args.paft_parallel:
             return None
         if not preprocess:
@@ -280,5 +285,8 @@ class PAFTPlugin(BasePlugin):
         def held_out():
             return search_rows(base, args, callback.trainer)
 
-        with machine_threads():
-            write_run_outputs(Path(cfg.output_dir), base, adapters, args, held_out)
+        try:
+            with machine_threads():
+                write_run_outputs(Path(cfg.output_dir), base, adapters, args, held_out)
+        finally:
+            release_output_dir(Path(cfg.output_dir))

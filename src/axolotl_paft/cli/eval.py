@@ -7,16 +7,19 @@
 A candidate is a PEFT adapter folder (applied to `--base`) or a full model folder
 (e.g. a mergekit output). Per candidate, on held-out data:
 
-- SFT: `sft_loss` (mean NLL per assistant token) and `sft_exact_match` (greedy answer
-  equals the reference answer, whitespace-trimmed);
+- SFT: `sft_loss` (mean NLL per assistant token, the search's `nll` measure) and
+  `sft_greedy_match` (the greedy answer, generated, equals the reference answer,
+  whitespace-trimmed: not the search's teacher-forced `sft_exact_match`);
 - preference: `preference_accuracy` (fraction of pairs whose implicit reward
   `log pi/ref(chosen) - log pi/ref(rejected)` against the base is > 0),
   `preference_margin` (its mean), `chosen_over_rejected` (fraction of pairs where the
   candidate's own log-prob of chosen exceeds rejected);
-- `score = (sft_exact_match + preference_accuracy) / 2`: both skills count equally.
+- `greedy_score = (sft_greedy_match + preference_accuracy) / 2`: both skills count
+  equally.
 
 The merge search scores the same rows without generation
-(`axolotl_paft.merging.scoring`).
+(`axolotl_paft.merging.scoring`): a name shared with its measures (`sft_loss`,
+`preference_accuracy`, `preference_margin`) is the same computation.
 
 Writes `eval.json`, `eval.md`, `eval.png` and `lm_eval_commands.sh` (the Open LLM
 suite of the paper, for GPU users) into `--out`, prints the table and names the best.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -45,17 +49,19 @@ from axolotl_paft.merging.scoring import (
 OPEN_LLM_TASKS = "arc_challenge,hellaswag,mmlu,truthfulqa_mc2,winogrande,gsm8k"
 METRICS = (
     "sft_loss",
-    "sft_exact_match",
+    "sft_greedy_match",
     "preference_accuracy",
     "preference_margin",
     "chosen_over_rejected",
-    "score",
+    "greedy_score",
 )
+SCORE = "greedy_score = (sft_greedy_match + preference_accuracy) / 2"
 
 
 @torch.no_grad()
-def exact_match(model, tokenizer, rows: list[dict], max_new_tokens: int = 32) -> float:
-    """Fraction of chat rows whose greedy answer equals the reference answer."""
+def greedy_match(model, tokenizer, rows: list[dict], max_new_tokens: int = 32) -> float:
+    """Fraction of chat rows whose greedy answer, generated, equals the reference
+    answer (text, whitespace-trimmed): `sft_greedy_match`."""
     hits = 0
     for row in rows:
         *prompt_turns, reference = row["messages"]
@@ -95,12 +101,14 @@ def evaluate(
     own = margins_from(logps, None)
     metrics = {
         "sft_loss": assistant_loss(model, tokenizer, sft_rows),
-        "sft_exact_match": exact_match(model, tokenizer, sft_rows),
+        "sft_greedy_match": greedy_match(model, tokenizer, sft_rows),
         "preference_accuracy": float((margins > 0).float().mean()),
         "preference_margin": float(margins.mean()),
         "chosen_over_rejected": float((own > 0).float().mean()),
     }
-    metrics["score"] = (metrics["sft_exact_match"] + metrics["preference_accuracy"]) / 2
+    metrics["greedy_score"] = (
+        metrics["sft_greedy_match"] + metrics["preference_accuracy"]
+    ) / 2
     return metrics
 
 
@@ -127,8 +135,17 @@ def evaluate_candidates(
 
 
 def best_candidate(results: dict[str, dict[str, float]]) -> str:
-    """The highest score; lower SFT loss breaks ties."""
-    return max(results, key=lambda n: (results[n]["score"], -results[n]["sft_loss"]))
+    """The highest greedy score; lower SFT loss breaks ties; nan (a broken
+    candidate) never wins."""
+
+    def rank(name: str) -> tuple:
+        score, loss = results[name]["greedy_score"], results[name]["sft_loss"]
+        return (
+            -math.inf if math.isnan(score) else score,
+            -math.inf if math.isnan(loss) else -loss,
+        )
+
+    return max(results, key=rank)
 
 
 def render_table(results: dict[str, dict[str, float]]) -> str:
@@ -142,13 +159,13 @@ def render_table(results: dict[str, dict[str, float]]) -> str:
 
 
 def render_chart(results: dict[str, dict[str, float]], path: Path) -> None:
-    """Grouped bars: SFT exact match, preference accuracy and score per candidate."""
+    """Grouped bars: SFT greedy match, preference accuracy and greedy score."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = ("sft_exact_match", "preference_accuracy", "score")
+    shown = ("sft_greedy_match", "preference_accuracy", "greedy_score")
     names = list(results)
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 4))
     width = 0.8 / len(shown)
@@ -189,7 +206,7 @@ def write_evaluation(
     out_dir.mkdir(parents=True, exist_ok=True)
     best = best_candidate(results)
     summary = {
-        "score": "(sft_exact_match + preference_accuracy) / 2",
+        "score": SCORE,
         "best": best,
         "candidates": {n: str(p) for n, p in {"base": base, **candidates}.items()},
         "results": results,
@@ -224,9 +241,7 @@ def evaluate_and_report(
     )
     best = write_evaluation(results, base, candidates, opts.out)
     print(render_table(results))
-    print(
-        f"best candidate: {best}  (score = (sft_exact_match + preference_accuracy) / 2)"
-    )
+    print(f"best candidate: {best}  ({SCORE})")
     print(f"wrote {opts.out / 'eval.json'}, eval.md, eval.png, lm_eval_commands.sh")
     return best
 

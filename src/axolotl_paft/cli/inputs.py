@@ -18,15 +18,26 @@ from axolotl_paft.merging.scoring import check_held_out_file
 RESERVED_NAMES = ("base",)
 
 
-def positive(text: str) -> int:
-    """A whole number >= 1 (counts, limits, ranks, budgets)."""
+def _at_least(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a whole number >= 1, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a whole number >= 1, not {text}")
+        value = None
+    if value is None:
+        raise argparse.ArgumentTypeError(f"a whole number >= {least}, not {text!r}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"a whole number >= {least}, not {text}")
     return value
+
+
+def positive(text: str) -> int:
+    """A whole number >= 1 (counts, limits, ranks, budgets)."""
+    return _at_least(text, 1)
+
+
+def count(text: str) -> int:
+    """A whole number >= 0 (few-shot examples)."""
+    return _at_least(text, 0)
 
 
 def _unique_list(text: str) -> list[str]:

@@ -31,6 +31,7 @@ from axolotl_paft.cli.inputs import (
     check_adapter,
     check_data,
     check_searchable,
+    count,
     densities,
     lm_eval_tasks,
     methods,
@@ -133,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lm-eval-include-path", help="folder of task YAMLs")
     parser.add_argument("--lm-eval-limit", type=positive, help="rows per lm-eval task")
     parser.add_argument(
+        "--lm-eval-num-fewshot", type=count, help="few-shot examples per lm-eval task"
+    )
+    parser.add_argument(
+        "--lm-eval-batch-size", type=positive, help="lm-eval's batch size (8)"
+    )
+    parser.add_argument(
+        "--tokenizer", type=Path,
+        help="--search: the tokenizer that renders the held-out rows and whose chat "
+        "template the merges carry (a training run's output_dir; default: the base's)",
+    )  # fmt: skip
+    parser.add_argument(
         "--lm-eval-no-chat-template",
         action="store_true",
         help="lm-eval prompts without the base tokenizer's chat template",
@@ -197,6 +209,9 @@ DEPENDENT_FLAGS = {
     "lm_eval_include_path": ("--lm-eval-tasks", "lm_eval_tasks", None),
     "lm_eval_limit": ("--lm-eval-tasks", "lm_eval_tasks", None),
     "lm_eval_no_chat_template": ("--lm-eval-tasks", "lm_eval_tasks", False),
+    "lm_eval_num_fewshot": ("--lm-eval-tasks", "lm_eval_tasks", None),
+    "lm_eval_batch_size": ("--lm-eval-tasks", "lm_eval_tasks", 8),
+    "tokenizer": ("--search", "search", None),
     "finalists": ("--answer-checks", "answer_checks", DEFAULT_FINALISTS),
     "answer_tokens": ("--answer-checks", "answer_checks", DEFAULT_ANSWER_TOKENS),
 }
@@ -257,8 +272,15 @@ def run_search(opts: argparse.Namespace, base: str) -> None:
             opts.lm_eval_tasks,
             limit=opts.lm_eval_limit,
             include_path=opts.lm_eval_include_path,
+            batch_size=opts.lm_eval_batch_size,
+            num_fewshot=opts.lm_eval_num_fewshot,
             apply_chat_template=not opts.lm_eval_no_chat_template,
         )
+    tokenizer = None
+    if opts.tokenizer is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(opts.tokenizer)
     result = search(
         base, opts.sft, opts.preference,
         read_jsonl(opts.sft_data, opts.limit),
@@ -268,6 +290,8 @@ def run_search(opts: argparse.Namespace, base: str) -> None:
         objective="balanced" if lm_eval is None else "lm_eval", lm_eval=lm_eval,
         skill_measure=opts.skill_measure,
         preference_measure=opts.preference_measure, answers=_stage(opts),
+        tokenizer=tokenizer,
+        chat_template=None if tokenizer is None else tokenizer.chat_template,
     )  # fmt: skip
     print((opts.out / "leaderboard.md").read_text())
     print(f"best: {result.best}; config {result.config}")

@@ -297,14 +297,22 @@ class AnswerStage:
             answers[side] = said
         return terms, answers
 
-    def scorer(self, base_model, base, sft, preference) -> tuple[Scorer, dict]:
+    def scorer(
+        self, base_model, base, sft, preference, load_reference=None
+    ) -> tuple[Scorer, dict]:
         """A `scoring.Scorer` of pass rates with the three references scored,
-        and each reference's answers."""
+        and each reference's answers. `load_reference(adapter)`: the reference
+        model built as the candidates are (default: the adapter on the base)."""
         terms, answers = self.read(base_model)
         scorer = Scorer(ANSWER_MEASURES, terms)
         said = {"base": answers}
         for name, adapter in (("sft", sft), ("preference", preference)):
-            terms, said[name] = self.read(load_model(base, adapter))
+            model = (
+                load_model(base, adapter)
+                if load_reference is None
+                else load_reference(adapter)
+            )
+            terms, said[name] = self.read(model)
             scorer.add_reference(name, terms)
         return scorer, said
 

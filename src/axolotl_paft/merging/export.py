@@ -40,11 +40,14 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
+
+from axolotl_paft.merging.runs import run_stamp
 
 if TYPE_CHECKING:
     import torch
@@ -355,21 +358,62 @@ def export_adapter(
     sv_epsilon: float = 0.0,
     build_merged=None,
     scorer=None,
+    run: dict | None = None,
 ) -> dict:
     """Export the merge that `config_path` (a mergekit config of `adapters` on
     `base`) describes as one adapter in `out`: exact when `exact_plan` allows,
     else extracted at `rank` (default: r_s + r_p, the exact adapter's size) from
     `merged` (built by `build_merged()` when absent). Gap or error, and scores by
     `scorer` (the search's) when given and a merged model exists, go to
-    `out/paft_export.json`; returns that summary."""
+    `out/paft_export.json` with `run` (`runs.run_stamp`: the run and the
+    adapters it was built from); returns that summary.
+
+    The adapter is built aside (`.<name>.partial-*` beside `out`) and moved
+    into place only when complete: an earlier export in `out` stays whole until
+    then, and a failure leaves it as it was."""
     config = yaml.safe_load(Path(config_path).read_text())
     summary: dict = {
         "config": str(config_path),
         "method": config["merge_method"],
         "merged_dtype": config.get("dtype"),
+        "run": run or run_stamp({str(i): a for i, a in enumerate(adapters)}),
     }
-    if out.exists():
-        shutil.rmtree(out)
+    final, out = Path(out), aside(Path(out), "partial")
+    try:
+        _build_export(
+            config, summary, base, adapters, out, merged, rank, sv_epsilon,
+            build_merged, scorer,
+        )  # fmt: skip
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    put_in_place(out, final)
+    return summary
+
+
+def aside(out: Path, kind: str) -> Path:
+    """A fresh folder name beside `out` for building it (`kind`: partial, old)."""
+    return out.parent / f".{out.name}.{kind}-{uuid.uuid4().hex[:8]}"
+
+
+def put_in_place(built: Path, final: Path) -> None:
+    """Move the complete `built` folder to `final`; an earlier `final` is moved
+    aside first and removed only once `built` is in place."""
+    old = None
+    if final.exists():
+        old = aside(final, "old")
+        final.rename(old)
+    built.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _build_export(
+    config, summary, base, adapters, out, merged, rank, sv_epsilon, build_merged,
+    scorer,
+) -> None:  # fmt: skip
+    """`export_adapter`'s work, into `out` (a folder of its own)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         plan = exact_plan(config, adapters)
         summary |= {"kind": "exact", "coefficients": [c for _, c in plan]}
@@ -394,7 +438,6 @@ def export_adapter(
     summary["size_bytes"] = folder_size(out)
     summary["vllm_max_lora_rank"] = target_rank(summary["rank"])
     (out / SUMMARY).write_text(json.dumps(summary, indent=2))
-    return summary
 
 
 def lora_modules_or_names(adapter: Path) -> list[str]:
@@ -456,6 +499,7 @@ def export_search_best(
     summary = export_adapter(
         result.config, base, [Path(a).resolve() for a in adapters], out,
         merged=result.merged, rank=rank, scorer=result.scorer,
+        run=result.run,
     )  # fmt: skip
     for line in usage_lines(base, summary, out):
         say(line)
@@ -464,14 +508,17 @@ def export_search_best(
 
 def export_run_adapters(
     output_dir: Path, base: str, adapters: dict[str, Path], args,
-    emitted=None, searched=None, scorer=None,
+    emitted=None, searched=None, scorer=None, run: dict | None = None,
 ) -> list[Path]:  # fmt: skip
     """`paft_merge_export` after training: this run's search's best (`searched`,
     a `search.SearchResult`) into output_dir/adapter/best, and the emitted
     configs' choice (`emitted`, `configs.EmittedConfigs`: `paft_merge_run`, else
     the first method written) into output_dir/adapter/<method>, each scored by
     `scorer` (default: the search's). A merged model built only for the
-    extraction is kept with `both` and removed with `adapter`."""
+    extraction is kept with `both` and removed with `adapter`. A merged folder
+    is reused only where its `paft_merge.json` says this config and these
+    adapters built it (`stamp_merged`); another run's is built again. `run`:
+    the run's `runs.run_stamp`, recorded in each paft_export.json."""
     from axolotl_paft.merging.configs import run_merge_config
 
     if args.paft_merge_export == "model":
@@ -485,15 +532,15 @@ def export_run_adapters(
     )
     if method:
         merged = output_dir / "merged" / method
-        targets.append(
-            (
-                method,
-                emitted.written[method],
-                merged,
-                merged.exists(),
-                emitted.cache_dir,
-            )
-        )
+        config = emitted.written[method]
+        current = merged_by(merged, config, folders)
+        if merged.exists() and not current:  # an earlier run's: left as it is
+            LOG.info(
+                "paft: %s was not built from %s and these adapters (an earlier "
+                "run's?): the adapter is built from a fresh merge", merged, config,
+            )  # fmt: skip
+            merged = aside(merged, "export")
+        targets.append((method, config, merged, current, emitted.cache_dir))
     if scorer is None and searched is not None:
         scorer = searched.scorer
     written = []
@@ -502,7 +549,8 @@ def export_run_adapters(
 
         def build(config=config, merged=merged, cache=cache):
             LOG.info("paft: merging %s into %s for the adapter", config, merged)
-            return run_merge_config(config, merged, cache)
+            run_merge_config(config, merged, cache)
+            return stamp_merged(merged, config, folders)
 
         if args.paft_merge_export == "both" and not merged.exists():
             build()
@@ -510,10 +558,48 @@ def export_run_adapters(
             config, base, folders, out,
             merged=merged if merged.exists() else None,
             rank=args.paft_merge_export_rank, build_merged=build, scorer=scorer,
+            run=run,
         )  # fmt: skip
         if args.paft_merge_export == "adapter" and not existed and merged.exists():
             shutil.rmtree(merged)  # built for the extraction only
+        home = output_dir / "merged" / name
+        if name != "best" and merged != home and merged.exists():
+            put_in_place(merged, home)  # `both`: the fresh merge, once complete
         for line in usage_lines(base, summary, out):
             LOG.info(line)
         written.append(out)
     return written
+
+
+MERGED_STAMP = "paft_merge.json"
+
+
+def _merge_stamp(config: Path, adapters: list[Path]) -> dict:
+    import hashlib
+
+    from axolotl_paft.merging.runs import adapter_digest
+
+    return {
+        "config_sha256": hashlib.sha256(Path(config).read_bytes()).hexdigest(),
+        "adapters": [adapter_digest(a) for a in adapters],
+    }
+
+
+def stamp_merged(merged: Path, config: Path, adapters: list[Path]) -> Path:
+    """Record in `merged/paft_merge.json` the config and adapters that built it."""
+    (Path(merged) / MERGED_STAMP).write_text(
+        json.dumps(_merge_stamp(config, adapters), indent=2)
+    )
+    return Path(merged)
+
+
+def merged_by(merged: Path, config: Path, adapters: list[Path]) -> bool:
+    """Whether `merged` holds the merge of `config` on these adapters (its
+    `stamp_merged` record), not an earlier run's merge of the same name."""
+    stamp = Path(merged) / MERGED_STAMP
+    if not stamp.is_file():
+        return False
+    try:
+        return json.loads(stamp.read_text()) == _merge_stamp(config, adapters)
+    except json.JSONDecodeError:
+        return False

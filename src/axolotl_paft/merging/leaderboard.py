@@ -61,8 +61,9 @@ def write_search(
 
 
 def interval_text(metrics: dict, key: str, digits: int = 3) -> str:
-    """`metrics[key]` with its 95% interval where it has one: "0.85 [0.79, 0.91]"."""
-    if key not in metrics:
+    """`metrics[key]` with its 95% interval where it has one: "0.85 [0.79, 0.91]";
+    "n/a" where it has none (a side that does not rank: nan)."""
+    if key not in metrics or math.isnan(metrics[key]):
         return "n/a"
     low, value, high = (metrics.get(f"{key}{end}") for end in ("_low", "", "_high"))
     text = f"{value:.{digits}f}"
@@ -166,11 +167,19 @@ def _reference_lines(leaderboard: list[dict], objective: str, scoring: dict) -> 
             + (
                 ""
                 if gain["clear"]
-                else f". **Not clear of 0: {side} kept does not rank the merges.**"
+                else f". **Not clear of 0: {side} kept does not rank the merges "
+                "(n/a below).**"
             )
         )
     if objective == "balanced" and not ranked_by:
         lines.append("- **No side ranks: the candidates are ranked by the score.**")
+    rescored = leaderboard[0].get("rescored")
+    if rescored:
+        lines.append(
+            f"- The winner as mergekit wrote it (merged/best; {rescored['why']}): "
+            f"{progress_text(rescored)}; as searched: "
+            f"{progress_text(leaderboard[0]['metrics'])}."
+        )
     if len(leaderboard) > 1 and "balanced_low" in leaderboard[0]["metrics"]:
         first, second = (e["metrics"] for e in leaderboard[:2])
         overlap = (

@@ -23,8 +23,9 @@ from axolotl_paft.merging.configs import (
     run_tokenizer,
     write_merge_configs,
 )
-from axolotl_paft.merging.export import export_run_adapters
+from axolotl_paft.merging.export import export_run_adapters, stamp_merged
 from axolotl_paft.merging.report import build_report, write_report
+from axolotl_paft.merging.runs import run_id_of, run_stamp
 
 if TYPE_CHECKING:
     from axolotl_paft.merging.search import SearchResult
@@ -32,10 +33,17 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(f"axolotl.{__name__}")  # shown by axolotl's log config
 
 MERGEKIT_DIR = "mergekit"
+ROLES = ("sft", "preference")
 SEARCH_DIR = "search"
 
 
-class MergeSearchFailed(RuntimeError):
+class RunOutputsFailed(RuntimeError):
+    """A step after training (the report, the `paft_merge_run` merge, the
+    search) failed; every other step was written, and the message names each
+    failed step, its error and the command that redoes it alone."""
+
+
+class MergeSearchFailed(RunOutputsFailed):
     """`paft_merge_search` failed after training; everything else was written.
 
     The run then exits non-zero although training succeeded: the user asked for
@@ -52,6 +60,7 @@ class RunOutputs:
     from the files the same process wrote."""
 
     written: list[Path] = field(default_factory=list)
+    stamp: dict = field(default_factory=dict)  # `runs.run_stamp` of this run
     emitted: EmittedConfigs | None = None  # the mergekit configs and their cache
     merge: dict | None = None  # the emitted configs as the report summarises them
     search: SearchResult | None = None
@@ -68,52 +77,102 @@ def write_run_outputs(
     then, with `paft_merge_search`, search on the rows `held_out()` returns
     (`search_rows`). `base_model`: a `configs.base_model_reference`.
 
-    The search comes last: one that fails (a bad held-out row, a merge mergekit
-    refuses, memory) leaves the report and configs (and a `paft_merge_run`
-    merge) written, logs where everything is, and raises `MergeSearchFailed`
-    with the command that reruns only the search (which takes `--export` too:
-    `paft_merge_export` runs only after a search that ended, last, so that its
-    lines close the log)."""
-    run = RunOutputs()
+    The steps after the configs are each behind one guard: one that fails (a
+    bad held-out row, a merge mergekit refuses, memory, an unreadable adapter
+    for the report) leaves every other step written, logs where everything is,
+    and raises `RunOutputsFailed` (`MergeSearchFailed` where the search failed)
+    naming each failed step with the command that redoes it alone (the
+    search's takes `--export` too: `paft_merge_export` runs only after a search
+    that ended, last, so that its lines close the log)."""
+    run = RunOutputs(stamp=run_stamp(adapters, run_id_of(output_dir)))
+    failed: list[tuple[str, Exception, str]] = []  # step, error, its command
+
+    def guarded(step: str, redo: Callable[[], str], write: Callable[[], None]):
+        try:
+            write()
+        except Exception as err:  # noqa: BLE001 - reported, then raised at the end
+            LOG.exception("paft: %s failed: %s: %s", step, type(err).__name__, err)
+            failed.append((step, err, redo()))
+
     if args.paft_merge_methods:
         _write_configs(run, output_dir, base_model, adapters, args)
     if args.paft_report:
-        _write_report(run, output_dir, adapters, args)
+        guarded(
+            "paft_report",
+            lambda: report_command(output_dir, adapters, args),
+            lambda: _write_report(run, output_dir, adapters, args),
+        )
     if run.emitted and args.paft_merge_run:
         merged = output_dir / "merged" / args.paft_merge_run
-        LOG.info("paft: merging with %s into %s", args.paft_merge_run, merged)
         method_config = run.emitted.written[args.paft_merge_run]
-        run.written.append(
+
+        def merge_run():
+            LOG.info("paft: merging with %s into %s", args.paft_merge_run, merged)
             run_merge_config(method_config, merged, run.emitted.cache_dir)
+            folders = [adapters[r].resolve() for r in ROLES if r in adapters]
+            run.written.append(stamp_merged(merged, method_config, folders))
+
+        guarded(
+            "paft_merge_run",
+            lambda: mergekit_command(method_config, merged, run.emitted.cache_dir),
+            merge_run,
         )
-    failed = None
     if args.paft_merge_search and "preference" in adapters:
-        try:
+        rows: list = []
+
+        def merge_search():
+            rows.append(held_out())
+            rows.append(write_held_out(output_dir, args, *rows[0]))
             run.search = run_merge_search(
-                output_dir, base_model, adapters, args, held_out()
+                output_dir, base_model, adapters, args, rows[0], run.stamp
             )
             run.written += [
                 output_dir / MERGEKIT_DIR / "best.yml", *run.search.paths[1:3],
                 run.search.merged,
             ]  # fmt: skip
-        except Exception as err:  # noqa: BLE001 - reported, then raised again
-            failed = err
-            LOG.exception("paft: merge search failed: %s: %s", type(err).__name__, err)
+
+        guarded(
+            "paft_merge_search",
+            lambda: rerun_search_command(
+                output_dir, base_model, adapters, args, *rows[1:2]
+            ),
+            merge_search,
+        )
     LOG.info(
         results_and_next_steps(output_dir, base_model, adapters, run.written, run.merge)
     )
-    if failed is not None:
-        raise MergeSearchFailed(
-            f"paft_merge_search failed ({type(failed).__name__}: {failed}); "
-            f"training finished and its outputs are in {output_dir} (adapters, "
-            "report, mergekit configs). Rerun only the search: "
-            + rerun_search_command(output_dir, base_model, adapters, args)
-        ) from failed
+    if failed:
+        steps = {step for step, _, _ in failed}
+        kept = ["adapters"] + ["mergekit configs"] * bool(run.emitted)
+        kept += ["report"] * (args.paft_report and "paft_report" not in steps)
+        raise (MergeSearchFailed if "paft_merge_search" in steps else RunOutputsFailed)(
+            "; ".join(f"{s} failed ({type(e).__name__}: {e})" for s, e, _ in failed)
+            + f"; training finished and its outputs are in {output_dir} "
+            + f"({', '.join(kept)}). "
+            + " ".join(f"Rerun only the {REDO[s]}: {c}" for s, _, c in failed)
+        ) from failed[0][1]
     # paft_merge_export: one adapter per merge; its log lines name it and its use
     run.written += export_run_adapters(
-        output_dir, base_model, adapters, args, run.emitted, run.search
-    )
+        output_dir, base_model, adapters, args, run.emitted, run.search,
+        run=run.stamp,
+    )  # fmt: skip
     return run
+
+
+REDO = {
+    "paft_report": "report",
+    "paft_merge_run": "merge",
+    "paft_merge_search": "search",
+}
+
+
+def report_command(output_dir: Path, adapters: dict[str, Path], args) -> str:
+    """The command that writes the run's report alone (`report.main`)."""
+    roles = " ".join(f"{role}={Path(f).resolve()}" for role, f in adapters.items())
+    return (
+        f"python -m axolotl_paft.merging.report {Path(output_dir).resolve()} "
+        f"{roles} --threshold {args.paft_sparsity_threshold}"
+    )
 
 
 def _write_configs(
@@ -166,38 +225,93 @@ def _write_report(
         )
 
 
+HELD_OUT_DIR = "held_out"  # under search/: the run's own split, as JSONL
+
+
+def write_held_out(output_dir: Path, args: PAFTArgs, skill, pairs) -> dict[str, Path]:
+    """The run's own held-out splits (tokenized rows) as JSONL files under
+    search/held_out/, as the search scores them, so that the rerun command
+    names them (`scoring.read_rows` reads them back); rows from files are
+    named as they are. Returns side -> file."""
+    folder = output_dir / SEARCH_DIR / HELD_OUT_DIR
+    files = {}
+    for side, key, rows in (
+        ("sft", args.paft_merge_search_sft_data, skill),
+        ("preference", args.paft_merge_search_preference_data, pairs),
+    ):
+        if key:
+            files[side] = Path(key).resolve()
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        files[side] = (folder / f"{side}.jsonl").resolve()
+        files[side].write_text(
+            "".join(json.dumps(row) + "\n" for row in rows.token_rows())
+        )
+    return files
+
+
 def rerun_search_command(
-    output_dir: Path, base_model: str, adapters: dict[str, Path], args: PAFTArgs
+    output_dir: Path,
+    base_model: str,
+    adapters: dict[str, Path],
+    args: PAFTArgs,
+    held_out: dict[str, Path] | None = None,
 ) -> str:
     """The `axolotl-paft-sweep --search` line that runs this run's search alone,
-    into the run's own `search/` folder. The run's own held-out splits are
-    tokenized rows the command cannot read: then it names the files to write."""
-    sft_data = args.paft_merge_search_sft_data
-    preference_data = args.paft_merge_search_preference_data
-    command = (
-        f"axolotl-paft-sweep --search --base {base_model} "
-        f"--sft {adapters['sft'].resolve()} "
-        f"--preference {adapters['preference'].resolve()} "
-        f"--sft-data {Path(sft_data).resolve() if sft_data else 'SFT.jsonl'} "
-        "--preference-data "
-        f"{Path(preference_data).resolve() if preference_data else 'PREFERENCE.jsonl'} "
-        f"--limit {args.paft_merge_search_rows} "
-        f"--budget {args.paft_merge_search_budget} "
-        f"--methods {','.join(args.paft_merge_search_methods)} "
-        f"--profiles {','.join(args.paft_merge_search_profiles)} "
-        f"--out {(output_dir / SEARCH_DIR).resolve()}"
+    into the run's own `search/` folder (whose candidates.jsonl it takes back):
+    the same held-out rows (`held_out`: side -> JSONL file, the run's own
+    splits as written by `write_held_out`), measures, objective and lm-eval
+    tasks, methods, budget, answer stage, and the run's tokenizer (its chat
+    template, as training rendered its rows). Where the run's own split could
+    not be written (the failure came first), it names the files to write."""
+    held_out = held_out or {}
+    sft_data = held_out.get("sft") or args.paft_merge_search_sft_data
+    preference_data = (
+        held_out.get("preference") or args.paft_merge_search_preference_data
     )
+    words = [
+        "axolotl-paft-sweep", "--search", "--base", str(base_model),
+        "--sft", str(adapters["sft"].resolve()),
+        "--preference", str(adapters["preference"].resolve()),
+        "--sft-data", str(Path(sft_data).resolve()) if sft_data else "SFT.jsonl",
+        "--preference-data",
+        str(Path(preference_data).resolve()) if preference_data else "PREFERENCE.jsonl",
+        "--limit", str(args.paft_merge_search_rows),
+        "--budget", str(args.paft_merge_search_budget),
+        "--methods", ",".join(args.paft_merge_search_methods),
+        "--profiles", ",".join(args.paft_merge_search_profiles),
+        "--skill-measure", args.paft_merge_search_skill_measure,
+    ]  # fmt: skip
+    if args.paft_merge_search_preference_measure:
+        words += ["--preference-measure", args.paft_merge_search_preference_measure]
+    if run_tokenizer(output_dir) is not None:
+        words += ["--tokenizer", str(Path(output_dir).resolve())]
+    lm_eval = args.lm_eval_objective()
+    if lm_eval is not None:
+        tasks = [t.model_dump(exclude_none=True) for t in lm_eval.tasks]
+        words += ["--lm-eval-tasks", json.dumps(tasks)]
+        words += ["--lm-eval-batch-size", str(lm_eval.batch_size)]
+        for flag, value in (
+            ("--lm-eval-include-path", lm_eval.include_path),
+            ("--lm-eval-limit", lm_eval.limit),
+            ("--lm-eval-num-fewshot", lm_eval.num_fewshot),
+        ):
+            if value is not None:
+                words += [flag, str(value)]
+        if not lm_eval.apply_chat_template:
+            words.append("--lm-eval-no-chat-template")
     if args.paft_merge_search_answer_checks is not None:
-        checks = json.dumps(args.paft_merge_search_answer_checks)
-        command += (
-            f" --answer-checks {shlex.quote(checks)} "
-            f"--finalists {args.paft_merge_search_finalists} "
-            f"--answer-tokens {args.paft_merge_search_answer_tokens}"
-        )
+        words += [
+            "--answer-checks", json.dumps(args.paft_merge_search_answer_checks),
+            "--finalists", str(args.paft_merge_search_finalists),
+            "--answer-tokens", str(args.paft_merge_search_answer_tokens),
+        ]  # fmt: skip
+    words += ["--out", str((output_dir / SEARCH_DIR).resolve())]
+    command = shlex.join(words)
     if not (sft_data and preference_data):
         command += (
-            " (this run scored its own held-out splits, which the command cannot "
-            "read: write held-out rows as JSONL first, SFT rows with `messages`, "
+            " (this run's own held-out splits could not be written before the "
+            "failure: write held-out rows as JSONL first, SFT rows with `messages`, "
             "preference rows with question (or messages), chosen, rejected)"
         )
     return command
@@ -254,7 +368,7 @@ def search_rows(base_model: str, args: PAFTArgs, trainer) -> tuple:
     if args.paft_merge_search_sft_data:
         skill = TextSkill(tokenizer, read_jsonl(args.paft_merge_search_sft_data, limit))
     else:
-        skill = TokenizedSkill(first(trainer.eval_dataset))
+        skill = TokenizedSkill(first(trainer.eval_dataset), tokenizer)
     if args.paft_merge_search_preference_data:
         rows = read_jsonl(args.paft_merge_search_preference_data, limit)
         pairs = TextPairs(tokenizer, rows)
@@ -278,6 +392,7 @@ def run_merge_search(
     adapters: dict[str, Path],
     args: PAFTArgs,
     held_out: tuple,
+    run: dict | None = None,
 ) -> SearchResult:
     """`paft_merge_search`: search into output_dir/search, the winner's config
     copied to output_dir/mergekit/best.yml."""
@@ -302,6 +417,7 @@ def run_merge_search(
         chat_template=None if tokenizer is None else tokenizer.chat_template,
         answers=args.answer_stage(),
         tokenizer=tokenizer,
+        run=run,
     )
     best = output_dir / MERGEKIT_DIR / "best.yml"
     best.parent.mkdir(parents=True, exist_ok=True)

@@ -220,3 +220,28 @@ def render_png(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m axolotl_paft.merging.report OUTPUT_DIR ROLE=FOLDER ...`: the
+    report of a run's saved adapters alone (what a run whose report failed
+    names to redo it)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("output_dir", type=Path)
+    parser.add_argument("adapters", nargs="+", metavar="ROLE=FOLDER")
+    parser.add_argument("--threshold", type=float, required=True)
+    opts = parser.parse_args(argv)
+    adapters = {}
+    for item in opts.adapters:
+        role, sep, folder = item.partition("=")
+        if not sep or role not in ("sft", "preference"):
+            parser.error(f"{item!r}: sft=FOLDER or preference=FOLDER")
+        adapters[role] = Path(folder)
+    for path in write_report(build_report(adapters, opts.threshold), opts.output_dir):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

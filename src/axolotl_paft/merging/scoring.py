@@ -403,14 +403,75 @@ class TextSkill:
 class TokenizedSkill(TextSkill):
     """A run's own SFT eval rows as Axolotl tokenized them (`input_ids`,
     `labels`): the skill is the last labelled span (the last answer and its
-    end-of-turn token), so any dataset type and template Axolotl reads works."""
+    end-of-turn token), so any dataset type and template Axolotl reads works.
 
-    def __init__(self, rows):
+    With `train_on_inputs: true` every token is labelled, the prompt too: the
+    last labelled span is then the whole conversation, not the answer. Where
+    the span holds the template's assistant header (`tokenizer`: the run's),
+    the answer starts after its last occurrence and ends at the first
+    end-of-turn token after it (`render_answer`'s span); without a tokenizer
+    such rows are refused."""
+
+    def __init__(self, rows, tokenizer=None):
         self.rows = rows
         self.spans = []
-        for row in rows:
+        header = None if tokenizer is None else assistant_header(tokenizer)
+        ends = set() if tokenizer is None else end_of_turn_ids(tokenizer)
+        for number, row in enumerate(rows, 1):
+            ids = list(row["input_ids"])
             start, end = last_labelled_span(torch.as_tensor(row["labels"]))
-            self.spans.append((list(row["input_ids"]), start, end))
+            if header is not None:
+                start, end = _answer_in(ids, start, end, header, ends)
+            if start <= 1:
+                raise ValueError(
+                    f"held-out SFT row {number}: every token is labelled "
+                    "(train_on_inputs: true), so its last labelled span is the "
+                    "whole conversation, not the answer, and the run's tokenizer "
+                    "(TokenizedSkill(rows, tokenizer)) finds no assistant header "
+                    "in it: name held-out rows in paft_merge_search_sft_data"
+                )
+            self.spans.append((ids, start, end))
+
+    def token_rows(self) -> list[dict]:
+        """The rows as scored, for a JSONL file `TokenizedSkill` reads back to
+        the same spans: `input_ids`, and `labels` on the answer's span only."""
+        return [
+            {"input_ids": ids, "labels": [IGNORE_INDEX] * start + ids[start:end]}
+            for ids, start, end in self.spans
+        ]
+
+
+def assistant_header(tokenizer) -> list[list[int]]:
+    """The token ids the chat template puts before an assistant answer (its
+    generation prompt, e.g. ChatML's `<|im_start|>assistant\n`), and the same
+    without its last token (which may merge with the answer's first)."""
+    turns = [{"role": "user", "content": "x"}]
+    without = tokenizer.apply_chat_template(turns, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        turns, add_generation_prompt=True, tokenize=False
+    )
+    if not prompt.startswith(without) or prompt == without:
+        return []
+    ids = tokenizer(prompt[len(without) :], add_special_tokens=False)["input_ids"]
+    return [ids, ids[:-1]] if len(ids) > 1 else [ids]
+
+
+def _answer_in(
+    ids: list[int], start: int, end: int, headers: list[list[int]], ends: set[int]
+) -> tuple[int, int]:
+    """`[start, end)` narrowed to the last answer where the labelled span holds
+    an assistant header (`train_on_inputs`): after the header's last
+    occurrence, to the first end-of-turn token after it (included)."""
+    for header in headers:
+        width = len(header)
+        found = [
+            i for i in range(start, end - width + 1) if ids[i : i + width] == header
+        ]
+        if found:
+            answer = found[-1] + width
+            stop = next((i + 1 for i in range(answer, end) if ids[i] in ends), end)
+            return answer, stop
+    return start, end
 
 
 def prompt_turns(row: dict, number: int) -> list[dict]:
@@ -458,6 +519,25 @@ class TokenizedPairs:
     def __init__(self, rows, collator, batch_size: int = 8):
         self.rows, self.collator, self.batch_size = rows, collator, batch_size
 
+    def token_rows(self) -> list[dict]:
+        """The rows as the collator scores them (prompt and completions cut to
+        its `max_length`, keep start), for a JSONL file read back with a
+        collator that cuts nothing (`read_rows`) to the same scores."""
+        most = getattr(self.collator, "max_length", None)
+        rows = []
+        for i in range(len(self.rows)):
+            row = self.rows[i]
+            prompt = list(row["prompt_ids"])
+            room = None if most is None else max(0, most - len(prompt))
+            rows.append(
+                {
+                    "prompt_ids": prompt if most is None else prompt[:most],
+                    "chosen_ids": list(row["chosen_ids"])[:room],
+                    "rejected_ids": list(row["rejected_ids"])[:room],
+                }
+            )
+        return rows
+
     @torch.no_grad()
     def logps(self, model) -> torch.Tensor:
         """`[n, 2]` summed log-probs of each pair's chosen and rejected completion."""
@@ -480,6 +560,27 @@ class TokenizedPairs:
             )
             logps.append(torch.stack(summed.float().cpu().chunk(2), dim=1))
         return torch.cat(logps)
+
+
+def read_rows(tokenizer, skill_rows: list[dict], pair_rows: list[dict]) -> tuple:
+    """Held-out JSONL rows as the search scores them: text rows (`messages`;
+    `question`/`chosen`/`rejected`) rendered with `tokenizer` (`TextSkill`,
+    `TextPairs`), or a run's own splits as `outputs.write_held_out` wrote them
+    (`input_ids`/`labels`; `prompt_ids`/`chosen_ids`/`rejected_ids`), scored as
+    the run scored them (`TokenizedSkill`, `TokenizedPairs`)."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    if skill_rows and "input_ids" in skill_rows[0]:
+        skill = TokenizedSkill(skill_rows, tokenizer)
+    else:
+        skill = TextSkill(tokenizer, skill_rows)
+    if pair_rows and "prompt_ids" in pair_rows[0]:
+        pad = tokenizer.pad_token_id
+        pad = tokenizer.eos_token_id if pad is None else pad
+        pairs = TokenizedPairs(pair_rows, DataCollatorForPreference(pad_token_id=pad))
+    else:
+        pairs = TextPairs(tokenizer, pair_rows)
+    return skill, pairs
 
 
 def last_labelled_span(labels: torch.Tensor) -> tuple[int, int]:
@@ -510,7 +611,8 @@ def row_terms(
 
 def summarize(terms: dict[str, tuple]) -> dict[str, float]:
     """Every measure's value from `row_terms`, under its metric key, and
-    `score = (sft_exact_match + preference_accuracy) / 2` (`axolotl-paft-eval`'s)
+    `score = (sft_exact_match + preference_accuracy) / 2` (teacher-forced:
+    `axolotl-paft-eval`'s generated one is `greedy_score`)
     where both are among them."""
     metrics = {MEASURES[name].metric: value(name, t) for name, t in terms.items()}
     if {"sft_exact_match", "preference_accuracy"} <= metrics.keys():
@@ -568,9 +670,12 @@ def kept_shares(
 
 def balanced_of(kept: dict, sides=SIDES) -> float:
     """The balanced objective: the smallest kept share of `sides` (those whose
-    reference gains over the base), capped at 1; nan without a side."""
+    reference gains over the base), capped at 1; nan without a side, and nan
+    where a share of `sides` is nan (a broken candidate: `min` would skip it)."""
     shares = [kept[f"{side}_kept"] for side in sides]
-    return min(1.0, *shares) if shares else math.nan
+    if not shares or any(math.isnan(share) for share in shares):
+        return math.nan
+    return min(1.0, *shares)
 
 
 def balanced_metrics(
@@ -580,7 +685,14 @@ def balanced_metrics(
     gains over the base; `Scorer` also requires the gain to exceed its noise
     and says which sides rank)."""
     kept = kept_shares(metrics, references, measures)
-    sides = [s for s in SIDES if not math.isnan(kept[f"{s}_kept"])]
+    measures = measures or LEGACY_MEASURES
+    sides = [
+        side
+        for side, reference in zip(SIDES, ("sft", "preference"), strict=True)
+        if not math.isnan(
+            kept_shares(references[reference], references, measures)[f"{side}_kept"]
+        )
+    ]  # the sides whose reference gains over the base (not the candidate's nan)
     return kept | {"balanced": balanced_of(kept, sides)}
 
 
@@ -708,9 +820,16 @@ class Scorer:
         if not self.gains:
             return metrics
         kept = kept_shares(metrics, self.references, self.measures)
+        # a side that does not rank has no kept share: its reference's gain is
+        # noise, and a share of noise (72, -62) means nothing and must not
+        # break ties
+        kept |= {f"{s}_kept": math.nan for s in SIDES if s not in self.ranked_sides}
         metrics |= kept | {"balanced": balanced_of(kept, self.ranked_sides)}
         draws = {}
         for side, reference in zip(SIDES, ("sft", "preference"), strict=True):
+            if side not in self.ranked_sides:
+                metrics |= {f"{side}_kept_low": math.nan, f"{side}_kept_high": math.nan}
+                continue
             measure, index = self.measures[side], self.index[side]
             base, ref = (
                 _bootstrap_values(self.reference_terms[n][measure], index)

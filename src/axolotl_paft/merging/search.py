@@ -43,6 +43,8 @@ goes through mergekit's own device choice.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import shutil
@@ -59,12 +61,16 @@ from axolotl_paft.merging.candidates import (
 )
 from axolotl_paft.merging.configs import (
     DEFAULT_SEARCH_METHODS,
+    MERGE_SEED,
+    base_model_reference,
     lora_cache_dir,
+    model_reference,
     run_merge_config,
 )
 from axolotl_paft.merging.inmemory import InMemoryMerges, InMemoryUnsupported
 from axolotl_paft.merging.leaderboard import progress_text, write_search
-from axolotl_paft.merging.scoring import Scorer, TextPairs, TextSkill, load_model
+from axolotl_paft.merging.runs import adapter_digest, run_stamp
+from axolotl_paft.merging.scoring import Scorer, device_of, load_model, read_rows
 
 GRID = {
     "preference_weight": (0.1, 0.25, 0.5, 0.75, 1.0, 1.5),
@@ -181,17 +187,28 @@ def _total_kept(entry: dict) -> float:
     return sum(0.0 if math.isnan(share) else share for share in shares)
 
 
+def _ranked(value: float) -> float:
+    """A value as a rank key: nan (a broken candidate, a side that does not
+    rank) below every number, so that it never wins and sorts consistently
+    (nan compares neither above nor below anything)."""
+    return -math.inf if math.isnan(value) else value
+
+
 def _rank(entry: dict, objective: str = "balanced") -> tuple:
     """Balanced, then both kept shares summed (the two break the balanced
-    objective's ties by what a merge keeps in total), then the score."""
+    objective's ties by what a merge keeps in total), then the score; nan
+    ranks lowest (`_ranked`). Where no side ranks, every candidate's balanced
+    is nan and kept shares are absent: the score decides."""
     metrics = entry["metrics"]
-    both = min(metrics["sft_exact_match"], metrics["preference_accuracy"])
-    rank = (metrics["score"], both, metrics["preference_margin"])
-    balanced = metrics.get("balanced", math.nan)
+    both = min(
+        _ranked(metrics["sft_exact_match"]), _ranked(metrics["preference_accuracy"])
+    )
+    rank = (_ranked(metrics["score"]), both, _ranked(metrics["preference_margin"]))
     if objective == "lm_eval":  # paft lm-eval objective: its weighted sum first
-        return (metrics["lm_eval"], *rank)
-    if objective == "score" or math.isnan(balanced):
+        return (_ranked(metrics["lm_eval"]), *rank)
+    if objective == "score":
         return rank
+    balanced = _ranked(metrics.get("balanced", math.nan))
     return (balanced, _total_kept(entry), *rank)
 
 
@@ -208,6 +225,8 @@ class SearchResult:
     cache: Path  # the LoRA merge cache best.yml names
     scorer: Scorer  # the held-out rows and measures, the references scored
     paths: list[Path]  # best.yml, leaderboard.json / .md, search.png
+    fingerprint: str = ""  # what the candidates were scored on (`fingerprint`)
+    run: dict | None = None  # the run that searched (`runs.run_stamp`)
 
 
 def search(
@@ -228,6 +247,8 @@ def search(
     chat_template: str | None = None,
     answers: AnswerStage | None = None,
     tokenizer=None,
+    rescore: bool | None = None,
+    run: dict | None = None,
 ) -> SearchResult:
     """Search within `budget` candidates; write the outputs (module docstring) and
     return them as a `SearchResult`.
@@ -242,7 +263,17 @@ def search(
     into the winner mergekit writes (else the base's template comes back).
     `answers`: the second stage (`answers.AnswerStage`): the screen's best
     finalists re-ranked by checks on their greedy answers. `tokenizer`: the
-    run's, which renders text rows and decodes answers (default: the base's)."""
+    run's, which renders text rows and decodes answers (default: the base's).
+
+    Every candidate's config and metrics are appended to `out/candidates.jsonl`
+    as it is scored, with the `fingerprint` of what it was scored on; a search
+    into the same `out` on the same inputs (after a failure or a kill) takes the
+    candidates scored there instead of scoring them again. `rescore`: score the
+    winner as mergekit wrote it (`merged/best`) and record it beside the
+    searched numbers (`rescored`); None: where that build can differ from the
+    candidate's (`_rebuild_differs`). `run`: the `runs.run_stamp` of the run
+    that searches (its id, the adapters' digests), written into
+    leaderboard.json (default: the adapters' alone)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} not in {OBJECTIVES}")
     if lm_eval is not None:  # paft lm-eval objective: checked before loading
@@ -259,9 +290,15 @@ def search(
     base_model = load_model(base)
     scorer = Scorer.on_rows(skill, pairs, base_model, skill_measure, preference_measure)
     _log_rows(scorer, skill, pairs)
+    merges = _in_memory(base_model, sft, preference, cache)
     if objective == "balanced":
-        _score_references(scorer, base, sft, preference)
+        _score_references(scorer, base, sft, preference, None if merges else cache)
     references = scorer.references if objective == "balanced" else {}
+    stamp = fingerprint(
+        base, sft, preference, skill, pairs, scorer.measures, objective, lm_eval,
+        chat_template, device_of(base_model).type,
+    )  # fmt: skip
+    scored = ScoredCandidates(out / CANDIDATES, stamp)
 
     def score(model) -> dict:
         metrics = scorer(model)
@@ -270,10 +307,15 @@ def search(
         return metrics
 
     configs: dict[str, dict] = {}
-    build = _builder(base_model, base, sft, preference, out, cache, chat_template)
+    build = _builder(merges, base, sft, preference, out, cache, chat_template)
 
     def measure(candidate: Candidate) -> dict:
+        kept = scored.get(candidate.name)
+        if kept is not None:  # scored by an earlier try on the same inputs
+            configs[candidate.name] = kept["config"]
+            return kept["metrics"]
         configs[candidate.name], metrics = build(candidate, score)
+        scored.add(candidate, configs[candidate.name], metrics)
         return metrics
 
     leaderboard = explore(measure, methods, budget, objective, profiles)
@@ -281,41 +323,71 @@ def search(
     if answers is not None:
         answers.on_rows(tokenizer, skill, pairs)
         leaderboard, said = _rerank_by_answers(
-            answers, leaderboard, build, base_model, base, sft, preference
-        )
+            answers, leaderboard, build, base_model, base, sft, preference,
+            None if merges else lambda adapter: load_model(
+                merged_reference(base, adapter, cache)
+            ),
+        )  # fmt: skip
         summary = (summary or {}) | {"answers": said}
     held_out = {"sft_rows": len(skill.spans), "preference_pairs": len(pairs.rows)}
     best = leaderboard[0]["name"]
-    paths = write_search(
-        out, leaderboard, configs[best], base, sft, preference, held_out, cache,
-        objective, references, summary,
-    )  # fmt: skip
+    summary = (summary or {"measures": scorer.measures}) | {
+        "fingerprint": stamp,
+        "run": run or run_stamp({"sft": sft, "preference": preference}),
+    }
+
+    def write() -> list[Path]:
+        return write_search(
+            out, leaderboard, configs[best], base, sft, preference, held_out, cache,
+            objective, references, summary,
+        )  # fmt: skip
+
+    paths = write()
     LOG.info("paft: merge search writes the winner %s (mergekit)", best)
     merged = out / "merged" / "best"
     shutil.rmtree(merged, ignore_errors=True)
     run_merge_config(paths[0], merged, cache)
+    differs = _rebuild_differs(merges, configs[best], device_of(base_model))
+    if rescore or (rescore is None and differs):
+        leaderboard[0]["rescored"] = score(load_model(merged)) | {
+            "why": differs or "asked for"
+        }
+        LOG.info(
+            "paft: merge search winner %s as written (%s): %s; searched: %s",
+            best, merged, progress_text(leaderboard[0]["rescored"]),
+            progress_text(leaderboard[0]["metrics"]),
+        )  # fmt: skip
+        paths = write()
     return SearchResult(
-        best, leaderboard, references, paths[0], merged, cache, scorer, paths
-    )
+        best, leaderboard, references, paths[0], merged, cache, scorer, paths, stamp,
+        summary["run"],
+    )  # fmt: skip
 
 
 def _as_rows(tokenizer, skill, pairs) -> tuple:
-    """Held-out rows given as lists of JSONL rows, read as text with `tokenizer`;
-    rows given as `scoring`'s row classes, as they are."""
-    skill = TextSkill(tokenizer, skill) if isinstance(skill, list) else skill
-    pairs = TextPairs(tokenizer, pairs) if isinstance(pairs, list) else pairs
+    """Held-out rows given as lists of JSONL rows, read with `tokenizer`
+    (`scoring.read_rows`: text, or a run's own split as written); rows given as
+    `scoring`'s row classes, as they are."""
+    read_skill, read_pairs = read_rows(
+        tokenizer,
+        skill if isinstance(skill, list) else [],
+        pairs if isinstance(pairs, list) else [],
+    )
+    skill = read_skill if isinstance(skill, list) else skill
+    pairs = read_pairs if isinstance(pairs, list) else pairs
     return skill, pairs
 
 
 def _rerank_by_answers(
-    stage: AnswerStage, leaderboard: list[dict], build, base_model, base, sft, pref
-) -> tuple[list[dict], dict]:
+    stage: AnswerStage, leaderboard: list[dict], build, base_model, base, sft, pref,
+    load_reference=None,
+) -> tuple[list[dict], dict]:  # fmt: skip
     """The second stage: the screen's best `stage.finalists` re-ranked by checks
     on their greedy answers (`answers.answer_rank`), the rest after them in the
     screen's order. Each finalist's entry gets `answers` (pass rates, kept
     shares with intervals, the first lines of a few answers); returns the
     leaderboard and what the references said."""
-    scorer, said = stage.scorer(base_model, base, sft, pref)
+    scorer, said = stage.scorer(base_model, base, sft, pref, load_reference)
     references = {
         name: {
             **scorer.references[name],
@@ -365,11 +437,22 @@ def _log_rows(scorer: Scorer, skill, pairs) -> None:
             )  # fmt: skip
 
 
-def _score_references(scorer: Scorer, base, sft, preference) -> None:
+def _score_references(scorer: Scorer, base, sft, preference, cache=None) -> None:
     """The SFT-only and preference-only adapters scored as the references of the
-    balanced objective (the base is scored already)."""
+    balanced objective (the base is scored already): as the candidates are
+    built, each adapter applied by PEFT on the resident base (in memory), or,
+    where the candidates are merged on disk (`cache`: the search's LoRA merge
+    cache), merged into the base as mergekit merges `base+adapter`. (Unmerged
+    and merged differ where the adapter does not act as W + delta, e.g. a LoRA
+    on a tied lm_head: merging it moves the embeddings too; seen: NLL 6.75
+    unmerged, 7.45 merged, for the same SFT adapter.)"""
     for name, adapter in (("sft", sft), ("preference", preference)):
-        terms = scorer.score_terms(load_model(base, adapter))
+        model = (
+            load_model(base, adapter)
+            if cache is None
+            else load_model(merged_reference(base, adapter, cache))
+        )
+        terms = scorer.score_terms(model)
         metrics = scorer.add_reference(name, terms)
         LOG.info("paft: merge search reference %s: %s", name, metrics)
     LOG.info("paft: merge search reference base: %s", scorer.references["base"])
@@ -381,15 +464,48 @@ def _score_references(scorer: Scorer, base, sft, preference) -> None:
         )
 
 
-def _builder(base_model, base, sft, preference, out: Path, cache, chat_template):
-    """`build(candidate, score) -> (config, metrics)`: the candidate's config
-    written to out/candidates, its merge built (in memory on `base_model`, or on
-    disk by mergekit and deleted) and scored by `score(model)`."""
+def merged_reference(base, adapter, cache) -> Path:
+    """The folder of `base` with `adapter` merged, as mergekit reads the
+    `base+adapter` reference of a config (PEFT's merge, in the LoRA cache)."""
+    from mergekit.common import ModelReference
+
+    reference = model_reference(base_model_reference(base), Path(adapter).resolve())
+    merged = ModelReference.model_validate(reference).merged(cache_dir=str(cache))
+    return Path(merged.model.path)
+
+
+def _in_memory(base_model, sft, preference, cache) -> InMemoryMerges | None:
+    """The in-memory builder of candidates, or None (merged on disk by mergekit)
+    for adapters it does not take, logged."""
     try:
-        merges = InMemoryMerges(base_model, sft, preference, cache)
+        return InMemoryMerges(base_model, sft, preference, cache)
     except InMemoryUnsupported as err:
-        merges = None
         LOG.info("paft: merge search candidates merged on disk by mergekit: %s", err)
+        return None
+
+
+RANDOM_METHODS = ("dare_ties", "dare_linear", "della", "della_linear")
+
+
+def _rebuild_differs(merges, config: dict, device) -> str:
+    """Why the winner mergekit writes from best.yml can differ from the candidate
+    the search scored ("" where it cannot): a DARE or DELLA candidate built in
+    memory on an accelerator draws its masks from the accelerator's generator,
+    mergekit-yaml from the CPU's (`inmemory`)."""
+    if merges is None or config["merge_method"] not in RANDOM_METHODS:
+        return ""
+    if getattr(device, "type", str(device)) == "cpu":
+        return ""
+    return (
+        f"{config['merge_method']} masks drawn on {device} in the search, by "
+        "mergekit-yaml's generator for the winner"
+    )
+
+
+def _builder(merges, base, sft, preference, out: Path, cache, chat_template):
+    """`build(candidate, score) -> (config, metrics)`: the candidate's config
+    written to out/candidates, its merge built (in memory by `merges`, or, when
+    None, on disk by mergekit and deleted) and scored by `score(model)`."""
 
     def build(candidate: Candidate, score) -> tuple[dict, dict]:
         target = out / "candidates" / candidate.name
@@ -405,6 +521,116 @@ def _builder(base_model, base, sft, preference, out: Path, cache, chat_template)
         return config, metrics
 
     return build
+
+
+CANDIDATES = "candidates.jsonl"
+LM_EVAL_SETTINGS = ("limit", "include_path", "num_fewshot", "apply_chat_template")
+
+
+def _digest(*parts) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(json.dumps(part, sort_keys=True, default=str).encode())
+        hasher.update(b"\0")
+    return hasher.hexdigest()
+
+
+def base_digest(folder: Path) -> str:
+    """A digest of a base model folder: its top-level files, the small ones'
+    contents, the large ones' names and sizes (hashing 15 GB of weights per
+    search costs minutes)."""
+    hasher = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).iterdir() if p.is_file()):
+        hasher.update(path.name.encode())
+        size = path.stat().st_size
+        if size <= 1 << 20:
+            hasher.update(path.read_bytes())
+        else:
+            hasher.update(str(size).encode())
+    return hasher.hexdigest()
+
+
+def rows_digest(skill, pairs) -> str:
+    """A digest of the held-out rows as scored: the skill's token spans, the
+    pairs' spans (text rows) or token columns (the run's own split)."""
+    pair_rows = pairs.spans if hasattr(pairs, "spans") else pairs.token_rows()
+    return _digest(skill.spans, pair_rows)
+
+
+def fingerprint(
+    base, sft, preference, skill, pairs, measures: dict, objective: str, lm_eval,
+    chat_template, device: str,
+) -> str:  # fmt: skip
+    """What a candidate's numbers depend on beyond its config: the base, both
+    adapters, the held-out rows, the measures and objective, the lm-eval tasks,
+    the run's chat template, the merge seed and the device (DARE's masks)."""
+    base_path = Path(base_model_reference(base))
+    tasks = None
+    if lm_eval is not None:
+        tasks = [getattr(lm_eval, k, None) for k in LM_EVAL_SETTINGS]
+        tasks.append([t.model_dump() for t in lm_eval.tasks])
+    return _digest(
+        base_digest(base_path) if base_path.is_dir() else str(base),
+        adapter_digest(Path(sft)),
+        adapter_digest(Path(preference)),
+        rows_digest(skill, pairs),
+        measures, objective, tasks, chat_template, MERGE_SEED, device,
+    )  # fmt: skip
+
+
+class ScoredCandidates:
+    """`candidates.jsonl`: one line per candidate as it is scored (its name and
+    fields, its mergekit config, its metrics, the fingerprint of what it was
+    scored on). Lines of an earlier try with the same fingerprint are taken
+    back; a file from other inputs is moved aside (`candidates-<its
+    fingerprint>.jsonl`), never appended to; a line cut by a kill is skipped."""
+
+    def __init__(self, path: Path, stamp: str):
+        self.path, self.stamp = Path(path), stamp
+        self.entries: dict[str, dict] = {}
+        other, cut = None, False
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    cut = True  # the last line of a killed search
+                    continue
+                if entry.get("fingerprint") == stamp:
+                    self.entries[entry["name"]] = entry
+                else:
+                    other = entry.get("fingerprint", "unknown")
+        if other is not None:
+            aside = self.path.with_name(f"candidates-{other[:12]}.jsonl")
+            LOG.warning(
+                "paft: merge search: %s holds candidates scored on other inputs "
+                "(adapters, held-out rows, measures or base); moved to %s, not "
+                "reused", self.path, aside,
+            )  # fmt: skip
+            self.path.replace(aside)
+        if other is not None or cut:  # the lines taken back, whole, and no other
+            self.path.write_text(
+                "".join(json.dumps(e) + "\n" for e in self.entries.values())
+            )
+        if self.entries:
+            LOG.info(
+                "paft: merge search takes %d candidates scored by an earlier try "
+                "on the same inputs from %s", len(self.entries), self.path,
+            )  # fmt: skip
+
+    def get(self, name: str) -> dict | None:
+        return self.entries.get(name)
+
+    def add(self, candidate: Candidate, config: dict, metrics: dict) -> None:
+        entry = {
+            "name": candidate.name, **asdict(candidate), "config": config,
+            "metrics": metrics, "fingerprint": self.stamp,
+        }  # fmt: skip
+        self.entries[candidate.name] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+            handle.flush()
 
 
 def explore(

@@ -1,0 +1,154 @@
+"""What a run leaves after training (`merging.outputs`): every step guarded,
+nothing of another run's taken for this run's."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+
+import pytest
+
+from axolotl_paft.config.args import PAFTArgs
+from axolotl_paft.merging.outputs import RunOutputsFailed, write_run_outputs
+
+
+def test_a_failing_report_loses_nothing_and_names_its_command(
+    llama_world, adapters, tmp_path
+):
+    """The report was not behind the search's guard: an adapter it cannot read
+    raised out of the run's outputs with a raw error, after the configs and
+    before the `paft_merge_run` merge. Now every other step is written, and the
+    error names the step and the command that writes the report alone."""
+    from axolotl_paft.merging import report
+
+    broken = tmp_path / "preference"
+    shutil.copytree(adapters["preference"], broken)
+    weights = broken / "adapter_model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:100])  # cut short, as by a full disk
+    out = tmp_path / "out"
+    args = PAFTArgs(
+        paft_merge_methods=["task_arithmetic"], paft_merge_run="task_arithmetic"
+    )
+    roles = {"sft": adapters["sft"], "preference": broken}
+    with pytest.raises(RunOutputsFailed) as failed:
+        write_run_outputs(out, str(llama_world.model_dir), roles, args)
+    message = str(failed.value)
+    assert message.startswith("paft_report failed (SafetensorError")
+    assert "paft_merge_run failed (SafetensorError" in message  # each step named
+    assert (out / "mergekit" / "task_arithmetic.yml").is_file()
+    assert not (out / "paft_report.json").exists()
+    assert "Rerun only the merge: mergekit-yaml " in message
+    command = message.split("Rerun only the report: ")[1].split(" Rerun only")[0]
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "axolotl_paft.merging.report"]
+    weights.write_bytes(good)
+    report.main(words[3:])
+    assert (out / "paft_report.json").is_file()
+
+
+def test_a_second_run_holding_an_output_dir_is_refused_naming_the_first(tmp_path):
+    """Two runs into one output_dir at the same time overwrite each other's
+    adapters and results: the second is refused, naming output_dir and the run
+    that holds it; a lock left by a process that is gone is taken over."""
+    import subprocess
+    import sys
+
+    from axolotl_paft.merging.runs import (
+        LOCK,
+        OutputDirInUse,
+        hold_output_dir,
+        release_output_dir,
+    )
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time; from axolotl_paft.merging.runs import "
+            "hold_output_dir; print(hold_output_dir(sys.argv[1]), flush=True); "
+            "time.sleep(120)"
+        ), str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        other = holder.stdout.readline().strip()
+        with pytest.raises(OutputDirInUse) as refused:
+            hold_output_dir(out)
+        message = str(refused.value)
+        assert str(out) in message and other in message
+        assert f"pid {holder.pid}" in message
+    finally:
+        holder.kill()
+        holder.wait()
+    mine = hold_output_dir(out)  # the holder is gone: its lock is taken over
+    assert mine != other and hold_output_dir(out) == mine  # held: the same id
+    release_output_dir(out)
+    assert not (out / LOCK).exists()
+
+
+def test_a_reused_output_dir_exports_only_this_runs_merges(
+    llama_world, adapters, tmp_path
+):
+    """A second run into a reused output_dir with `paft_merge_export: adapter`
+    and the search off exported the previous run's best.yml merge (found by
+    existence), and took an earlier run's merged/<method> folder as this run's
+    merge. Now only this run's search result is exported; a merged folder is
+    reused only where its record says this config and these adapters built it
+    (else the adapter comes from a fresh merge and the earlier folder is left
+    as it was); every paft_export.json and leaderboard.json names the run and
+    the adapters' digests; an export replacing an earlier one is moved into
+    place complete."""
+    import json
+
+    from conftest import make_adapter
+
+    from axolotl_paft.merging.configs import run_merge_config
+    from axolotl_paft.merging.export import delta_gap
+    from axolotl_paft.merging.runs import adapter_digest
+
+    base = str(llama_world.model_dir)
+    out = tmp_path / "out"
+    first = PAFTArgs(
+        paft_merge_methods=["ties"], paft_merge_run="ties",
+        paft_merge_export="adapter", paft_merge_search=True,
+        paft_merge_search_budget=1, paft_merge_search_methods=["task_arithmetic"],
+        paft_merge_search_sft_data=str(llama_world.sft_path),
+        paft_merge_search_preference_data=str(llama_world.preference_path),
+        paft_merge_search_rows=4,
+    )  # fmt: skip
+    from axolotl_paft.merging.outputs import search_rows
+
+    class Trainer:  # what search_rows reads: the run's tokenizer
+        from transformers import AutoTokenizer
+
+        processing_class = AutoTokenizer.from_pretrained(base)
+
+    write_run_outputs(
+        out, base, adapters, first, lambda: search_rows(base, first, Trainer)
+    )
+    best = json.loads((out / "adapter/best/paft_export.json").read_text())
+    board = json.loads((out / "search/leaderboard.json").read_text())
+    digests = {r: adapter_digest(f) for r, f in adapters.items()}
+    assert {r: a["sha256"] for r, a in best["run"]["adapters"].items()} == digests
+    assert board["run"]["adapters"] == best["run"]["adapters"]
+    stale = (out / "merged/ties/model.safetensors").read_bytes()
+
+    other = make_adapter(llama_world.model_dir, tmp_path / "other", 3)
+    second = PAFTArgs(paft_merge_methods=["ties"], paft_merge_export="adapter")
+    roles = {"sft": adapters["sft"], "preference": other}
+    run = write_run_outputs(out, base, roles, second)
+    exported = [p for p in run.written if p.parent.name == "adapter"]
+    assert exported == [out / "adapter" / "ties"]  # not the first run's best
+    assert json.loads((out / "adapter/best/paft_export.json").read_text()) == best
+    ties = json.loads((out / "adapter/ties/paft_export.json").read_text())
+    assert ties["run"]["adapters"]["preference"]["sha256"] == adapter_digest(other)
+    assert (out / "merged/ties/model.safetensors").read_bytes() == stale  # kept
+    assert not list((out / "adapter").glob(".*")) and not list(
+        (out / "merged").glob(".*")
+    )  # nothing left aside
+    fresh = run_merge_config(
+        out / "mergekit/ties.yml", tmp_path / "fresh", tmp_path / "cache"
+    )
+    to_fresh = delta_gap(base, fresh, out / "adapter/ties")["relative_frobenius"]
+    to_stale = delta_gap(base, out / "merged/ties", out / "adapter/ties")
+    assert to_fresh < to_stale["relative_frobenius"]
