@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -35,15 +34,21 @@ HERE = Path(__file__).resolve()
 SRC = HERE.parents[2] / "src"
 
 
+def _status_gb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 2**20
+    raise RuntimeError(f"no {key}")
+
+
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """This process's peak RSS (VmHWM: not getrusage's ru_maxrss, which Linux
+    carries over `exec` from the forking parent, here the one holding models)."""
+    return _status_gb("VmHWM")
 
 
 def rss_gb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 2**20
-    raise RuntimeError("no VmRSS")
+    return _status_gb("VmRSS")
 
 
 def child_build(base: str, sft: str, pref: str, cache: str, repeats: int) -> dict:
