@@ -12,7 +12,12 @@ from safetensors.torch import load_file
 
 from axolotl_paft.merging.candidates import Candidate, candidate_config
 from axolotl_paft.merging.configs import DEFAULT_SEARCH_METHODS, run_merge_config
-from axolotl_paft.merging.inmemory import InMemoryMerges, InMemoryUnsupported
+from axolotl_paft.merging.inmemory import (
+    InMemoryMerges,
+    InMemoryUnsupported,
+    draw_untouched,
+    merge_schedule,
+)
 from axolotl_paft.merging.scoring import load_model
 
 
@@ -46,6 +51,7 @@ CANDIDATES = [
         ("ties", "lines"),
         ("task_arithmetic", "preference_deep"),
         ("dare_ties", "preference_shallow"),
+        ("della", "preference_deep"),
     )
 ]
 
@@ -76,6 +82,78 @@ def test_in_memory_candidate_equals_mergekit_yaml(
         assert changed == len(merges.layers)  # every targeted weight, nothing else
     after = merges.model.state_dict()
     assert all(torch.equal(after[n], before[n]) for n in before)  # restored
+
+
+RANDOM_CANDIDATES = [c for c in CANDIDATES if c.method in ("dare_ties", "della")] + [
+    Candidate("della", 1.25, 0.5, 0.7, profile="preference_deep")
+]
+
+
+@pytest.mark.parametrize("candidate", RANDOM_CANDIDATES, ids=lambda c: c.name)
+def test_dare_and_della_merge_only_the_targeted_tensors(
+    resident, adapters, candidate, monkeypatch
+):
+    """The untouched tensors (embedding, norms, lm_head, the modules no LoRA
+    targets) are not merged: mergekit's `merge_tensors` runs once per targeted
+    weight, nothing else; their masks' draws are made without a merge (the
+    equality test above holds the masks of the targeted ones to mergekit's)."""
+    import mergekit.merge_methods.api as api
+
+    merges, base, _ = resident
+    config = candidate_config(
+        base, adapters["sft"].resolve(), adapters["preference"].resolve(), candidate
+    )
+    merged, merge_tensors = [], api.merge_tensors
+
+    def counted(*args, **kwargs):
+        merged.append(kwargs["name"])
+        return merge_tensors(*args, **kwargs)
+
+    monkeypatch.setattr(api, "merge_tensors", counted)
+    with merges.candidate(config):
+        pass
+    assert sorted(merged) == sorted(merges.layers)
+    assert len(merges.model.state_dict()) > len(merges.layers)
+
+
+@pytest.mark.parametrize("candidate", RANDOM_CANDIDATES, ids=lambda c: c.name)
+def test_untouched_draws_leave_the_generator_where_mergekits_merge_does(
+    resident, adapters, candidate
+):
+    """For every untouched tensor of a DARE or DELLA candidate (a 1-d norm, the
+    embedding, ...): mergekit's own merge of it (every input the base, as the
+    search replayed it before) and `draw_untouched`, in pieces smaller than the
+    tensor and not dividing it, leave torch's generator in the same state."""
+    from mergekit import merge_methods
+    from mergekit.merge_methods.api import merge_tensors
+
+    merges, base, cache = resident
+    config = candidate_config(
+        base, adapters["sft"].resolve(), adapters["preference"].resolve(), candidate
+    )
+    method = merge_methods.get(config["merge_method"])
+    state = merges.model.state_dict()
+    untouched = [
+        t
+        for t in merge_schedule(config, cache)
+        if t.output_weight.name not in merges.layers
+    ]
+    assert {len(state[t.output_weight.name].shape) for t in untouched} == {1, 2}
+    for task in untouched:
+        tensor = state[task.output_weight.name]
+        ids = list(task.model_order)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(3)
+            merge_tensors(
+                [tensor] * len(ids), method,
+                parameters=InMemoryMerges._parameters(task, method), ids=ids,
+                base_index=ids.index(task.base_model), dtype=torch.float32,
+            )  # fmt: skip
+            merged = torch.get_rng_state()
+            torch.manual_seed(3)
+            drawn = draw_untouched(task, method, tensor.shape, chunk=97)
+            assert torch.equal(torch.get_rng_state(), merged), task.output_weight.name
+        assert drawn == 2 * tensor.numel()  # both adapters' masks, density 0.7
 
 
 def test_a_layer_profile_scales_each_layers_delta_by_its_multiplier(resident, adapters):

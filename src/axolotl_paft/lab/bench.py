@@ -296,6 +296,34 @@ def make_adapter(base: Path, out: Path, seed: int, rank: int = 16) -> Path:
     return out
 
 
+WIDE_VOCAB = 262144  # Gemma-3's vocabulary
+
+
+def wide_vocab_model(out: Path | None = None, hidden: int = 16, layers: int = 1):
+    """A random-init Gemma3ForCausalLM with Gemma-3's 262,144-token vocabulary
+    and tiny layers (`hidden`, 2 heads, tied embedding): the vocabulary's share
+    of a cost at Gemma-3's scale, at a few million parameters (hidden 16).
+    Saved to `out` (fp32, no tokenizer) when given; returns the model."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=WIDE_VOCAB,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=hidden // 2,
+        max_position_embeddings=2048,
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).eval()
+    if out is not None:
+        model.save_pretrained(out, safe_serialization=True)
+    return model
+
+
 def copy_smollm2_tokenizer(out: Path) -> None:
     """SmolLM2's tokenizer into `out` (mergekit reads one) when it is built."""
     from transformers import AutoTokenizer

@@ -25,10 +25,13 @@ difference per tensor <= 1e-6 in fp32):
   it resolves and the order it merges the tensors in. The order matters for
   DARE and DELLA: their masks come from torch's global generator, seeded once
   per merge (`configs.MERGE_SEED`) and drawn tensor after tensor, untouched ones
-  included. On CPU the untouched tensors of those methods are merged too (their
-  result is the base) so every mask is drawn as `mergekit-yaml` draws it; on an
-  accelerator the masks come from its own generator, so a DARE or DELLA
-  candidate is another draw from the same distribution (docs/performance.md).
+  included. On CPU the untouched tensors of those methods are not merged (their
+  result is the base): their draws are made instead (`draw_untouched`), as many
+  32-bit draws of the generator, in the same order, as mergekit's mask of each
+  of their inputs takes, so every mask of a targeted tensor is drawn as
+  `mergekit-yaml` draws it; on an accelerator the masks come from its own
+  generator, so a DARE or DELLA candidate is another draw from the same
+  distribution (docs/performance.md).
 - What is left out. For untouched tensors the deterministic methods give the
   base back: ties, breadcrumbs-TIES, DARE/DELLA and task arithmetic add a zero
   delta exactly; linear's normalized average and SLERP of a tensor with itself
@@ -55,6 +58,9 @@ import torch
 from axolotl_paft.merging.configs import MERGE_SEED
 
 ROLES = ("sft", "preference")
+# Elements of the scratch buffer the draws of an untouched tensor go through
+# (16 MB in fp32): a 262144 x 640 embedding is drawn in 40 pieces, never whole.
+DRAW_CHUNK = 1 << 22
 
 
 class InMemoryUnsupported(ValueError):
@@ -107,6 +113,53 @@ def merge_schedule(config: dict, cache: Path) -> list:
         for handle in Executor(targets).schedule.tasks
         if isinstance(handle.task(), ExecuteMergeMethodTask)
     ]
+
+
+def draw_untouched(task, method, shape, chunk: int = DRAW_CHUNK) -> int:
+    """Advance torch's CPU generator as mergekit's merge of the untouched tensor
+    of `task` (shape `shape`, all inputs the base) advances it, without merging:
+    returns the number of elements drawn.
+
+    DARE (`sparsify.bernoulli`) and DELLA (`sparsify.della_magprune`) sparsify
+    each non-base input's delta (zero here) in the input order, and each draws
+    its mask with one `torch.bernoulli` over the tensor: on CPU a serial kernel
+    that takes one 32-bit output of the MT19937 generator per element, in fp32
+    or bf16 (the work dtype there), whatever the probabilities. `uniform_` on an
+    fp32 buffer takes the same, one per element, so drawing the same count in
+    pieces of `chunk` leaves the generator where mergekit's masks leave it
+    (tests/test_inmemory.py holds the states equal). No draw when mergekit
+    draws none: a density of 1 or more, DELLA's density of 0 or less; DELLA's
+    check of density +/- epsilon raises as mergekit's does."""
+    import math
+
+    from mergekit.sparsify import SparsificationMethod
+
+    sparsification = method.sparsification_method
+    numel = math.prod(shape)
+    draws = 0
+    for ref in task.model_order:
+        if ref == task.base_model:
+            continue
+        parameters = task.input_parameters[ref]
+        density = parameters["density"]
+        if density >= 1:
+            continue
+        if sparsification == SparsificationMethod.della_magprune:
+            if density <= 0:
+                continue
+            epsilon = parameters["epsilon"]
+            if density + epsilon >= 1 or density - epsilon <= 0:
+                raise ValueError(
+                    "Epsilon must be chosen such that density +/- epsilon is in (0, 1)"
+                )
+        elif sparsification != SparsificationMethod.random:
+            raise ValueError(f"{sparsification} draws no mask")
+        draws += numel
+    if draws:
+        scratch = torch.empty(min(chunk, draws), dtype=torch.float32)
+        for start in range(0, draws, chunk):
+            scratch[: min(chunk, draws - start)].uniform_()
+    return draws
 
 
 class InMemoryMerges:
@@ -167,21 +220,14 @@ class InMemoryMerges:
         ref = next(m for m in task.model_order if self._role(m) != "base")
         return LoaderCache().get(ref).get_tensor(task.output_weight.name).dtype
 
-    def _inputs(self, task, untouched: torch.Tensor | None) -> list[torch.Tensor]:
-        """The tensors of `task`'s merge, in mergekit's input order."""
+    def _inputs(self, task) -> list[torch.Tensor]:
+        """The tensors of `task`'s (targeted) merge, in mergekit's input order."""
         name = task.output_weight.name
-        ends = None if untouched is not None else self._endpoints(name)
-        tensors = []
-        for ref in task.model_order:
-            role = self._role(ref)
-            tensors.append(
-                untouched
-                if untouched is not None
-                else self.base_weights[name]
-                if role == "base"
-                else ends[role]
-            )
-        return tensors
+        ends = self._endpoints(name)
+        return [
+            self.base_weights[name] if role == "base" else ends[role]
+            for role in map(self._role, task.model_order)
+        ]
 
     def _role(self, ref) -> str:
         """ "base", "sft" or "preference" for one of mergekit's input models."""
@@ -238,19 +284,17 @@ class InMemoryMerges:
             torch.manual_seed(MERGE_SEED)
             for task in tasks:
                 name = task.output_weight.name
-                targeted = name in self.layers
-                untouched = None
-                if not targeted:
-                    # replayed only so DARE / DELLA draw their masks in order
+                if name not in self.layers:
+                    # not merged (the base); DARE / DELLA draw its masks in order
                     base = state.get(name)
                     if not draws or base is None or not base.is_floating_point():
                         continue
-                    if base.device.type != "cpu":
-                        continue
-                    untouched = base
+                    if base.device.type == "cpu":
+                        draw_untouched(task, method, base.shape)
+                    continue
                 ids = list(task.model_order)
                 result = merge_tensors(
-                    self._inputs(task, untouched),
+                    self._inputs(task),
                     method,
                     parameters=self._parameters(task, method),
                     ids=ids,
@@ -260,8 +304,7 @@ class InMemoryMerges:
                     name=name,
                     dtype=torch.float32,
                 )
-                if targeted:
-                    merged[name] = result.to(self.base_weights[name].dtype)
+                merged[name] = result.to(self.base_weights[name].dtype)
         for name, tensor in merged.items():
             self.weights[name].data = tensor
 

@@ -195,12 +195,56 @@ def load_candidate(base: str | Path, path: str | Path):
     return load_model(base, path) if adapter.exists() else load_model(path)
 
 
-# tensor (tokens x vocabulary floats: 0.8 GB at SmolLM2's 49k vocabulary).
+# Padded tokens one scoring batch may hold.
 SCORE_BATCH_TOKENS = 4096
+# Elements of full-vocabulary logits one scoring batch may hold (0.5 GB in fp32):
+# its tokens follow the model's vocabulary, 4096 at Mistral's 32k, 2730 at
+# SmolLM2's 49k, 512 at Gemma-3's 262k (a longer row is scored alone).
+SCORE_BATCH_LOGITS = 4096 * 32768
+# Elements of logits the loss and argmax take at a time, in fp32 (64 MB).
+SCORE_CHUNK_LOGITS = 1 << 24
 
 
 def device_of(model) -> torch.device:
     return next(model.parameters()).device
+
+
+def vocabulary_of(model) -> int:
+    """The width of `model`'s logits: its output embedding's rows."""
+    head = model.get_output_embeddings()
+    if head is not None and getattr(head, "weight", None) is not None:
+        return head.weight.shape[0]
+    return model.config.get_text_config().vocab_size
+
+
+def _token_stats(
+    logits: torch.Tensor, targets: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of `logits` `[B, L, V]` (any dtype) and `targets` `[B, L]`: the
+    summed fp32 cross-entropy of the scored targets and how many are the argmax
+    of their position, computed on at most `chunk` logits at a time (whole rows
+    when one fits, else pieces of one row), never on a fp32 copy of them all."""
+    rows, length, vocab = logits.shape
+    nll = torch.zeros(rows, dtype=torch.float64)
+    correct = torch.zeros(rows, dtype=torch.float64)
+    per_row = max(1, chunk // max(1, length * vocab))
+    step = max(1, length if length * vocab <= chunk else chunk // vocab)
+    for first in range(0, rows, per_row):
+        last = min(rows, first + per_row)
+        for start in range(0, length, step):
+            piece = logits[first:last, start : start + step].float()
+            wanted = targets[first:last, start : start + step]
+            lost = torch.nn.functional.cross_entropy(
+                piece.reshape(-1, vocab),  # flat: 4x faster than (N, C, L)
+                wanted.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="none",
+            ).view(wanted.shape)
+            hit = (piece.argmax(-1) == wanted) & (wanted != IGNORE_INDEX)
+            nll[first:last] += lost.sum(1).double().cpu()
+            correct[first:last] += hit.sum(1).double().cpu()
+            del piece, lost
+    return nll, correct
 
 
 @torch.no_grad()
@@ -208,6 +252,8 @@ def span_stats(
     model,
     spans: list[tuple[list[int], int, int]],
     batch_tokens: int = SCORE_BATCH_TOKENS,
+    batch_logits: int = SCORE_BATCH_LOGITS,
+    chunk_logits: int = SCORE_CHUNK_LOGITS,
 ) -> dict[str, torch.Tensor]:
     """Teacher-forced statistics of `ids[start:end]` per `(ids, start, end)`:
     `nll` (summed over the span), `tokens`, `correct` (tokens that are the argmax
@@ -215,17 +261,21 @@ def span_stats(
     `ids[:start]` emits exactly the span), each `[len(spans)]` on CPU.
 
     Rows are sorted by length and batched up to `batch_tokens` padded tokens
+    and `batch_logits` elements of logits (tokens x the model's vocabulary)
     (right padding, attention-masked, so each row scores as it would alone),
-    on the model's device: one forward pass per batch instead of per row."""
+    on the model's device: one forward pass per batch instead of per row. The
+    loss and argmax take `chunk_logits` of the batch's logits at a time; the
+    logits the model returns are the one batch-sized tensor held."""
     n = len(spans)
     stats = {
         k: torch.zeros(n, dtype=torch.float64) for k in ("nll", "tokens", "correct")
     }
     order = sorted(range(n), key=lambda i: spans[i][2])
     device = device_of(model)
+    tokens_cap = min(batch_tokens, batch_logits // vocabulary_of(model))
     while order:
         batch = [order.pop(0)]
-        while order and (len(batch) + 1) * spans[order[0]][2] <= batch_tokens:
+        while order and (len(batch) + 1) * spans[order[0]][2] <= tokens_cap:
             batch.append(order.pop(0))
         width = max(spans[i][2] for i in batch)
         ids = torch.zeros(len(batch), width, dtype=torch.long)
@@ -237,19 +287,13 @@ def span_stats(
             mask[row, :end] = 1
             labels[row, start:end] = ids[row, start:end]
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        logits, targets = logits[:, :-1].float(), labels[:, 1:].to(device)
-        nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]),  # flat: 4x faster than (N, C, L)
-            targets.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="none",
-        ).view(targets.shape)
-        scored = targets != IGNORE_INDEX
+        targets = labels[:, 1:].to(device)
+        nll, correct = _token_stats(logits[:, :-1], targets, chunk_logits)
+        del logits
         index = torch.tensor(batch)
-        stats["nll"][index] = nll.sum(1).double().cpu()
-        stats["tokens"][index] = scored.sum(1).double().cpu()
-        correct = (logits.argmax(-1) == targets) & scored
-        stats["correct"][index] = correct.sum(1).double().cpu()
+        stats["nll"][index] = nll
+        stats["tokens"][index] = (targets != IGNORE_INDEX).sum(1).double().cpu()
+        stats["correct"][index] = correct
     stats["exact"] = (stats["correct"] == stats["tokens"]).double()
     return stats
 
