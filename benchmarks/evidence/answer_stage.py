@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from axolotl_paft.lab.bench import measured_line, provenance
+from axolotl_paft.lab.bench import measured_line, offline_real_model, provenance
 
 HERE = Path(__file__).resolve().parent
 CHECKS = {
@@ -148,13 +147,8 @@ def main() -> None:
     parser.add_argument("--answer-tokens", type=int, default=128)
     parser.add_argument("--report", action="store_true")
     opts = parser.parse_args()
-    from axolotl_paft.const import OFFLINE_ENV
-
     opts.out = opts.out.resolve()
-    os.environ.update(
-        OFFLINE_ENV, HF_HOME=str(opts.out / f"seed{opts.seeds[0]}" / "hf_home")
-    )
-    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    offline_real_model(opts.out, opts.seeds)
     state = opts.out / "answer_stage.json"
     record = json.loads(state.read_text()) if state.exists() else {"seeds": {}}
     record |= {

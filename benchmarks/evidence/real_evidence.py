@@ -36,12 +36,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
 
-from axolotl_paft.lab.bench import measured_line, provenance
+from axolotl_paft.lab.bench import measured_line, offline_real_model, provenance
 
 EMITTED = ("task_arithmetic", "ties")  # the run's configs at their default weights
 ROWS = (
@@ -203,13 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(argv)
     opts.out = opts.out.resolve()
     opts.out.mkdir(parents=True, exist_ok=True)
-    from axolotl_paft.const import OFFLINE_ENV
-
-    # every seed's cache holds the same model: the first one serves this process
-    os.environ.update(
-        OFFLINE_ENV, HF_HOME=str(opts.out / f"seed{opts.seeds[0]}" / "hf_home")
-    )
-    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    offline_real_model(opts.out, opts.seeds)
     record = {
         "provenance": provenance(
             "python benchmarks/evidence/real_evidence.py "

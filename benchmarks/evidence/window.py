@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from axolotl_paft.lab.bench import measured_line, provenance
+from axolotl_paft.lab.bench import measured_line, offline_real_model, provenance
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 0.875, 1.0, 1.125, 1.25, 1.5)
@@ -132,15 +131,9 @@ def main() -> None:
     parser.add_argument("--test-rows", type=int, default=32)
     parser.add_argument("--report", action="store_true")
     opts = parser.parse_args()
-    from axolotl_paft.const import OFFLINE_ENV
-
     opts.out = opts.out.resolve()
     opts.out.mkdir(parents=True, exist_ok=True)
-    # before anything imports huggingface_hub, which reads HF_HOME once
-    os.environ.update(
-        OFFLINE_ENV, HF_HOME=str(opts.out / f"seed{opts.seeds[0]}" / "hf_home")
-    )
-    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    offline_real_model(opts.out, opts.seeds)
     from axolotl_paft.merging.candidates import PROFILES
 
     opts.profiles = opts.profiles or list(PROFILES)

@@ -67,6 +67,19 @@ def provenance(command: str) -> dict:
     }
 
 
+def offline_real_model(out: Path, seeds: list[int]) -> None:
+    """The environment of a real-model benchmark in this process: offline, the
+    first seed's HF cache (every seed's holds the same model; huggingface_hub
+    reads HF_HOME once, so call this before anything imports it), the
+    machine's cores for torch."""
+    from axolotl_paft.const import OFFLINE_ENV
+
+    os.environ.update(
+        OFFLINE_ENV, HF_HOME=str(Path(out) / f"seed{seeds[0]}" / "hf_home")
+    )
+    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+
+
 def measured_line(prov: dict, command: bool = False) -> str:
     """`provenance` as one sentence for a results file (with its command)."""
     versions = ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
