@@ -85,7 +85,10 @@ def check_held_out_file(path: Path, side: str) -> int:
     them). Shapes Axolotl's chat_template loader maps before rendering (ShareGPT
     `from`/`value` keys, `human`/`gpt` roles, a `system` field beside the turns,
     content parts) are refused with the mapped spelling: the scorer renders rows
-    as written. Returns the number of rows."""
+    as written. A run's own split as `outputs.write_held_out` wrote it
+    (`input_ids`/`labels`; `prompt_ids`/`chosen_ids`/`rejected_ids`, what the
+    printed rerun command names) is read as tokenized (`read_rows`). Returns
+    the number of rows."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no such JSONL file {str(path)!r}")
@@ -135,7 +138,23 @@ def _turns_problem(turns) -> str | None:
     return None
 
 
+def _tokenized_problem(row: dict, columns: tuple[str, ...]) -> str | None:
+    """A run's own tokenized row (`read_rows`): lists of token ids."""
+    for key in columns:
+        ids = row[key]
+        if not (isinstance(ids, list) and ids and all(isinstance(i, int) for i in ids)):
+            return f"`{key}` must be a non-empty list of token ids"
+    return None
+
+
 def _skill_row_problem(row: dict) -> str | None:
+    if {"input_ids", "labels"} <= row.keys():
+        problem = _tokenized_problem(row, ("input_ids", "labels"))
+        if problem or len(row["labels"]) > len(row["input_ids"]):
+            return problem or "`labels` is longer than `input_ids`"
+        if all(label == IGNORE_INDEX for label in row["labels"]):
+            return "no token of `labels` is scored: the row has no answer"
+        return None
     if "messages" not in row:
         hint = " (`conversations` is ShareGPT's name)" if "conversations" in row else ""
         return f"a held-out SFT row needs `messages`{hint}; it has {sorted(row)}"
@@ -160,6 +179,9 @@ def _skill_row_problem(row: dict) -> str | None:
 
 
 def _pair_problem(row: dict) -> str | None:
+    tokenized = ("prompt_ids", "chosen_ids", "rejected_ids")
+    if set(tokenized) <= row.keys():
+        return _tokenized_problem(row, tokenized)
     missing = [k for k in ("chosen", "rejected") if k not in row]
     if missing or not row.keys() & {"messages", "question"}:
         return (
