@@ -274,12 +274,7 @@ def search(
     candidate's (`_rebuild_differs`). `run`: the `runs.run_stamp` of the run
     that searches (its id, the adapters' digests), written into
     leaderboard.json (default: the adapters' alone)."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective {objective!r} not in {OBJECTIVES}")
-    if lm_eval is not None:  # paft lm-eval objective: checked before loading
-        lm_eval_tokenizer = lm_eval.prepare(base)
-    elif objective == "lm_eval":
-        raise ValueError('objective "lm_eval" needs lm_eval (its tasks)')
+    score_lm_eval = _lm_eval_scorer(objective, lm_eval, base)
     out = Path(out)
     cache = cache or lora_cache_dir(out)
     if tokenizer is None:
@@ -301,23 +296,11 @@ def search(
     scored = ScoredCandidates(out / CANDIDATES, stamp)
 
     def score(model) -> dict:
-        metrics = scorer(model)
-        if lm_eval is not None:  # the lm-eval objective, on the same model
-            metrics |= lm_eval.score(model, lm_eval_tokenizer)
-        return metrics
+        return scorer(model) | score_lm_eval(model)
 
     configs: dict[str, dict] = {}
     build = _builder(merges, base, sft, preference, out, cache, chat_template)
-
-    def measure(candidate: Candidate) -> dict:
-        kept = scored.get(candidate.name)
-        if kept is not None:  # scored by an earlier try on the same inputs
-            configs[candidate.name] = kept["config"]
-            return kept["metrics"]
-        configs[candidate.name], metrics = build(candidate, score)
-        scored.add(candidate, configs[candidate.name], metrics)
-        return metrics
-
+    measure = _resumable(scored, configs, build, score)
     leaderboard = explore(measure, methods, budget, objective, profiles)
     summary = scorer.summary() if references else None
     if answers is not None:
@@ -343,24 +326,63 @@ def search(
         )  # fmt: skip
 
     paths = write()
-    LOG.info("paft: merge search writes the winner %s (mergekit)", best)
-    merged = out / "merged" / "best"
-    shutil.rmtree(merged, ignore_errors=True)
-    run_merge_config(paths[0], merged, cache)
+    merged = _write_winner(paths[0], out, cache, best)
     differs = _rebuild_differs(merges, configs[best], device_of(base_model))
     if rescore or (rescore is None and differs):
-        leaderboard[0]["rescored"] = score(load_model(merged)) | {
-            "why": differs or "asked for"
-        }
-        LOG.info(
-            "paft: merge search winner %s as written (%s): %s; searched: %s",
-            best, merged, progress_text(leaderboard[0]["rescored"]),
-            progress_text(leaderboard[0]["metrics"]),
-        )  # fmt: skip
+        _rescore(leaderboard[0], score, merged, differs or "asked for")
         paths = write()
     return SearchResult(
         best, leaderboard, references, paths[0], merged, cache, scorer, paths, stamp,
         summary["run"],
+    )  # fmt: skip
+
+
+def _lm_eval_scorer(objective: str, lm_eval, base):
+    """`score(model)`: the lm-eval objective's metrics of a model (none without
+    it), checked and prepared before any model loads."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r} not in {OBJECTIVES}")
+    if lm_eval is None:
+        if objective == "lm_eval":
+            raise ValueError('objective "lm_eval" needs lm_eval (its tasks)')
+        return lambda model: {}
+    tokenizer = lm_eval.prepare(base)
+    return lambda model: lm_eval.score(model, tokenizer)
+
+
+def _resumable(scored: ScoredCandidates, configs: dict, build, score):
+    """`measure(candidate)` for `explore`: a candidate scored by an earlier try on
+    the same inputs is taken back; another is built, scored and recorded as it
+    comes (`configs`: name -> its mergekit config)."""
+
+    def measure(candidate: Candidate) -> dict:
+        kept = scored.get(candidate.name)
+        if kept is not None:  # scored by an earlier try on the same inputs
+            configs[candidate.name] = kept["config"]
+            return kept["metrics"]
+        configs[candidate.name], metrics = build(candidate, score)
+        scored.add(candidate, configs[candidate.name], metrics)
+        return metrics
+
+    return measure
+
+
+def _write_winner(config: Path, out: Path, cache: Path, best: str) -> Path:
+    """The winner written by mergekit from best.yml into out/merged/best."""
+    LOG.info("paft: merge search writes the winner %s (mergekit)", best)
+    merged = out / "merged" / "best"
+    shutil.rmtree(merged, ignore_errors=True)
+    run_merge_config(config, merged, cache)
+    return merged
+
+
+def _rescore(entry: dict, score, merged: Path, why: str) -> None:
+    """The winner as written, scored beside the searched numbers (`rescored`)."""
+    entry["rescored"] = score(load_model(merged)) | {"why": why}
+    LOG.info(
+        "paft: merge search winner %s as written (%s): %s; searched: %s",
+        entry["name"], merged, progress_text(entry["rescored"]),
+        progress_text(entry["metrics"]),
     )  # fmt: skip
 
 
