@@ -223,7 +223,7 @@ def test_extracted_adapter_error_falls_with_rank_and_it_generates(
     assert scores["measures"] == {"skill": "exact_match", "preference": "margin"}
     assert set(scores["adapter"]) >= {"sft_exact_match", "preference_margin"}
     assert scores["adapter"] != scores["merged"]  # rank 2 costs something
-    assert not (tmp_path / "merged" / "ties").exists()  # built for it, removed
+    assert not (tmp_path / "paft_merged" / "ties").exists()  # built for it, removed
     assert any(emitted.cache_dir.iterdir())  # the config's own LoRA cache
 
     full = export_adapter(
@@ -279,7 +279,7 @@ def test_a_qlora_run_exports_against_the_full_precision_base(llama_world, tmp_pa
     exact = json.loads((out / "adapter/task_arithmetic/paft_export.json").read_text())
     assert exact["kind"] == "exact" and exact["rank"] == 16  # lora_r 8 + 8
     assert exact["gap"]["max_abs"] < 1e-6
-    assert (out / "merged/task_arithmetic/model.safetensors").is_file()
+    assert (out / "paft_merged/task_arithmetic/model.safetensors").is_file()
     assert not (out / "adapter/ties").exists()  # one method: the first one
 
 

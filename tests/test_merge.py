@@ -137,7 +137,7 @@ def test_a_random_merge_rebuilds_bit_for_bit_from_its_printed_command(
     config = emitted.written[method]
     ours = run_merge_config(config, tmp_path / "ours", emitted.cache_dir)
     rebuilt = run_printed_command(config, tmp_path / "unused")
-    assert rebuilt == tmp_path / "merged" / method
+    assert rebuilt == tmp_path / "paft_merged" / method
     assert_same_weights(ours, rebuilt)
 
 
@@ -256,3 +256,17 @@ def test_merge_settings_carry_every_merge_key():
 def test_merge_settings_refuse_what_the_keys_refuse(settings, message):
     with pytest.raises(ValueError, match=message):
         MergeSettings(**settings)
+
+
+def test_the_plugins_merges_stay_out_of_merge_loras_folder(deltas, tmp_path):
+    """`axolotl merge-lora` writes its model into output_dir/merged/ itself; the
+    plugin's merges (the printed commands, paft_merge_run, the export) go to
+    output_dir/paft_merged/<method>, so neither lands in the other's folder."""
+    from axolotl_paft.merging.configs import MERGED_DIR, merged_dir
+
+    emitted = write_merge_configs(tmp_path / "mergekit", deltas, ALL)
+    for method, config in emitted.written.items():
+        command = config.read_text().splitlines()[1]
+        assert f" {merged_dir(tmp_path, method)} " in command
+        assert f"{tmp_path / 'merged'}/" not in command
+    assert MERGED_DIR != "merged"

@@ -131,7 +131,7 @@ def test_a_reused_output_dir_exports_only_this_runs_merges(
     digests = {r: adapter_digest(f) for r, f in adapters.items()}
     assert {r: a["sha256"] for r, a in best["run"]["adapters"].items()} == digests
     assert board["run"]["adapters"] == best["run"]["adapters"]
-    stale = (out / "merged/ties/model.safetensors").read_bytes()
+    stale = (out / "paft_merged/ties/model.safetensors").read_bytes()
 
     other = make_adapter(llama_world.model_dir, tmp_path / "other", 3)
     second = PAFTArgs(paft_merge_methods=["ties"], paft_merge_export="adapter")
@@ -142,13 +142,13 @@ def test_a_reused_output_dir_exports_only_this_runs_merges(
     assert json.loads((out / "adapter/best/paft_export.json").read_text()) == best
     ties = json.loads((out / "adapter/ties/paft_export.json").read_text())
     assert ties["run"]["adapters"]["preference"]["sha256"] == adapter_digest(other)
-    assert (out / "merged/ties/model.safetensors").read_bytes() == stale  # kept
+    assert (out / "paft_merged/ties/model.safetensors").read_bytes() == stale  # kept
     assert not list((out / "adapter").glob(".*")) and not list(
-        (out / "merged").glob(".*")
+        (out / "paft_merged").glob(".*")
     )  # nothing left aside
     fresh = run_merge_config(
         out / "mergekit/ties.yml", tmp_path / "fresh", tmp_path / "cache"
     )
     to_fresh = delta_gap(base, fresh, out / "adapter/ties")["relative_frobenius"]
-    to_stale = delta_gap(base, out / "merged/ties", out / "adapter/ties")
+    to_stale = delta_gap(base, out / "paft_merged/ties", out / "adapter/ties")
     assert to_fresh < to_stale["relative_frobenius"]

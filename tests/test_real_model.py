@@ -341,5 +341,5 @@ def test_merged_model_carries_a_chat_template_its_base_lacks(llama_world, tmp_pa
         assert config["chat_template"] == run_template
     best = yaml.safe_load((out / "mergekit" / "best.yml").read_text())
     assert best["chat_template"] == run_template
-    for merged in (out / "merged" / "ties", out / "search" / "merged" / "best"):
+    for merged in (out / "paft_merged" / "ties", out / "search" / "merged" / "best"):
         assert AutoTokenizer.from_pretrained(merged).chat_template == run_template

@@ -149,7 +149,9 @@ def test_qlora_parallel_run_learns_both_skills(mistral_world, tmp_path):
     print(f"QLoRA parallel: preference accuracy on training pairs {accuracy:.2f}")
     assert accuracy > 0.8
     assert (out / "mergekit" / "ties.yml").exists()
-    merged = load_model(out / "merged" / "ties")  # mergekit's API ran after training
+    merged = load_model(
+        out / "paft_merged" / "ties"
+    )  # mergekit's API ran after training
     assert assistant_loss(merged, tokenizer, rows) < assistant_loss(
         base, tokenizer, rows
     )

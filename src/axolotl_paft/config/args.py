@@ -220,7 +220,7 @@ class MergeMethodArgs(BaseModel):
         default=None,
         description=(
             "Also run this method's config through mergekit's Python API after "
-            "training, into output_dir/merged/<method>."
+            "training, into output_dir/paft_merged/<method>."
         ),
     )
     paft_merge_sft_weight: float = Field(

@@ -383,6 +383,16 @@ _Dumper.add_representer(
 )
 
 
+# Where the plugin's merges go in output_dir: apart from `merged/`, which is
+# `axolotl merge-lora`'s (it writes its model into that folder itself).
+MERGED_DIR = "paft_merged"
+
+
+def merged_dir(output_dir: Path, name: str) -> Path:
+    """output_dir/paft_merged/<name>: a merge the plugin builds after training."""
+    return Path(output_dir) / MERGED_DIR / name
+
+
 def lora_cache_dir(root: Path) -> Path:
     """A LoRA merge cache folder new to this call, under `root/lora-cache`: mergekit
     keys its cache by the adapter folder's name and would otherwise reuse another
@@ -424,9 +434,8 @@ def write_merge_configs(
             continue
         validate_config(config)
         path = out_dir / f"{method}.yml"
-        merged_dir = out_dir.parent / "merged" / method
         title = f"PAFT merge ({method}) written by axolotl-paft"
-        header = run_header(title, path, merged_dir, cache_dir)
+        header = run_header(title, path, merged_dir(out_dir.parent, method), cache_dir)
         written[method] = write_config(path, config, header)
     out_dir.mkdir(parents=True, exist_ok=True)
     return EmittedConfigs(written=written, skipped=skipped, cache_dir=cache_dir)

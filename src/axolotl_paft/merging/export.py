@@ -519,7 +519,7 @@ def export_run_adapters(
     is reused only where its `paft_merge.json` says this config and these
     adapters built it (`stamp_merged`); another run's is built again. `run`:
     the run's `runs.run_stamp`, recorded in each paft_export.json."""
-    from axolotl_paft.merging.configs import run_merge_config
+    from axolotl_paft.merging.configs import merged_dir, run_merge_config
 
     if args.paft_merge_export == "model":
         return []
@@ -531,7 +531,7 @@ def export_run_adapters(
         args.paft_merge_run or next(iter(emitted.written), None) if emitted else None
     )
     if method:
-        merged = output_dir / "merged" / method
+        merged = merged_dir(output_dir, method)
         config = emitted.written[method]
         current = merged_by(merged, config, folders)
         if merged.exists() and not current:  # an earlier run's: left as it is
@@ -562,7 +562,7 @@ def export_run_adapters(
         )  # fmt: skip
         if args.paft_merge_export == "adapter" and not existed and merged.exists():
             shutil.rmtree(merged)  # built for the extraction only
-        home = output_dir / "merged" / name
+        home = merged_dir(output_dir, name)
         if name != "best" and merged != home and merged.exists():
             put_in_place(merged, home)  # `both`: the fresh merge, once complete
         for line in usage_lines(base, summary, out):

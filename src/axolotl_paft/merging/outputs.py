@@ -17,6 +17,7 @@ from axolotl_paft.config.args import PAFTArgs
 from axolotl_paft.merging.configs import (
     EmittedConfigs,
     MergeDeltas,
+    merged_dir,
     mergekit_command,
     run_chat_template,
     run_merge_config,
@@ -103,7 +104,7 @@ def write_run_outputs(
             lambda: _write_report(run, output_dir, adapters, args),
         )
     if run.emitted and args.paft_merge_run:
-        merged = output_dir / "merged" / args.paft_merge_run
+        merged = merged_dir(output_dir, args.paft_merge_run)
         method_config = run.emitted.written[args.paft_merge_run]
 
         def merge_run():
@@ -198,7 +199,7 @@ def _write_configs(
         "cache_dir": str(emitted.cache_dir),
         "command": mergekit_command(
             emitted.written[first],
-            output_dir.resolve() / "merged" / first,
+            merged_dir(output_dir.resolve(), first),
             emitted.cache_dir,
         )
         if first
