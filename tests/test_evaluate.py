@@ -113,7 +113,7 @@ def test_batched_span_scoring_equals_one_row_at_a_time(llama_world, adapters):
 
 
 def test_held_out_answers_end_in_the_templates_end_of_turn_token(smollm2):
-    """Issue 16: text rows were scored on the base's `eos_token`. With another
+    """Text rows were scored on the base's `eos_token`. With another
     template (here one whose turns end in `<|endoftext|>`, as `chat_template:
     llama3` ends them in `<|eot_id|>`), the answer's span ends in the template's
     token, and what the template writes after it is not scored."""

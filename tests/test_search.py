@@ -214,7 +214,7 @@ def test_a_candidates_log_line_shows_what_ranks_it_with_its_intervals():
 
 
 def test_search_prefers_the_balanced_merge_over_a_lopsided_higher_score():
-    """Issue 8's goal is both sides kept: a merge that keeps all of the skill and
+    """The goal is both sides kept: a merge that keeps all of the skill and
     60% of the preference (score 0.80) must lose to one that keeps 75% of each
     (score 0.75), measured against the SFT-only and preference-only adapters."""
     measure = landscape(
@@ -341,7 +341,7 @@ def test_search_jumps_further_while_the_lagging_side_does_not_move():
 
 
 def test_a_side_whose_reference_gains_nothing_neither_ranks_nor_spends_the_budget():
-    """Issue 16: greedy reproduction of a long answer is 0 for the base, the
+    """Greedy reproduction of a long answer is 0 for the base, the
     SFT-only adapter and every merge, so skill kept is 0/0. `min(1, nan, p)`
     dropped the nan without a word, and the balance phase counted `nan != nan`
     as movement and halved the preference weight of the first two methods

@@ -345,9 +345,9 @@ class Scorer:
         return quick_metrics(model, self.base_logps, *self.rows)
 
 
-SEARCH_GOAL = 0.95  # issue 8: the searched merge keeps >= 95% of each side's gain
-MIN_ALIGNMENT_TAX = 0.2  # issue 8: sequential SFT->DPO loses >= 20% of the skill gain
-MIN_INTERFERENCE = 0.1  # issue 8: task arithmetic 1:1 loses >= 10% of one side's
+SEARCH_GOAL = 0.95  # the goal: the searched merge keeps >= 95% of each side's gain
+MIN_ALIGNMENT_TAX = 0.2  # needed: sequential SFT->DPO loses >= 20% of the skill
+MIN_INTERFERENCE = 0.1  # needed: task arithmetic 1:1 loses >= 10% of one side's
 
 
 def meets_goal(kept: dict) -> bool:
