@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import logging
 import os
 import shutil
@@ -101,20 +102,27 @@ def last_trainer():
     return plugin._callback.trainer
 
 
-def logged_run(config: dict) -> list[str]:
-    """`run_axolotl_train`, returning the messages of the plugin's outputs log
-    (the handler added after Axolotl's logging config, which drops it)."""
+@contextlib.contextmanager
+def log_messages(module: str):
+    """The messages one of our modules logs meanwhile (`axolotl.<module>`: the
+    handler added after Axolotl's logging config, which drops it)."""
     import axolotl.cli  # noqa: F401 - configures Axolotl's logging on import
 
     messages = []
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("axolotl.axolotl_paft.merging.outputs")
+    logger = logging.getLogger(f"axolotl.{module}")
     logger.addHandler(handler)
     try:
-        run_axolotl_train(config)
+        yield messages
     finally:
         logger.removeHandler(handler)
+
+
+def logged_run(config: dict) -> list[str]:
+    """`run_axolotl_train`, returning the messages of the plugin's outputs log."""
+    with log_messages("axolotl_paft.merging.outputs") as messages:
+        run_axolotl_train(config)
     return messages
 
 

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import make_adapter, validate
+from conftest import log_messages, make_adapter, validate
 
 from axolotl_paft.lab.toy import axolotl_config, parallel_config
 
@@ -367,22 +367,11 @@ def test_untrained_end_of_turn_is_warned_at_validation(
 ):
     """Axolotl logs the trap once among hundreds of lines, at tokenization; the
     plugin names it, and the key to set, when the config is validated."""
-    import logging
-
-    import axolotl.cli  # noqa: F401 - configures Axolotl's logging on import
-
     if overrides.get("datasets"):
         entry = {"path": str(llama_world.sft_path), "type": "chat_template"}
         overrides = {"datasets": [{**entry, "train_on_eot": "none"}]}
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("axolotl.axolotl_paft.config.checks")
-    logger.addHandler(handler)
-    try:
+    with log_messages("axolotl_paft.config.checks") as messages:
         validate(parallel_config(llama_world, tmp_path / "out", **overrides))
-    finally:
-        logger.removeHandler(handler)
     if warning is None:
         assert not messages
     else:
