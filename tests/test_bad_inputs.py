@@ -92,6 +92,9 @@ CONFIG_MISTAKES = _rows(
      r"paft_merge_search_budget: .*greater than or equal to 1"),
     ("mode-unknown", "sft", _const(paft_l1_mode="l2"),
      r"paft_l1_mode: .*'loss' or 'proximal'"),
+    ("export-adapter-nobody-named", "parallel", _const(paft_merge_export="adapter"),
+     r"paft_merge_export: 'adapter' .*set paft_merge_run to one of .*, or "
+     r"paft_merge_search: true"),
     ("yaml-string-preference-rate-negative", "parallel",
      _const(paft_preference_learning_rate="-5e-6"),
      r"paft_preference_learning_rate: .*greater than 0"),

@@ -505,8 +505,9 @@ class ExportArgs(BaseModel):
         default="model",
         description=(
             "The merge as `model` (mergekit's merged model), `adapter` (one PEFT "
-            "LoRA: output_dir/adapter/<method> for paft_merge_run or the first "
-            "config, adapter/best for the search's best; docs/export.md) or `both`."
+            "LoRA: adapter/best for the search's winner, adapter/<method> for "
+            "paft_merge_run; one of the two keys must be set; docs/export.md) or "
+            "`both`."
         ),
     )
     paft_merge_export_rank: int | None = Field(

@@ -511,10 +511,11 @@ def export_run_adapters(
     emitted=None, searched=None, scorer=None, run: dict | None = None,
 ) -> list[Path]:  # fmt: skip
     """`paft_merge_export` after training: this run's search's best (`searched`,
-    a `search.SearchResult`) into output_dir/adapter/best, and the emitted
-    configs' choice (`emitted`, `configs.EmittedConfigs`: `paft_merge_run`, else
-    the first method written) into output_dir/adapter/<method>, each scored by
-    `scorer` (default: the search's). A merged model built only for the
+    a `search.SearchResult`) into output_dir/adapter/best, and the method the
+    user named (`paft_merge_run`, one of `emitted`, `configs.EmittedConfigs`)
+    into output_dir/adapter/<method>, each scored by `scorer` (default: the
+    search's); no other config is exported (`checks.check_something_to_export`
+    refuses a config with neither). A merged model built only for the
     extraction is kept with `both` and removed with `adapter`. A merged folder
     is reused only where its `paft_merge.json` says this config and these
     adapters built it (`stamp_merged`); another run's is built again. `run`:
@@ -527,9 +528,7 @@ def export_run_adapters(
     targets = []  # (name, config, merged model folder, whether a run built it, cache)
     if searched is not None:
         targets.append(("best", searched.config, searched.merged, True, searched.cache))
-    method = (
-        args.paft_merge_run or next(iter(emitted.written), None) if emitted else None
-    )
+    method = args.paft_merge_run if emitted else None
     if method:
         merged = merged_dir(output_dir, method)
         config = emitted.written[method]
