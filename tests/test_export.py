@@ -4,6 +4,7 @@ loads, generates, and reports its error and scores."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -172,13 +173,17 @@ def test_dora_is_refused_by_name(llama_world, tmp_path):
 
 
 def test_extracted_adapter_error_falls_with_rank_and_it_generates(
-    llama_world, adapters, tmp_path
+    llama_world, adapters, tmp_path, caplog
 ):
-    """TIES is not low rank. `paft_merge_export: adapter` on a run's TIES config
-    builds the merge (with the config's own LoRA cache), extracts it with
-    mergekit-extract-lora at `paft_merge_export_rank` 2, reports the error and
-    the scores beside the merged model's, and removes the merge; at rank 64 (full
-    rank on the toy) the error is 0. The adapter loads with PEFT and generates."""
+    """TIES is not low rank. `paft_merge_export: adapter` on the TIES config the
+    run names (`paft_merge_run`) builds the merge (with the config's own LoRA
+    cache), extracts it with mergekit-extract-lora at `paft_merge_export_rank`
+    2, reports the error and the scores beside the merged model's, and removes
+    the merge; at rank 64 (full rank on the toy) the error is 0. The adapter
+    loads with PEFT and generates. Its error exceeds `paft_merge_export_max_error`
+    (0.05): paft_export.json says `within_bound: false` with the rank that meets
+    the bound (mergekit's extraction at that rank does, one below does not), and
+    the run's last log line is a warning that says so."""
     from transformers import AutoTokenizer
 
     from axolotl_paft.config.args import PAFTArgs
@@ -194,8 +199,9 @@ def test_extracted_adapter_error_falls_with_rank_and_it_generates(
 
     base = str(llama_world.model_dir)
     args = PAFTArgs(
-        paft_merge_methods=["ties"], paft_merge_export="adapter",
-        paft_merge_export_rank=2, paft_merge_dtype="float32",
+        paft_merge_methods=["ties"], paft_merge_run="ties",
+        paft_merge_export="adapter", paft_merge_export_rank=2,
+        paft_merge_dtype="float32",
     )  # fmt: skip
     deltas = MergeDeltas(
         base, adapters["sft"].resolve(), adapters["preference"].resolve()
@@ -207,6 +213,7 @@ def test_extracted_adapter_error_falls_with_rank_and_it_generates(
         TextPairs(tokenizer, read_jsonl(llama_world.preference_path, 4)),
     )
     scorer = Scorer.on_rows(*held_out, load_model(base))
+    caplog.set_level(logging.INFO, logger="axolotl.axolotl_paft.merging.export")
     written = export_run_adapters(
         tmp_path, base, adapters, args, emitted, scorer=scorer
     )
@@ -225,13 +232,30 @@ def test_extracted_adapter_error_falls_with_rank_and_it_generates(
     assert scores["adapter"] != scores["merged"]  # rank 2 costs something
     assert not (tmp_path / "paft_merged" / "ties").exists()  # built for it, removed
     assert any(emitted.cache_dir.iterdir())  # the config's own LoRA cache
+    error = summary["gap"]["relative_frobenius"]
+    assert summary["max_error"] == 0.05 and summary["within_bound"] is False
+    suggested = summary["suggested_rank"]
+    assert 2 < suggested <= 64
+    last = caplog.records[-1]
+    assert last.levelname == "WARNING" and str(written[0]) in last.getMessage()
+    assert f"relative error {error:.2g}" in last.getMessage()
+    assert "paft_merge_export_max_error 0.05" in last.getMessage()
+    assert f"paft_merge_export_rank: {suggested}" in last.getMessage()
+    merged_ties = run_merge_config(
+        emitted.written["ties"], tmp_path / "merged-ties", emitted.cache_dir
+    )
+    for rank, within in ((suggested, True), (suggested - 1, False)):
+        at = export_adapter(
+            emitted.written["ties"], base, [adapters["sft"], adapters["preference"]],
+            tmp_path / f"r{rank}", merged=merged_ties, rank=rank,
+        )  # fmt: skip
+        assert at["within_bound"] is within, (rank, at["gap"]["relative_frobenius"])
+        assert (at["gap"]["relative_frobenius"] <= 0.05) is within
+        assert ("suggested_rank" in at) is not within
 
     full = export_adapter(
         emitted.written["ties"], base, [adapters["sft"], adapters["preference"]],
-        tmp_path / "r64", rank=64,
-        build_merged=lambda: run_merge_config(
-            emitted.written["ties"], tmp_path / "merged-ties", emitted.cache_dir
-        ),
+        tmp_path / "r64", merged=merged_ties, rank=64,
     )  # fmt: skip
     assert full["gap"]["relative_frobenius"] < 1e-5  # the toy's widths are < 64
     model = peft_merged(llama_world.model_dir, written[0])
@@ -260,7 +284,7 @@ def test_vllm_rank_choice():
 
 def test_a_qlora_run_exports_against_the_full_precision_base(llama_world, tmp_path):
     """`paft_merge_export: both` after a parallel QLoRA (`load_in_4bit`) run:
-    the emitted config names the full-precision base, and the first config's
+    the emitted config names the full-precision base, and the named method's
     merge (task arithmetic) is kept as a merged model and exported as an exact
     adapter whose delta equals merged - base within 1e-6 (a 4-bit base, off by
     its quantization error, could not match), the log naming the adapter."""
@@ -271,7 +295,7 @@ def test_a_qlora_run_exports_against_the_full_precision_base(llama_world, tmp_pa
         parallel_config(
             llama_world, out, max_steps=2, adapter="qlora", load_in_4bit=True,
             paft_merge_export="both", paft_merge_methods=["task_arithmetic", "ties"],
-            paft_merge_dtype="float32",
+            paft_merge_run="task_arithmetic", paft_merge_dtype="float32",
         )
     )  # fmt: skip
     config = yaml.safe_load((out / "mergekit/task_arithmetic.yml").read_text())
@@ -280,15 +304,43 @@ def test_a_qlora_run_exports_against_the_full_precision_base(llama_world, tmp_pa
     assert exact["kind"] == "exact" and exact["rank"] == 16  # lora_r 8 + 8
     assert exact["gap"]["max_abs"] < 1e-6
     assert (out / "paft_merged/task_arithmetic/model.safetensors").is_file()
-    assert not (out / "adapter/ties").exists()  # one method: the first one
+    assert not (out / "adapter/ties").exists()  # the method named, no other
 
 
 def test_paft_merge_export_needs_something_to_export(llama_world, tmp_path):
     from conftest import validate
 
     config = parallel_config_for(llama_world, tmp_path, paft_merge_methods=[])
-    with pytest.raises(ValueError, match="paft_merge_export: 'adapter' has nothing"):
+    with pytest.raises(
+        ValueError,
+        match=r"paft_merge_export: 'adapter' .* neither: set paft_merge_search: "
+        r"true, or paft_merge_methods and paft_merge_run",
+    ):
         validate(config)
+
+
+def test_an_adapter_nobody_named_is_refused_not_exported(llama_world, tmp_path):
+    """Without the search and `paft_merge_run`, `paft_merge_export: adapter`
+    exported the first config written: at Gemma-3-270m breadcrumbs-TIES,
+    extracted at rank 32 with relative error 0.35 in 6.4 minutes, an adapter
+    nobody asked for. Now refused before training, naming the keys to set."""
+    from conftest import validate
+
+    config = parallel_config_for(
+        llama_world, tmp_path, paft_merge_methods=["breadcrumbs_ties", "linear"]
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"paft_merge_export: 'adapter' exports the search's winner or the "
+        r"method paft_merge_run names, and this config has neither: set "
+        r"paft_merge_run to one of \['breadcrumbs_ties', 'linear'\] \(linear: "
+        r"an exact adapter\), or paft_merge_search: true",
+    ):
+        validate(config)
+    validate(parallel_config_for(
+        llama_world, tmp_path, paft_merge_methods=["breadcrumbs_ties", "linear"],
+        paft_merge_run="linear",
+    ))  # fmt: skip
 
 
 def parallel_config_for(llama_world, tmp_path, **overrides):
@@ -317,6 +369,7 @@ def test_sweep_search_exports_the_best_as_one_adapter(llama_world, adapters, tmp
     )  # fmt: skip
     summary = json.loads((out / "adapter/best/paft_export.json").read_text())
     assert summary["kind"] == "exact" and summary["gap"]["max_abs"] < 1e-6
+    assert summary["within_bound"] is True and "suggested_rank" not in summary
     merged, adapter = summary["scores"]["merged"], summary["scores"]["adapter"]
     assert adapter["sft_exact_match"] == merged["sft_exact_match"]
     assert adapter["preference_margin"] == pytest.approx(

@@ -134,7 +134,12 @@ def test_a_reused_output_dir_exports_only_this_runs_merges(
     stale = (out / "paft_merged/ties/model.safetensors").read_bytes()
 
     other = make_adapter(llama_world.model_dir, tmp_path / "other", 3)
-    second = PAFTArgs(paft_merge_methods=["ties"], paft_merge_export="adapter")
+    # an adapter is exported only for the search or the method named: the
+    # second run names ties, whose merge it runs into paft_merged/ties itself
+    second = PAFTArgs(
+        paft_merge_methods=["ties"], paft_merge_run="ties",
+        paft_merge_export="adapter",
+    )  # fmt: skip
     roles = {"sft": adapters["sft"], "preference": other}
     run = write_run_outputs(out, base, roles, second)
     exported = [p for p in run.written if p.parent.name == "adapter"]
@@ -142,7 +147,9 @@ def test_a_reused_output_dir_exports_only_this_runs_merges(
     assert json.loads((out / "adapter/best/paft_export.json").read_text()) == best
     ties = json.loads((out / "adapter/ties/paft_export.json").read_text())
     assert ties["run"]["adapters"]["preference"]["sha256"] == adapter_digest(other)
-    assert (out / "paft_merged/ties/model.safetensors").read_bytes() == stale  # kept
+    # the earlier run's merge is replaced by this run's (paft_merge_run), which
+    # the adapter is extracted from
+    assert (out / "paft_merged/ties/model.safetensors").read_bytes() != stale
     assert not list((out / "adapter").glob(".*")) and not list(
         (out / "paft_merged").glob(".*")
     )  # nothing left aside
@@ -150,5 +157,78 @@ def test_a_reused_output_dir_exports_only_this_runs_merges(
         out / "mergekit/ties.yml", tmp_path / "fresh", tmp_path / "cache"
     )
     to_fresh = delta_gap(base, fresh, out / "adapter/ties")["relative_frobenius"]
-    to_stale = delta_gap(base, out / "paft_merged/ties", out / "adapter/ties")
-    assert to_fresh < to_stale["relative_frobenius"]
+    assert to_fresh == pytest.approx(ties["gap"]["relative_frobenius"])
+
+
+def test_nothing_the_search_loaded_is_alive_when_the_export_starts(
+    llama_world, adapters, tmp_path
+):
+    """`paft_merge_search` then `paft_merge_export: adapter`: once the search has
+    ended, no model it loaded (the base, the candidates, the references) is
+    still in memory, referenced or waiting for the cycle collector, when the
+    run's results are logged and the export starts (it loads models of its
+    own); the SearchResult it hands on holds no model-sized tensor."""
+    import gc
+    import logging
+    import types
+
+    import torch
+    from transformers import PreTrainedModel
+
+    from axolotl_paft.merging.outputs import search_rows
+
+    base = str(llama_world.model_dir)
+    args = PAFTArgs(
+        paft_merge_methods=["task_arithmetic"], paft_merge_export="adapter",
+        paft_merge_search=True, paft_merge_search_budget=1,
+        paft_merge_search_methods=["task_arithmetic"],
+        paft_merge_search_sft_data=str(llama_world.sft_path),
+        paft_merge_search_preference_data=str(llama_world.preference_path),
+        paft_merge_search_rows=4,
+    )  # fmt: skip
+
+    class Trainer:  # what search_rows reads: the run's tokenizer
+        from transformers import AutoTokenizer
+
+        processing_class = AutoTokenizer.from_pretrained(base)
+
+    alive = []  # live models (gc.get_objects holds uncollected cycles too)
+
+    def count(record):
+        if record.getMessage().startswith("paft: results of this run"):
+            alive.append(sum(isinstance(o, PreTrainedModel) for o in gc.get_objects()))
+
+    handler = logging.Handler()
+    handler.emit = count
+    logger = logging.getLogger("axolotl.axolotl_paft.merging.outputs")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    gc.collect()
+    before = sum(isinstance(o, PreTrainedModel) for o in gc.get_objects())
+    try:
+        run = write_run_outputs(
+            tmp_path / "out", base, adapters, args,
+            lambda: search_rows(base, args, Trainer),
+        )  # fmt: skip
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert alive == [before]
+    assert (tmp_path / "out/adapter/best/paft_export.json").is_file()
+    largest = 0
+    seen, stack = set(), [run.search]
+    while stack:  # what the SearchResult references, transitively
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType)):
+            continue
+        seen.add(id(obj))
+        assert not isinstance(obj, torch.nn.Module), type(obj)
+        if isinstance(obj, torch.Tensor):
+            largest = max(largest, obj.numel())
+        if isinstance(obj, types.FunctionType):  # its closure, not its globals
+            stack.extend(c.cell_contents for c in obj.__closure__ or ())
+        else:
+            stack.extend(gc.get_referents(obj))
+    embedding = 64 * Trainer.processing_class.vocab_size  # the toy's hidden size 64
+    assert largest < embedding

@@ -14,6 +14,8 @@ DEFAULT_BUDGET = 24
 
 # What a merge is exported as (`merging.export`, `paft_merge_export`).
 EXPORTS = ("model", "adapter", "both")
+# the largest relative Frobenius error of an extracted adapter taken as the merge
+DEFAULT_EXPORT_MAX_ERROR = 0.05
 
 # Environment of every process we start: no hub access, no telemetry, no W&B.
 OFFLINE_ENV = {

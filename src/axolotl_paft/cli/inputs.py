@@ -40,6 +40,17 @@ def count(text: str) -> int:
     return _at_least(text, 0)
 
 
+def error_bound(text: str) -> float:
+    """A relative error bound: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number in (0, 1], not {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a number in (0, 1], not {text}")
+    return value
+
+
 def _unique_list(text: str) -> list[str]:
     items = [item.strip() for item in text.split(",")]
     if not all(items):

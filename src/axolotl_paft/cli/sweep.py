@@ -33,11 +33,12 @@ from axolotl_paft.cli.inputs import (
     check_searchable,
     count,
     densities,
+    error_bound,
     lm_eval_tasks,
     methods,
     positive,
 )
-from axolotl_paft.const import DEFAULT_BUDGET, EXPORTS
+from axolotl_paft.const import DEFAULT_BUDGET, DEFAULT_EXPORT_MAX_ERROR, EXPORTS
 from axolotl_paft.merging.answers import (
     DEFAULT_ANSWER_TOKENS,
     DEFAULT_FINALISTS,
@@ -168,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="--export: the extracted adapter's rank (default r_s + r_p)",
     )  # fmt: skip
     parser.add_argument(
+        "--export-max-error", type=error_bound, default=None,
+        help="--export: the largest relative error an extracted adapter may have; "
+        "above it a warning names the rank that meets it "
+        f"(default {DEFAULT_EXPORT_MAX_ERROR})",
+    )  # fmt: skip
+    parser.add_argument(
         "--answer-checks", type=_answer_checks, metavar="YAML",
         help="--search: re-rank the screen's finalists by checks on their greedy "
         "answers, per side, as paft_merge_search_answer_checks: "
@@ -228,8 +235,12 @@ def check_flags(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> st
             parser.error(f"{flag}: only with {needs}, which it qualifies")
         if getattr(opts, key) is None:
             setattr(opts, key, default)
-    if opts.export_rank is not None and opts.export == "model":
-        parser.error("--export-rank: only with --export adapter or both")
+    for flag in ("export_rank", "export_max_error"):
+        if getattr(opts, flag) is not None and opts.export == "model":
+            name = "--" + flag.replace("_", "-")
+            parser.error(f"{name}: only with --export adapter or both")
+    if opts.export_max_error is None:
+        opts.export_max_error = DEFAULT_EXPORT_MAX_ERROR
     if opts.search:
         check_searchable(parser, opts.methods)
     folder = opts.lm_eval_include_path
@@ -299,6 +310,7 @@ def run_search(opts: argparse.Namespace, base: str) -> None:
         export_search_best(
             result, base, [opts.sft, opts.preference],
             opts.out / "adapter" / "best", opts.export_rank, print,
+            opts.export_max_error, lambda warning: print(f"WARNING: {warning}"),
         )  # fmt: skip
 
 

@@ -33,7 +33,7 @@ from axolotl_paft.config.checks import (
     check_run,
     typed_keys,
 )
-from axolotl_paft.const import DEFAULT_BUDGET, EXPORTS
+from axolotl_paft.const import DEFAULT_BUDGET, DEFAULT_EXPORT_MAX_ERROR, EXPORTS
 from axolotl_paft.merging.answers import (
     DEFAULT_ANSWER_TOKENS,
     DEFAULT_FINALISTS,
@@ -505,8 +505,9 @@ class ExportArgs(BaseModel):
         default="model",
         description=(
             "The merge as `model` (mergekit's merged model), `adapter` (one PEFT "
-            "LoRA: output_dir/adapter/<method> for paft_merge_run or the first "
-            "config, adapter/best for the search's best; docs/export.md) or `both`."
+            "LoRA: adapter/best for the search's winner, adapter/<method> for "
+            "paft_merge_run; one of the two keys must be set; docs/export.md) or "
+            "`both`."
         ),
     )
     paft_merge_export_rank: int | None = Field(
@@ -515,6 +516,17 @@ class ExportArgs(BaseModel):
         description=(
             "paft_merge_export: the extracted adapter's rank (mergekit-extract-lora "
             "--max-rank); unset: r_s + r_p, the exact adapter's rank."
+        ),
+    )
+    paft_merge_export_max_error: float = Field(
+        default=DEFAULT_EXPORT_MAX_ERROR,
+        gt=0,
+        le=1,
+        description=(
+            "paft_merge_export: the largest relative Frobenius error "
+            "||merged - base - BA|| / ||merged - base|| an extracted adapter may "
+            "have; above it the export warns, with the rank that meets it, and "
+            "paft_export.json records `within_bound: false`."
         ),
     )
 

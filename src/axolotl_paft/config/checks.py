@@ -28,6 +28,7 @@ from axolotl_paft.merging.configs import (
     base_model_reference,
     check_della_bounds,
 )
+from axolotl_paft.merging.export import EXACT_METHODS as EXACT_EXPORTS
 from axolotl_paft.merging.lm_eval_objective import unknown_tasks
 from axolotl_paft.merging.scoring import check_held_out_file
 
@@ -723,13 +724,24 @@ def check_merge_run_is_written(args: PAFTArgs) -> None:
 
 
 def check_something_to_export(args: PAFTArgs) -> None:
-    """An adapter export needs a merge: a config written or a search's best."""
-    if args.paft_merge_export != "model" and not (
-        args.paft_merge_methods or args.paft_merge_search
-    ):
+    """An adapter export is of the search's winner or of the method the user
+    named (`paft_merge_run`), never of a config nobody chose."""
+    if args.paft_merge_export == "model" or args.paft_merge_search:
+        return
+    if args.paft_merge_run is None:
+        exact = [m for m in args.paft_merge_methods if m in EXACT_EXPORTS]
+        named = (
+            f"set paft_merge_run to one of {args.paft_merge_methods}"
+            + (f" ({', '.join(exact)}: an exact adapter)" if exact else "")
+            if args.paft_merge_methods
+            else "set paft_merge_search: true, or paft_merge_methods and paft_merge_run"
+        )
+        if args.paft_merge_methods:
+            named += ", or paft_merge_search: true"
         raise ValueError(
-            f"paft_merge_export: {args.paft_merge_export!r} has nothing to "
-            "export: paft_merge_methods is empty and paft_merge_search is off"
+            f"paft_merge_export: {args.paft_merge_export!r} exports the search's "
+            "winner or the method paft_merge_run names, and this config has "
+            f"neither: {named}"
         )
 
 

@@ -153,11 +153,29 @@ def write_run_outputs(
             + " ".join(f"Rerun only the {REDO[s]}: {c}" for s, _, c in failed)
         ) from failed[0][1]
     # paft_merge_export: one adapter per merge; its log lines name it and its use
+    if args.paft_merge_export != "model":
+        release_memory()  # the export loads models of its own
     run.written += export_run_adapters(
         output_dir, base_model, adapters, args, run.emitted, run.search,
         run=run.stamp,
     )  # fmt: skip
     return run
+
+
+def release_memory() -> None:
+    """Return what the steps before the export freed: objects in reference
+    cycles (collected now, not at the collector's next pass) and the CUDA
+    caching allocator's blocks (for the export's `mergekit-extract-lora`,
+    another process). The search's models are not held past it: its
+    `SearchResult` keeps the scorer's rows and the base's log-probabilities
+    only (tests/test_outputs.py)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 REDO = {
