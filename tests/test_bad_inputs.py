@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import log_messages, make_adapter, validate
 
+from axolotl_paft.config.checks import run_traps
 from axolotl_paft.lab.toy import axolotl_config, parallel_config
 
 
@@ -390,9 +391,12 @@ def test_untrained_end_of_turn_is_warned_at_validation(
     if overrides.get("datasets"):
         entry = {"path": str(llama_world.sft_path), "type": "chat_template"}
         overrides = {"datasets": [{**entry, "train_on_eot": "none"}]}
+    config = parallel_config(llama_world, tmp_path / "out", **overrides)
     with log_messages("axolotl_paft.config.checks") as messages:
-        validate(parallel_config(llama_world, tmp_path / "out", **overrides))
+        validate(config)
     if warning is None:
-        assert not messages
+        assert not messages and run_traps(config) == ()
     else:
         assert any(re.search(warning, m) for m in messages), messages
+        (trap,) = run_traps(config)  # what the run's summary and report repeat
+        assert re.search(warning, trap)

@@ -232,3 +232,28 @@ def test_nothing_the_search_loaded_is_alive_when_the_export_starts(
             stack.extend(gc.get_referents(obj))
     embedding = 64 * Trainer.processing_class.vocab_size  # the toy's hidden size 64
     assert largest < embedding
+
+
+def test_a_runs_traps_close_its_summary_and_open_its_report(
+    llama_world, adapters, tmp_path
+):
+    """A setting that makes the run's numbers mean little (an end-of-turn token
+    that was not trained, `checks.run_traps`) is repeated where the user looks
+    after training: the run's last summary lines and paft_report.md / .json."""
+    import json
+
+    from conftest import log_messages
+
+    trap = "eot_tokens: unset, so Axolotl trains the tokenizer's eos_token ..."
+    with log_messages("axolotl_paft.merging.outputs") as messages:
+        write_run_outputs(
+            tmp_path, str(llama_world.model_dir), adapters,
+            PAFTArgs(paft_merge_methods=["ties"]), traps=(trap,),
+        )  # fmt: skip
+    (summary,) = [m for m in messages if "results of this run" in m]
+    assert summary.endswith(
+        f"paft: check this run's setup (also in paft_report.md)\n  {trap}"
+    )
+    report = (tmp_path / "paft_report.md").read_text()
+    assert f"## Check this run's setup\n\n- {trap}" in report
+    assert json.loads((tmp_path / "paft_report.json").read_text())["traps"] == [trap]

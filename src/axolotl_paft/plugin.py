@@ -13,6 +13,7 @@ from axolotl_paft.config.checks import (
     LORA_KERNELS,
     check_adapter_choice,
     check_output_dir_is_ours,
+    run_traps,
     search_split_defaults,
 )
 from axolotl_paft.const import PEFT_DEFAULT_ADAPTER, run_seed
@@ -287,6 +288,8 @@ class PAFTPlugin(BasePlugin):
 
         try:
             with machine_threads():
-                write_run_outputs(Path(cfg.output_dir), base, adapters, args, held_out)
+                write_run_outputs(
+                    Path(cfg.output_dir), base, adapters, args, held_out, run_traps(cfg)
+                )
         finally:
             release_output_dir(Path(cfg.output_dir))

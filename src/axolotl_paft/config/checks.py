@@ -390,14 +390,21 @@ def warn_untrained_end_of_turn(data: dict) -> None:
     not be trained (`untrained_end_of_turn`) is warned about at validation,
     naming the key to set: no model of the run would learn to stop its answer,
     and every greedy answer and end-of-turn score depends on it."""
+    for problem in run_traps(data):  # none where no tokenizer or template loads
+        LOG.warning("paft: %s", problem)
+
+
+def run_traps(data) -> tuple[str, ...]:
+    """The run's settings that make its numbers mean little, for its summary
+    and report after training (warned at validation too): today the turn
+    terminator that will not be trained (`untrained_end_of_turn`)."""
     if not (data.get("paft_parallel") or data.get("paft_merge_search")):
-        return
+        return ()
     try:
         problem = untrained_end_of_turn(data)
     except (OSError, ValueError):
-        return  # no tokenizer or template here: Axolotl's own loading names it
-    if problem:
-        LOG.warning("paft: %s", problem)
+        return ()
+    return (problem,) if problem else ()
 
 
 def untrained_end_of_turn(data: dict) -> str | None:

@@ -65,6 +65,7 @@ class RunOutputs:
     emitted: EmittedConfigs | None = None  # the mergekit configs and their cache
     merge: dict | None = None  # the emitted configs as the report summarises them
     search: SearchResult | None = None
+    traps: tuple[str, ...] = ()  # settings of the run that make its numbers mean little
 
 
 def write_run_outputs(
@@ -73,6 +74,7 @@ def write_run_outputs(
     adapters: dict[str, Path],
     args: PAFTArgs,
     held_out: Callable[[], tuple] | None = None,
+    traps: tuple[str, ...] = (),
 ) -> RunOutputs:
     """Write the mergekit configs and the report for `adapters` (role -> folder),
     then, with `paft_merge_search`, search on the rows `held_out()` returns
@@ -85,7 +87,7 @@ def write_run_outputs(
     naming each failed step with the command that redoes it alone (the
     search's takes `--export` too: `paft_merge_export` runs only after a search
     that ended, last, so that its lines close the log)."""
-    run = RunOutputs(stamp=run_stamp(adapters, run_id_of(output_dir)))
+    run = RunOutputs(stamp=run_stamp(adapters, run_id_of(output_dir)), traps=traps)
     failed: list[tuple[str, Exception, str]] = []  # step, error, its command
 
     def guarded(step: str, redo: Callable[[], str], write: Callable[[], None]):
@@ -140,7 +142,9 @@ def write_run_outputs(
             merge_search,
         )
     LOG.info(
-        results_and_next_steps(output_dir, base_model, adapters, run.written, run.merge)
+        results_and_next_steps(
+            output_dir, base_model, adapters, run.written, run.merge, run.traps
+        )
     )
     if failed:
         steps = {step for step, _, _ in failed}
@@ -232,6 +236,8 @@ def _write_report(
 ) -> None:
     """paft_report.{json,md,png}, and each delta's sparsity in the log."""
     report = build_report(adapters, args.paft_sparsity_threshold, run.merge)
+    if run.traps:
+        report["traps"] = list(run.traps)
     run.written += write_report(report, output_dir)
     for role, section in report["adapters"].items():
         overall = section["overall"]
@@ -342,8 +348,10 @@ def results_and_next_steps(
     adapters: dict[str, Path],
     written: list[Path],
     merge: dict | None,
+    traps: tuple[str, ...] = (),
 ) -> str:
-    """Where each result of the run is, and the commands a user runs next."""
+    """Where each result of the run is, the commands a user runs next, and the
+    run's settings that make its numbers mean little (`traps`)."""
     lines = ["paft: results of this run"]
     lines += [f"  {role} adapter: {folder}" for role, folder in adapters.items()]
     lines += [f"  {path.name}: {path}" for path in written]
@@ -361,6 +369,9 @@ def results_and_next_steps(
             f"{adapters['sft']} (or {adapters['preference']}); inference and "
             "evaluate take the same --lora-model-dir"
         )
+    if traps:
+        lines.append("paft: check this run's setup (also in paft_report.md)")
+        lines += [f"  {trap}" for trap in traps]
     return "\n".join(lines)
 
 

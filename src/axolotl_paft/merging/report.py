@@ -154,6 +154,9 @@ def render_markdown(report: dict) -> str:
         f"_{report['definition']}; threshold {report['threshold']}_",
         "",
     ]
+    if report.get("traps"):
+        lines += ["## Check this run's setup", ""]
+        lines += [f"- {trap}" for trap in report["traps"]] + [""]
     for role, section in report["adapters"].items():
         lines += [f"## {role} delta", "", f"`{section['path']}`", ""]
         lines += _table("Overall", {"all": section["overall"]}, "modules")
