@@ -393,10 +393,10 @@ def test_untrained_end_of_turn_is_warned_at_validation(
         overrides = {"datasets": [{**entry, "train_on_eot": "none"}]}
     config = parallel_config(llama_world, tmp_path / "out", **overrides)
     with log_messages("axolotl_paft.config.checks") as messages:
-        validate(config)
+        cfg = validate(config)  # Axolotl's DictDefault: what post_train gets
     if warning is None:
-        assert not messages and run_traps(config) == ()
+        assert not messages and run_traps(cfg) == ()
     else:
         assert any(re.search(warning, m) for m in messages), messages
-        (trap,) = run_traps(config)  # what the run's summary and report repeat
+        (trap,) = run_traps(cfg)  # what the run's summary and report repeat
         assert re.search(warning, trap)

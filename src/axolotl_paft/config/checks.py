@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+from pydantic import BaseModel
+
 from axolotl_paft.const import PEFT_DEFAULT_ADAPTER
 from axolotl_paft.merging.configs import (
     DEFAULT_MERGE_METHODS,
@@ -415,8 +417,8 @@ def untrained_end_of_turn(data: dict) -> str | None:
     base whose eos is `<eos>` or `<|end_of_text|>`) leaves untrained; a listed
     token the template does not write is dropped; `train_on_eot` (or
     `train_on_eos`) `none` trains none. None when the terminator is trained."""
-    entries = [  # dicts, or Axolotl's dataset models once its validation read them
-        d.model_dump() if hasattr(d, "model_dump") else d
+    entries = [  # dicts (Axolotl's DictDefault after training), or its models
+        d.model_dump() if isinstance(d, BaseModel) else d
         for d in data.get("datasets") or []
     ]
     entries = [
