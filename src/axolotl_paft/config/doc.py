@@ -86,98 +86,98 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
+def _table(columns: list[str], rows) -> list[str]:
+    """A markdown table of `rows` (each a sequence of cells) under `columns`."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return [*lines, *("| " + " | ".join(cells) + " |" for cells in rows), ""]
+
+
+def _key_row(name: str, field: FieldInfo) -> tuple[str, ...]:
+    return (
+        f"`{name}`",
+        _type(field.annotation),
+        _value(field.get_default(call_default_factory=True)),
+        _bounds(field),
+        _cell(field.description or ""),
+    )
+
+
 def _section(group: type[BaseModel]) -> list[str]:
     title, _, rest = (group.__doc__ or group.__name__).partition(":")
     lines = [f"## {title.strip()}", "", f"`{group.__name__}`: {_cell(rest)}", ""]
-    lines += ["| key | type | default | bounds | meaning |", "|---|---|---|---|---|"]
-    for name in group.__annotations__:
-        field = group.model_fields[name]
-        cells = (
-            f"`{name}`",
-            _type(field.annotation),
-            _value(field.get_default(call_default_factory=True)),
-            _bounds(field),
-            _cell(field.description or ""),
-        )
-        lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, ""]
+    rows = [_key_row(name, group.model_fields[name]) for name in group.__annotations__]
+    return lines + _table(["key", "type", "default", "bounds", "meaning"], rows)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def _methods() -> list[str]:
-    lines = [
-        "`paft_merge_methods` (from `axolotl_paft.merging.configs.METHOD_LAYOUTS`):",
-        "",
-        "| method | written by default | needs two deltas | paper |",
-        "|---|---|---|---|",
+    title = "`paft_merge_methods` (from `axolotl_paft.merging.configs.METHOD_LAYOUTS`):"
+    rows = [
+        (f"`{m}`", _yes(lay.default), _yes(lay.min_deltas > 1), f"<{lay.paper}>")
+        for m, lay in METHOD_LAYOUTS.items()
     ]
-    for method, layout in METHOD_LAYOUTS.items():
-        two = "yes" if layout.min_deltas > 1 else "no"
-        default = "yes" if layout.default else "no"
-        lines.append(f"| `{method}` | {default} | {two} | <{layout.paper}> |")
-    return [*lines, ""]
+    columns = ["method", "written by default", "needs two deltas", "paper"]
+    return [title, "", *_table(columns, rows)]
 
 
 def _losses() -> list[str]:
-    lines = [
-        "`paft_preference_loss` (from `axolotl_paft.training.losses.LOSS_SPECS`):",
-        "",
-        "| loss | needs a reference | length-normalised by | needs the chosen NLL "
-        "| paper |",
-        "|---|---|---|---|---|",
-    ]
-    for name, spec in LOSS_SPECS.items():
-        cells = (
+    title = "`paft_preference_loss` (from `axolotl_paft.training.losses.LOSS_SPECS`):"
+    rows = [
+        (
             f"`{name}`",
-            "yes" if spec.needs_reference else "no",
+            _yes(spec.needs_reference),
             f"`{spec.lengths}`" if spec.lengths else "no",
-            "yes" if spec.needs_chosen_nll else "no",
+            _yes(spec.needs_chosen_nll),
             f"<{spec.paper}>",
         )
-        lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, ""]
+        for name, spec in LOSS_SPECS.items()
+    ]
+    columns = [
+        "loss", "needs a reference", "length-normalised by", "needs the chosen NLL",
+        "paper",
+    ]  # fmt: skip
+    return [title, "", *_table(columns, rows)]
 
 
 def _measures() -> list[str]:
-    lines = [
+    title = (
         "`paft_merge_search_skill_measure` and `paft_merge_search_preference_measure` "
-        "(from `axolotl_paft.merging.scoring.MEASURES`, the teacher-forced ones):",
-        "",
-        "| measure | side | meaning |",
-        "|---|---|---|",
+        "(from `axolotl_paft.merging.scoring.MEASURES`, the teacher-forced ones):"
+    )
+    rows = [
+        (f"`{name}`", m.side, _cell(m.description))
+        for name, m in TEACHER_FORCED.items()
     ]
-    for name, measure in TEACHER_FORCED.items():
-        lines.append(f"| `{name}` | {measure.side} | {_cell(measure.description)} |")
-    return [*lines, ""]
+    return [title, "", *_table(["measure", "side", "meaning"], rows)]
 
 
 def _profiles() -> list[str]:
-    lines = [
+    title = (
         "`paft_merge_search_profiles`: multipliers of each delta's weight from the "
         "first layer to the last, as mergekit's per-layer lists (from "
-        "`axolotl_paft.merging.candidates.PROFILES`):",
-        "",
-        "| profile | SFT | preference | what | paper |",
-        "|---|---|---|---|---|",
-    ]
-    for name, profile in PROFILES.items():
-        lines.append(
-            f"| `{name}` | {list(profile.sft)} | {list(profile.preference)} "
-            f"| {_cell(profile.description)} | {profile.paper or ''} |"
+        "`axolotl_paft.merging.candidates.PROFILES`):"
+    )
+    rows = [
+        (
+            f"`{name}`", str(list(profile.sft)), str(list(profile.preference)),
+            _cell(profile.description), profile.paper or "",
         )
-    return [*lines, ""]
+        for name, profile in PROFILES.items()
+    ]  # fmt: skip
+    columns = ["profile", "SFT", "preference", "what", "paper"]
+    return [title, "", *_table(columns, rows)]
 
 
 def _check_kinds() -> list[str]:
-    lines = [
+    title = (
         "`paft_merge_search_answer_checks` kinds, one `{kind: value}` per check "
-        "(from `axolotl_paft.merging.answers.CHECK_KINDS`):",
-        "",
-        "| kind | passes when |",
-        "|---|---|",
-    ]
-    for name, kind in CHECK_KINDS.items():
-        lines.append(f"| `{name}` | {_cell(kind.description)} |")
-    return [*lines, ""]
+        "(from `axolotl_paft.merging.answers.CHECK_KINDS`):"
+    )
+    rows = [(f"`{name}`", _cell(k.description)) for name, k in CHECK_KINDS.items()]
+    return [title, "", *_table(["kind", "passes when"], rows)]
 
 
 def _groups(model: type[BaseModel]) -> list[type[BaseModel]]:
