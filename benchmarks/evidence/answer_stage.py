@@ -24,7 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-from axolotl_paft.lab.bench import measured_line, offline_real_model, provenance
+from axolotl_paft.lab.bench import (
+    measured_line,
+    offline_real_model,
+    provenance,
+    write_results,
+)
 
 HERE = Path(__file__).resolve().parent
 CHECKS = {
@@ -162,8 +167,7 @@ def main() -> None:
             record["seeds"][str(seed)] = seed_stage(opts, seed)
             state.write_text(json.dumps(record, indent=1))
     if opts.report:
-        (HERE / "results_answer_stage.json").write_text(json.dumps(record, indent=1))
-        (HERE / "results_answer_stage.md").write_text(report(record) + "\n")
+        write_results(HERE, "results_answer_stage", record, report(record))
 
 
 if __name__ == "__main__":

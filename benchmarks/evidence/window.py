@@ -24,7 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-from axolotl_paft.lab.bench import measured_line, offline_real_model, provenance
+from axolotl_paft.lab.bench import (
+    measured_line,
+    offline_real_model,
+    provenance,
+    write_results,
+)
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 0.875, 1.0, 1.125, 1.25, 1.5)
@@ -151,8 +156,7 @@ def main() -> None:
         record.setdefault("seconds", {})[str(seed)] = time.time() - started
         state.write_text(json.dumps(record, indent=1))
     if opts.report:
-        (HERE / "results_window.json").write_text(json.dumps(record, indent=1))
-        (HERE / "results_window.md").write_text(report(record) + "\n")
+        write_results(HERE, "results_window", record, report(record))
 
 
 if __name__ == "__main__":

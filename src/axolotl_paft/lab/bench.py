@@ -18,6 +18,7 @@ Heavy imports (torch, transformers, Axolotl) happen inside the functions.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -78,6 +79,13 @@ def offline_real_model(out: Path, seeds: list[int]) -> None:
         OFFLINE_ENV, HF_HOME=str(Path(out) / f"seed{seeds[0]}" / "hf_home")
     )
     os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+
+
+def write_results(folder: Path, stem: str, record: dict, markdown: str) -> None:
+    """A benchmark's results beside its script: `<stem>.json` (the record,
+    provenance included) and `<stem>.md`."""
+    (Path(folder) / f"{stem}.json").write_text(json.dumps(record, indent=1))
+    (Path(folder) / f"{stem}.md").write_text(markdown.rstrip("\n") + "\n")
 
 
 def measured_line(prov: dict, command: bool = False) -> str:
