@@ -121,6 +121,13 @@ def test_training_run_searches_on_its_own_held_out_splits(
         paft_merge_search=True,
         paft_merge_search_budget=2,
         paft_merge_search_methods=["task_arithmetic", "ties"],
+        # the answer stage on the run's own tokenized rows (prompt_ids, spans)
+        paft_merge_search_answer_checks={
+            "skill": [{"min_chars": 0}],
+            "preference": [{"max_chars": 10**6}],
+        },
+        paft_merge_search_finalists=1,
+        paft_merge_search_answer_tokens=4,
     )
     del config["val_set_size"]  # as in a user's config without one
     held_out_rows, trained = sft_rows(64), 60
@@ -142,6 +149,11 @@ def test_training_run_searches_on_its_own_held_out_splits(
     assert len(sft_split) == (4 if trained == 60 else 6)  # 5% of 64, up; the file
     assert len(preference_split) == 4
     assert len(trainer.train_dataset) == trained
+    said = board["answers"]  # every held-out prompt of both sides answered
+    assert set(said["references"]) == {"base", "sft", "preference"}
+    finalist = board["leaderboard"][0]["answers"]
+    assert finalist["skill_pass_rate"] == finalist["preference_pass_rate"] == 1.0
+    assert len(finalist["samples"]["preference"]) == 2
     assert trainer.args.sample_packing == (split_keys != "none")
     assert len(board["leaderboard"]) == 2
     for entry in board["leaderboard"]:
